@@ -1,0 +1,1 @@
+"""mmext_init: exact, reported weight initialization for OpenMMLab 2.0 (work in progress)."""
