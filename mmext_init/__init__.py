@@ -1,1 +1,27 @@
-"""mmext_init: exact, reported weight initialization for OpenMMLab 2.0 (work in progress)."""
+"""mmext_init: exact, reported weight initialization for OpenMMLab 2.0.
+
+Activate it from any config::
+
+    custom_imports = dict(imports=['mmext_init'], allow_failed_imports=False)
+
+Importing registers the extended ``Pretrained`` init type (and the new ones)
+in MMEngine's root ``WEIGHT_INITIALIZERS`` and patches ``BaseModule`` with
+:class:`InitWeightsMixin`. Importing twice or reloading is harmless.
+"""
+from .errors import CheckpointError, InitConfigError
+from .mixin import InitWeightsMixin, install, stock_mmengine
+from .pretrained import PretrainedInit
+from .provenance import LoadRecord, Provenance, ProvenanceLedger, get_provenance
+from .report import fold_names, format_report
+from .safe_load import extract_state_dict, read_checkpoint
+from .tracking import add_note
+
+__version__ = '0.1.0'
+__all__ = [
+    'InitWeightsMixin', 'PretrainedInit', 'stock_mmengine', 'get_provenance',
+    'Provenance', 'ProvenanceLedger', 'LoadRecord', 'format_report',
+    'fold_names', 'read_checkpoint', 'extract_state_dict', 'add_note',
+    'CheckpointError', 'InitConfigError', 'install'
+]
+
+install()

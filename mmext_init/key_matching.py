@@ -1,0 +1,174 @@
+"""Map checkpoint keys onto a module's keys and say what matched.
+
+Works on names and shapes only, so it never needs the weights in memory
+(the dry-run matcher and the load planner share it).
+
+Order of the key options of a ``Pretrained`` entry: ``ignore_keys`` (regexes
+searched in the raw checkpoint keys) -> ``revise_keys`` (``re.sub`` pairs, in
+order) -> ``prefix`` (keep the keys under it and strip it).
+
+Example:
+    >>> mapping = KeyMapping(prefix='backbone.')
+    >>> result = match_keys({'conv.weight': (8, 3, 3, 3)},
+    ...                     {'backbone.conv.weight': (8, 3, 3, 3)}, mapping)
+    >>> result.loaded
+    {'conv.weight': 'backbone.conv.weight'}
+"""
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+Shape = Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class KeyMapping:
+    """The key options of one ``Pretrained`` entry."""
+    prefix: Optional[str] = None
+    revise_keys: Sequence[Tuple[str, str]] = ()
+    ignore_keys: Sequence[str] = ()
+
+    def map_keys(self, keys: Iterable[str]) -> Dict[str, str]:
+        """``{model_key: checkpoint_key}`` for the checkpoint keys that survive.
+
+        Raises ``ValueError`` when two checkpoint keys map to one model key.
+
+        Example:
+            >>> KeyMapping(revise_keys=[(r'^model\\.', '')]).map_keys(['model.fc.w'])
+            {'fc.w': 'model.fc.w'}
+        """
+        ignore = [re.compile(p) for p in self.ignore_keys]
+        revise = [(re.compile(p), r) for p, r in self.revise_keys]
+        prefix = self.prefix
+        if prefix and not prefix.endswith('.'):
+            prefix += '.'
+        out: Dict[str, str] = {}
+        for key in keys:
+            if any(p.search(key) for p in ignore):
+                continue
+            new = key
+            for pattern, repl in revise:
+                new = pattern.sub(repl, new)
+            if prefix:
+                if not new.startswith(prefix):
+                    continue
+                new = new[len(prefix):]
+            if new in out:
+                raise ValueError(
+                    f'checkpoint keys {out[new]!r} and {key!r} both map to '
+                    f'{new!r}; adjust revise_keys/ignore_keys')
+            out[new] = key
+        return out
+
+    def describe(self) -> str:
+        """The config text of this mapping, e.g. ``prefix='backbone.'``."""
+        parts = []
+        if self.prefix:
+            parts.append(f'prefix={self.prefix!r}')
+        if self.revise_keys:
+            pairs = ', '.join(f'(r{p!r}, {r!r})' for p, r in self.revise_keys)
+            parts.append(f'revise_keys=[{pairs}]')
+        if self.ignore_keys:
+            parts.append(f'ignore_keys={list(self.ignore_keys)!r}')
+        return ', '.join(parts) or 'no key mapping'
+
+
+@dataclass
+class MatchResult:
+    """How a checkpoint's keys line up with a module's keys."""
+    loaded: Dict[str, str] = field(default_factory=dict)  # model -> ckpt key
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)  # checkpoint keys
+    mismatched: List[Tuple[str, str, Shape, Shape]] = field(
+        default_factory=list)  # (model key, ckpt key, ckpt shape, model shape)
+
+    def loaded_fraction(self, model_shapes: Mapping[str, Shape],
+                        counted: Optional[Iterable[str]] = None) -> float:
+        """Fraction of the elements of ``counted`` (default: all) loaded."""
+        names = list(model_shapes if counted is None else counted)
+        total = sum(_numel(model_shapes[n]) for n in names)
+        got = sum(_numel(model_shapes[n]) for n in names if n in self.loaded)
+        return got / total if total else 0.0
+
+
+def _numel(shape: Shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def match_keys(model_shapes: Mapping[str, Shape],
+               ckpt_shapes: Mapping[str, Shape],
+               mapping: KeyMapping) -> MatchResult:
+    """Match checkpoint tensors to model tensors by mapped name and shape.
+
+    Example:
+        >>> r = match_keys({'w': (2, 2)}, {'w': (3, 3)}, KeyMapping())
+        >>> r.mismatched
+        [('w', 'w', (3, 3), (2, 2))]
+    """
+    mapped = mapping.map_keys(ckpt_shapes)
+    result = MatchResult()
+    for name, shape in model_shapes.items():
+        ckpt_key = mapped.get(name)
+        if ckpt_key is None:
+            result.missing.append(name)
+        elif tuple(ckpt_shapes[ckpt_key]) != tuple(shape):
+            result.mismatched.append(
+                (name, ckpt_key, tuple(ckpt_shapes[ckpt_key]), tuple(shape)))
+        else:
+            result.loaded[name] = ckpt_key
+    result.unexpected = [
+        ckpt for model_key, ckpt in mapped.items()
+        if model_key not in model_shapes
+    ]
+    return result
+
+
+def top_prefixes(keys: Iterable[str], depth: int = 1) -> Counter:
+    """Count the dotted prefixes of ``depth`` components.
+
+    Example:
+        >>> top_prefixes(['backbone.a.w', 'backbone.b.w', 'neck.w'])
+        Counter({'backbone.': 2, 'neck.': 1})
+    """
+    out: Counter = Counter()
+    for key in keys:
+        parts = key.split('.')
+        if len(parts) > depth:
+            out['.'.join(parts[:depth]) + '.'] += 1
+    return out
+
+
+def suggest_mappings(model_shapes: Mapping[str, Shape],
+                     ckpt_shapes: Mapping[str, Shape],
+                     limit: int = 3) -> List[Tuple[KeyMapping, float]]:
+    """Key mappings that would load the most, best first, with the fraction
+    of the module's elements each would load (only those loading anything).
+
+    Tries taking a sub-tree of the checkpoint (``prefix``) and adding a
+    leading component to its keys (``revise_keys``).
+
+    Example:
+        >>> suggest_mappings({'conv.w': (1, )}, {'backbone.conv.w': (1, )})
+        [(KeyMapping(prefix='backbone.', ...), 1.0)]
+    """
+    candidates: List[KeyMapping] = []
+    for depth in (1, 2):
+        for prefix, _ in top_prefixes(ckpt_shapes, depth).most_common(8):
+            candidates.append(KeyMapping(prefix=prefix))
+    for prefix, _ in top_prefixes(model_shapes).most_common(8):
+        candidates.append(KeyMapping(revise_keys=((r'^', prefix), )))
+    scored = []
+    for mapping in candidates:
+        try:
+            result = match_keys(model_shapes, ckpt_shapes, mapping)
+        except ValueError:
+            continue
+        frac = result.loaded_fraction(model_shapes)
+        if frac > 0:
+            scored.append((mapping, frac))
+    scored.sort(key=lambda item: -item[1])
+    return scored[:limit]

@@ -1,0 +1,227 @@
+"""The extended ``Pretrained`` init type and its load plan.
+
+Registered under the stock name in MMEngine's root ``WEIGHT_INITIALIZERS``;
+keeps the stock arguments (``checkpoint``, ``prefix``, ``map_location``) and
+adds ``init_missing``, ``on_missing``, ``strict``, ``revise_keys``,
+``ignore_keys``, ``min_loaded``, ``trust_checkpoint`` and ``check_finite``.
+
+Example (config):
+    >>> init_cfg = dict(type='Pretrained', checkpoint='ckpt/retinanet.pth',
+    ...                 prefix='backbone.',
+    ...                 init_missing=dict(type='Kaiming', layer='Conv2d'),
+    ...                 min_loaded=0.9)
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .cfg_apply import as_cfg_list
+from .errors import CheckpointError, InitConfigError
+from .key_matching import (KeyMapping, MatchResult, match_keys,
+                           suggest_mappings, top_prefixes)
+from .provenance import LoadRecord
+from .safe_load import extract_state_dict, read_checkpoint
+
+ON_MISSING = ('warn', 'error', 'ignore')
+
+
+class PretrainedInit:
+    """Load a checkpoint into a module; everything it does not provide gets
+    its declared init (see the contract in README.md).
+
+    Args:
+        checkpoint (str): checkpoint file (``.pth``; Runner checkpoints work).
+        prefix (str, optional): take the checkpoint sub-tree under this key
+            prefix, e.g. ``'backbone.'``.
+        map_location (str): as for ``torch.load``. Defaults to ``'cpu'``.
+        init_missing (dict | list[dict], optional): init cfg(s) applied only
+            to tensors the checkpoint did not provide (``layer``/``override``
+            grammar of ``init_cfg``).
+        on_missing (str): ``'warn'`` | ``'error'`` | ``'ignore'`` for tensors
+            left with no declared init at all.
+        strict (bool): fail on any missing or unexpected key.
+        revise_keys (list[tuple[str, str]]): ``(regex, replacement)`` pairs
+            applied to checkpoint keys.
+        ignore_keys (list[str]): regexes of checkpoint keys to skip.
+        min_loaded (float, optional): fraction of the module's parameter
+            elements that must come from the checkpoint (default: > 0).
+        trust_checkpoint (bool): unpickle arbitrary objects (runs code from
+            the file). Defaults to False.
+        check_finite (bool): refuse NaN/Inf values. Defaults to True.
+
+    Example:
+        >>> from mmengine.model import initialize
+        >>> initialize(model, dict(type='Pretrained', checkpoint='r18.pth'))
+    """
+
+    def __init__(self,
+                 checkpoint: str,
+                 prefix: Optional[str] = None,
+                 map_location: Any = 'cpu',
+                 init_missing: Any = None,
+                 on_missing: str = 'warn',
+                 strict: bool = False,
+                 revise_keys: Sequence[Sequence[str]] = (),
+                 ignore_keys: Sequence[str] = (),
+                 min_loaded: Optional[float] = None,
+                 trust_checkpoint: bool = False,
+                 check_finite: bool = True) -> None:
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise InitConfigError(
+                f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
+        if on_missing not in ON_MISSING:
+            raise InitConfigError(
+                f'Pretrained: on_missing must be one of {ON_MISSING}, got '
+                f'{on_missing!r}')
+        if min_loaded is not None and not 0 <= float(min_loaded) <= 1:
+            raise InitConfigError(
+                f'Pretrained: min_loaded must be in [0, 1], got {min_loaded!r}')
+        if isinstance(ignore_keys, str):
+            ignore_keys = [ignore_keys]
+        try:
+            pairs = tuple((str(p), str(r)) for p, r in revise_keys)
+        except (TypeError, ValueError) as exc:
+            raise InitConfigError(
+                'Pretrained: revise_keys must be a list of (regex, '
+                f'replacement) pairs, got {revise_keys!r}') from exc
+        self.checkpoint = checkpoint
+        self.prefix = prefix
+        self.map_location = map_location
+        self.init_missing = as_cfg_list(init_missing)
+        self.on_missing = on_missing
+        self.strict = bool(strict)
+        self.mapping = KeyMapping(prefix, pairs, tuple(ignore_keys))
+        self.min_loaded = None if min_loaded is None else float(min_loaded)
+        self.trust_checkpoint = bool(trust_checkpoint)
+        self.check_finite = bool(check_finite)
+        self.wholemodule = False  # set by MMEngine's driver; unused here
+
+    def __call__(self, module: nn.Module) -> None:
+        """Used when called directly (``mmengine.model.initialize``)."""
+        from .session import run_pretrained_alone
+        run_pretrained_alone(module, self)
+
+
+def is_pretrained_cfg(cfg: Dict[str, Any]) -> bool:
+    """Whether an init cfg entry is a ``Pretrained`` one."""
+    from mmengine.model.weight_init import PretrainedInit as StockPretrained
+    t = cfg.get('type')
+    return t == 'Pretrained' or t in (PretrainedInit, StockPretrained)
+
+
+def build_pretrained(cfg: Dict[str, Any], label: str) -> PretrainedInit:
+    """Build the entry with an error that names the config entry."""
+    args = {k: v for k, v in cfg.items() if k != 'type'}
+    try:
+        return PretrainedInit(**args)
+    except InitConfigError as exc:
+        raise InitConfigError(f'{label}: {exc}') from exc
+    except TypeError as exc:
+        raise InitConfigError(f'{label}: {exc}') from exc
+
+
+@dataclass
+class LoadPlan:
+    """What one ``Pretrained`` entry will copy: ``{model name: (key, tensor)}``
+    where model names are relative to the session root."""
+    module_path: str
+    entry: PretrainedInit
+    label: str
+    copies: Dict[str, Tuple[str, torch.Tensor]] = field(default_factory=dict)
+    record: Optional[LoadRecord] = None
+
+
+def _full(path: str, name: str) -> str:
+    return f'{path}.{name}' if path else name
+
+
+def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
+              label: str) -> LoadPlan:
+    """Read the checkpoint (memory-mapped) and decide what it provides.
+
+    Checks ``strict`` and ``min_loaded`` before any tensor is written.
+    """
+    ckpt, _ = read_checkpoint(entry.checkpoint, entry.map_location,
+                              entry.trust_checkpoint, label)
+    state = extract_state_dict(ckpt, entry.checkpoint, label)
+    model_tensors = module.state_dict(keep_vars=True)
+    model_shapes = {k: tuple(v.shape) for k, v in model_tensors.items()}
+    ckpt_shapes = {k: tuple(v.shape) for k, v in state.items()}
+    try:
+        result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
+    except ValueError as exc:
+        raise InitConfigError(f'{label}: {exc}') from exc
+    params = [n for n, _ in module.named_parameters()]
+    fraction = result.loaded_fraction(model_shapes, params)
+    _check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label)
+    record = LoadRecord(
+        module=path,
+        checkpoint=entry.checkpoint,
+        via='Pretrained',
+        prefix=entry.prefix,
+        loaded=[_full(path, n) for n in result.loaded],
+        missing=[_full(path, m) for m in result.missing if not _is_counter(m)],
+        unexpected=result.unexpected,
+        mismatched=[(_full(path, k), c, m) for k, _, c, m in result.mismatched],
+        loaded_fraction=fraction)
+    copies = {
+        _full(path, name): (key, state[key])
+        for name, key in result.loaded.items()
+    }
+    return LoadPlan(path, entry, label, copies, record)
+
+
+def _is_counter(name: str) -> bool:
+    return name.endswith('num_batches_tracked')
+
+
+def _check_coverage(result: MatchResult, fraction: float,
+                    model_shapes: Dict[str, Tuple[int, ...]],
+                    ckpt_shapes: Dict[str, Tuple[int, ...]],
+                    entry: PretrainedInit, label: str) -> None:
+    if not result.loaded:
+        prefixes = ', '.join(
+            f'{p!r} ({n} keys)'
+            for p, n in top_prefixes(ckpt_shapes).most_common(5))
+        hints = '; '.join(f'{m.describe()} would load {f:.0%}'
+                          for m, f in suggest_mappings(model_shapes,
+                                                       ckpt_shapes))
+        raise CheckpointError(
+            f'{label}: nothing in {entry.checkpoint} matches the module with '
+            f'{entry.mapping.describe()}. Most common checkpoint key '
+            f'prefixes: {prefixes or "none"}.'
+            + (f' Try: {hints}.' if hints else ''))
+    if entry.min_loaded is not None and fraction < entry.min_loaded:
+        raise CheckpointError(
+            f'{label}: {entry.checkpoint} provides {fraction:.1%} of the '
+            f'module\'s parameter elements, below min_loaded='
+            f'{entry.min_loaded}')
+    if entry.strict:
+        missing = [m for m in result.missing if not _is_counter(m)]
+        problems = []
+        if missing:
+            problems.append(f'missing keys: {", ".join(missing)}')
+        if result.unexpected:
+            problems.append(
+                f'unexpected keys: {", ".join(result.unexpected)}')
+        if result.mismatched:
+            problems.append('shape mismatches: ' + ', '.join(
+                f'{k} checkpoint {c} vs model {m}'
+                for k, _, c, m in result.mismatched))
+        if problems:
+            raise CheckpointError(f'{label}: strict=True and ' +
+                                  '; '.join(problems))
+
+
+def check_finite(plan: LoadPlan, names: List[str]) -> None:
+    """Raise for a NaN/Inf in the tensors of ``plan`` that will be copied."""
+    if not plan.entry.check_finite:
+        return
+    for name in names:
+        key, src = plan.copies[name]
+        if src.is_floating_point() and not bool(torch.isfinite(src).all()):
+            raise CheckpointError(
+                f'{plan.label}: {plan.entry.checkpoint}: tensor {key!r} holds '
+                'NaN or Inf values (set check_finite=False to load it anyway)')

@@ -1,0 +1,160 @@
+"""The provenance ledger: where the value of every parameter and persistent
+buffer came from, exactly (no mean-value heuristics).
+
+Example:
+    >>> model.init_weights()
+    >>> ledger = get_provenance(model)
+    >>> ledger.entries['backbone.conv1.weight'].kind
+    'checkpoint'
+    >>> ledger.entries['backbone.adapters.0.up.weight'].describe()
+    'Zero from backbone.adapters.0'
+"""
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch.nn as nn
+
+CHECKPOINT = 'checkpoint'
+INITIALIZER = 'initializer'
+INIT_WEIGHTS = 'init_weights'
+CONSTRUCTOR = 'constructor'
+KINDS = (CHECKPOINT, INITIALIZER, INIT_WEIGHTS, CONSTRUCTOR)
+
+_LEDGER_ATTR = '_mmext_provenance'
+
+
+def format_args(args: Optional[Mapping[str, Any]]) -> str:
+    """``{'val': 0, 'bias': 1}`` -> ``'val=0, bias=1'``.
+
+    Example:
+        >>> format_args({'mode': 'fan_out'})
+        "mode='fan_out'"
+    """
+    return ', '.join(f'{k}={v!r}' for k, v in (args or {}).items())
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Origin of one tensor's value.
+
+    ``kind`` is one of ``checkpoint`` (``source`` is the file, ``key`` the
+    checkpoint key), ``initializer`` (``source`` is the init type, ``args`` its
+    arguments, ``declared_by`` the module path whose init_cfg declared it),
+    ``init_weights`` (``source`` is the class whose ``init_weights`` override
+    wrote it) or ``constructor`` (nothing declared wrote it).
+    """
+    kind: str
+    source: str
+    declared_by: Optional[str] = None
+    key: Optional[str] = None
+    args: Optional[Mapping[str, Any]] = None
+    notes: Tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One-line human description, used by the report.
+
+        Example:
+            >>> Provenance('initializer', 'Constant', 'head', args={'val': 0}).describe()
+            'Constant(val=0) from head'
+        """
+        where = self.declared_by if self.declared_by else '<root>'
+        if self.kind == CHECKPOINT:
+            text = f'checkpoint {self.source}'
+            if self.args:
+                text += f' [{format_args(self.args)}]'
+        elif self.kind == INITIALIZER:
+            args = format_args(self.args)
+            text = f'{self.source}({args})' if args else self.source
+            text += f' from {where}'
+        elif self.kind == INIT_WEIGHTS:
+            text = f'init_weights of {self.source} at {where}'
+        else:
+            text = 'constructor default (no declared init)'
+        if self.notes:
+            text += ' (' + '; '.join(self.notes) + ')'
+        return text
+
+    def with_note(self, note: str) -> 'Provenance':
+        """A copy with ``note`` appended (notes are deduplicated)."""
+        if note in self.notes:
+            return self
+        return Provenance(self.kind, self.source, self.declared_by, self.key,
+                          self.args, self.notes + (note, ))
+
+
+@dataclass
+class LoadRecord:
+    """What one checkpoint load did for the module that declared it."""
+    module: str
+    checkpoint: str
+    via: str
+    prefix: Optional[str] = None
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(
+        default_factory=list)
+    cast: List[Tuple[str, str, str]] = field(default_factory=list)
+    loaded_fraction: float = 0.0
+
+
+@dataclass
+class ProvenanceLedger:
+    """All provenance of one ``init_weights()`` call on ``root``."""
+    root: str
+    entries: Dict[str, Provenance] = field(default_factory=dict)
+    loads: List[LoadRecord] = field(default_factory=list)
+    numel: Dict[str, int] = field(default_factory=dict)
+
+    def names(self, kind: str) -> List[str]:
+        """Names of the tensors of one kind, in model order.
+
+        Example:
+            >>> ledger.names('constructor')
+            ['neck.extra.weight']
+        """
+        return [n for n, p in self.entries.items() if p.kind == kind]
+
+    def counts(self) -> Dict[str, int]:
+        """Number of tensors per kind."""
+        out = {k: 0 for k in KINDS}
+        for p in self.entries.values():
+            out[p.kind] += 1
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready form, as written to ``init_provenance.json``."""
+        return {
+            'version': 1,
+            'root': self.root,
+            'counts': self.counts(),
+            'entries': {
+                n: {
+                    **asdict(p), 'notes': list(p.notes),
+                    'args': dict(p.args) if p.args else None,
+                    'numel': self.numel.get(n)
+                }
+                for n, p in self.entries.items()
+            },
+            'loads': [asdict(r) for r in self.loads],
+        }
+
+
+def get_provenance(model: nn.Module) -> ProvenanceLedger:
+    """The ledger of the last ``init_weights()`` run on ``model``.
+
+    Example:
+        >>> get_provenance(model).counts()
+        {'checkpoint': 310, 'initializer': 8, 'init_weights': 0, 'constructor': 0}
+    """
+    ledger = model.__dict__.get(_LEDGER_ATTR)
+    if ledger is None:
+        raise LookupError(
+            f'{type(model).__name__} has no provenance ledger: init_weights() '
+            'has not run on it with mmext_init active')
+    return ledger
+
+
+def attach_ledger(model: nn.Module, ledger: ProvenanceLedger) -> None:
+    """Store ``ledger`` on ``model`` (a plain attribute, not a buffer)."""
+    model.__dict__[_LEDGER_ATTR] = ledger

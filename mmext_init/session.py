@@ -1,0 +1,351 @@
+"""One ``init_weights()`` call on a model tree, start to finish.
+
+1. Plan: every ``Pretrained`` entry handled by MMEngine's init logic reads its
+   checkpoint (keys and shapes, memory-mapped) and decides what it provides;
+   those tensors become *protected*.
+2. Initialize, in MMEngine's order (a module's own entries, then its
+   children; the deeper declaration wins), skipping writes to protected
+   tensors. ``BaseModule`` children inside plain containers and below
+   ``init_weights`` overrides that never recurse are initialized too.
+3. Copy every planned tensor once (the outermost ``Pretrained`` wins where two
+   provide the same tensor, as in stock MMEngine).
+4. Build the provenance ledger, enforce ``on_missing``/``min_loaded`` and
+   report.
+"""
+import contextlib
+import itertools
+import logging
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+
+from .cfg_apply import apply_init_cfgs, as_cfg_list
+from .errors import CheckpointError, InitConfigError, entry_label
+from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, LoadRecord,
+                         Provenance, ProvenanceLedger, attach_ledger)
+from .pretrained import (LoadPlan, PretrainedInit, build_pretrained,
+                         check_finite, is_pretrained_cfg, plan_load)
+from .report import emit_report, fold_names
+from .tracking import InitSource, WriteTracker
+
+_SESSIONS: List['InitSession'] = []
+_INIT_MISSING_NOTE = 'init_missing of Pretrained'
+
+
+def current_session() -> Optional['InitSession']:
+    """The session of the ``init_weights()`` call in progress, if any."""
+    return _SESSIONS[-1] if _SESSIONS else None
+
+
+def uses_contract(module: nn.Module) -> bool:
+    """Whether ``module.init_weights`` is mmext_init's (not an override)."""
+    impl = getattr(type(module), 'init_weights', None)
+    return bool(getattr(impl, '_mmext_contract', False))
+
+
+def _under(name: str, path: str) -> bool:
+    return not path or name == path or name.startswith(path + '.')
+
+
+class InitSession:
+    """Initializes ``root`` under the contract and records provenance."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.root_name = type(root).__name__
+        self._paths: Dict[int, str] = {}
+        for name, module in root.named_modules(remove_duplicate=False):
+            self._paths.setdefault(id(module), name)
+        self.tracker = WriteTracker(root.state_dict(keep_vars=True))
+        self.plans: Dict[int, List[LoadPlan]] = {}
+        self.handled: set = set()  # ids of modules whose init_cfg we ran
+        self.code_entries: List[Tuple[nn.Module, str, PretrainedInit]] = []
+        self._overrides: List[nn.Module] = []
+
+    # -- helpers -----------------------------------------------------------
+    def path_of(self, module: nn.Module) -> str:
+        return self._paths.get(id(module), f'<{type(module).__name__}>')
+
+    def label(self, path: str, kind: str) -> str:
+        return entry_label(path, self.root_name, kind)
+
+    def pretrained_entries(self, module: nn.Module) -> List[PretrainedInit]:
+        path = self.path_of(module)
+        return [
+            build_pretrained(cfg, self.label(path, 'Pretrained'))
+            for cfg in as_cfg_list(getattr(module, 'init_cfg', None))
+            if is_pretrained_cfg(cfg)
+        ]
+
+    def plans_for(self, module: nn.Module) -> List[LoadPlan]:
+        """Plans of ``module``'s Pretrained entries (made once, protected)."""
+        if id(module) not in self.plans:
+            path = self.path_of(module)
+            plans = [
+                plan_load(module, path, entry, self.label(path, 'Pretrained'))
+                for entry in self.pretrained_entries(module)
+            ]
+            for plan in plans:
+                self.tracker.protected.update(plan.copies)
+            self.plans[id(module)] = plans
+        return self.plans[id(module)]
+
+    def add_plan(self, module: nn.Module, entry: PretrainedInit) -> None:
+        """Plan an entry met outside any init_cfg (``initialize(m, cfg)``)."""
+        path = self.path_of(module)
+        plan = plan_load(module, path, entry, self.label(path, 'Pretrained'))
+        self.tracker.protected.update(plan.copies)
+        self.plans.setdefault(id(module), []).append(plan)
+
+    # -- 1. plan -------------------------------------------------------------
+    def plan_all(self) -> None:
+        for module in self.root.modules():
+            if uses_contract(module) and getattr(module, 'init_cfg', None):
+                self.plans_for(module)
+
+    # -- 2. initialize -------------------------------------------------------
+    def init_module(self, module: nn.Module) -> None:
+        """MMEngine's ``BaseModule.init_weights`` body, under the contract."""
+        if getattr(module, '_is_init', False):
+            print_log(
+                f'init_weights of {type(module).__name__} has been called '
+                'more than once.',
+                logger='current',
+                level=logging.WARNING)
+            return
+        path = self.path_of(module)
+        cfgs = as_cfg_list(getattr(module, 'init_cfg', None))
+        others = [c for c in cfgs if not is_pretrained_cfg(c)]
+        plans = self.plans_for(module) if len(others) < len(cfgs) else []
+        self.handled.add(id(module))
+        apply_init_cfgs(module, others, path, self.root_name, self.tracker)
+        for plan in plans:
+            apply_init_cfgs(module, plan.entry.init_missing, path,
+                            self.root_name, self.tracker, _INIT_MISSING_NOTE)
+        for child in module.children():
+            self.init_child(child)
+        module._is_init = True
+
+    def init_child(self, child: nn.Module) -> None:
+        if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
+            child = child.module
+        if not hasattr(child, 'init_weights'):  # plain container: look inside
+            for grandchild in child.children():
+                self.init_child(grandchild)
+        elif not getattr(child, 'is_init', False):
+            self.call_init_weights(child)
+
+    def call_init_weights(self, module: nn.Module) -> None:
+        if uses_contract(module):
+            module.init_weights()
+            return
+        path = self.path_of(module)
+        self._overrides.append(module)
+        try:
+            with self.tracker.source(
+                    InitSource(INIT_WEIGHTS, type(module).__name__, path)):
+                module.init_weights()
+        finally:
+            self._overrides.pop()
+        self.after_override(module, path)
+
+    def after_override(self, module: nn.Module, path: str) -> None:
+        """Finish what an ``init_weights`` override left undone."""
+        if id(module) not in self.handled:
+            for entry in self.pretrained_entries(module):
+                self.code_entries.append((module, path, entry))
+                apply_init_cfgs(module, entry.init_missing, path,
+                                self.root_name, self.tracker,
+                                _INIT_MISSING_NOTE)
+        if hasattr(module, '_is_init'):
+            module._is_init = True
+        self.sweep(module)
+
+    def sweep(self, module: nn.Module) -> None:
+        """Initialize the BaseModules below ``module`` nobody initialized."""
+        for child in module.children():
+            if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
+                child = child.module
+            if not hasattr(child, 'init_weights'):
+                self.sweep(child)
+            elif hasattr(child, 'is_init') and not child.is_init:
+                self.call_init_weights(child)
+
+    def override_checkpoint(self) -> str:
+        """Checkpoint file of the innermost override loading right now."""
+        for module in reversed(self._overrides):
+            for cfg in as_cfg_list(getattr(module, 'init_cfg', None)):
+                if is_pretrained_cfg(cfg) and cfg.get('checkpoint'):
+                    return str(cfg['checkpoint'])
+        return 'state dict'
+
+    # -- 3. copy -------------------------------------------------------------
+    def all_plans(self) -> List[LoadPlan]:
+        return [p for plans in self.plans.values() for p in plans]
+
+    def apply_loads(self, tensors: Dict[str, torch.Tensor]) -> None:
+        final: Dict[str, LoadPlan] = {}
+        depth = lambda p: -1 if not p.module_path else p.module_path.count('.')
+        for plan in sorted(self.all_plans(), key=depth, reverse=True):
+            for name in plan.copies:
+                final[name] = plan  # outer plans come later and win
+        for plan in self.all_plans():
+            check_finite(plan, [n for n, p in final.items() if p is plan])
+        with torch.no_grad():
+            for name, plan in final.items():
+                key, src = plan.copies[name]
+                dst = tensors[name]
+                notes: Tuple[str, ...] = ()
+                if src.dtype != dst.dtype:
+                    notes = (f'cast {src.dtype} -> {dst.dtype}', )
+                    plan.record.cast.append((name, str(src.dtype),
+                                             str(dst.dtype)))
+                dst.copy_(src)
+                args = {'prefix': plan.entry.prefix} if plan.entry.prefix \
+                    else None
+                self.tracker.record(
+                    name,
+                    Provenance(CHECKPOINT, plan.entry.checkpoint,
+                               plan.module_path, key, args, notes))
+
+    # -- 4. ledger, checks, report ----------------------------------------
+    def code_load_records(self, tensors: Dict[str, torch.Tensor],
+                          ledger: ProvenanceLedger) -> List[LoadRecord]:
+        records = []
+        for module, path, entry in self.code_entries:
+            label = self.label(path, 'Pretrained')
+            names = [n for n in tensors if _under(n, path)]
+            loaded = [n for n in names if n in self.tracker.loaded_by_code]
+            params = {f'{path}.{n}' if path else n
+                      for n, _ in module.named_parameters()}
+            total = sum(tensors[n].numel() for n in params if n in tensors)
+            got = sum(tensors[n].numel() for n in loaded if n in params)
+            fraction = got / total if total else 0.0
+            if not loaded:
+                raise CheckpointError(
+                    f'{label}: {type(module).__name__}.init_weights loaded '
+                    f'nothing from {entry.checkpoint}')
+            if entry.min_loaded is not None and fraction < entry.min_loaded:
+                raise CheckpointError(
+                    f'{label}: {entry.checkpoint} provides {fraction:.1%} of '
+                    f"the module's parameter elements, below min_loaded="
+                    f'{entry.min_loaded}')
+            missing = [
+                n for n in names if ledger.entries[n].kind != CHECKPOINT
+                and not n.endswith('num_batches_tracked')
+            ]
+            records.append(
+                LoadRecord(path, entry.checkpoint,
+                           f'{type(module).__name__}.init_weights',
+                           entry.prefix, loaded, missing, [], [], [],
+                           fraction))
+        return records
+
+    def enforce_on_missing(self, ledger: ProvenanceLedger) -> None:
+        entries = [(p.module_path, p.entry) for p in self.all_plans()]
+        entries += [(path, e) for _, path, e in self.code_entries]
+        for path, entry in entries:
+            if entry.on_missing == 'ignore':
+                continue
+            bare = [
+                n for n, p in ledger.entries.items()
+                if p.kind == CONSTRUCTOR and _under(n, path)
+                and not n.endswith('num_batches_tracked')
+            ]
+            if not bare:
+                continue
+            label = self.label(path, 'Pretrained')
+            text = (f'{label}: {len(bare)} tensor(s) are not in '
+                    f'{entry.checkpoint} and have no declared init (kept '
+                    f'at constructor default): {", ".join(fold_names(bare))}. '
+                    'Declare one with init_missing=... or set on_missing.')
+            if entry.on_missing == 'error':
+                raise InitConfigError(text)
+            print_log(text, logger='current', level=logging.WARNING)
+
+    def finish(self) -> ProvenanceLedger:
+        tensors = self.root.state_dict(keep_vars=True)
+        self.apply_loads(tensors)
+        ledger = ProvenanceLedger(self.root_name)
+        ledger.numel = {n: t.numel() for n, t in tensors.items()}
+        for name in tensors:
+            ledger.entries[name] = self.tracker.written.get(
+                name, Provenance(CONSTRUCTOR, 'constructor default'))
+        ledger.loads = [p.record for p in self.all_plans() if p.record]
+        ledger.loads += self.code_load_records(tensors, ledger)
+        self.enforce_on_missing(ledger)
+        attach_ledger(self.root, ledger)
+        emit_report(ledger, self.tracker.skipped_ops)
+        return ledger
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator['InitSession']:
+        _SESSIONS.append(self)
+        try:
+            with _tracking_code_loads():
+                yield self
+        finally:
+            _SESSIONS.remove(self)
+
+
+def run_init_weights(root: nn.Module) -> ProvenanceLedger:
+    """``root.init_weights()`` under the contract; returns the ledger."""
+    session = InitSession(root)
+    with session.active():
+        session.plan_all()
+        session.init_module(root)
+    return session.finish()
+
+
+def run_pretrained_alone(module: nn.Module, entry: PretrainedInit) -> None:
+    """A ``Pretrained`` entry called directly (``initialize(m, cfg)``)."""
+    session = current_session()
+    if session is not None:
+        session.add_plan(module, entry)
+        return
+    session = InitSession(module)
+    with session.active():
+        session.add_plan(module, entry)
+        session.handled.add(id(module))
+        apply_init_cfgs(module, entry.init_missing, '', session.root_name,
+                        session.tracker, _INIT_MISSING_NOTE)
+    session.finish()
+
+
+@contextlib.contextmanager
+def _tracking_code_loads() -> Iterator[None]:
+    """Attribute ``load_state_dict`` calls made by init code to a checkpoint."""
+    original = nn.Module._load_from_state_dict
+    if getattr(original, '_mmext_wrapped', False):
+        yield
+        return
+
+    def _load_from_state_dict(module, state_dict, prefix, *args, **kwargs):
+        session = current_session()
+        tracker = session.tracker if session else None
+        if tracker is None or tracker.current is None:
+            return original(module, state_dict, prefix, *args, **kwargs)
+        keys = {}
+        persistent = itertools.chain(
+            module._parameters.items(),
+            ((k, v) for k, v in module._buffers.items()
+             if k not in module._non_persistent_buffers_set))
+        for local, tensor in persistent:
+            name = tracker.name_of(tensor) if tensor is not None else None
+            if name is not None and prefix + local in state_dict:
+                keys[name] = prefix + local
+        owner = session._overrides[-1] if session._overrides else module
+        src = InitSource(CHECKPOINT, session.override_checkpoint(),
+                         session.path_of(owner), keys=keys)
+        with tracker.source(src):
+            return original(module, state_dict, prefix, *args, **kwargs)
+
+    _load_from_state_dict._mmext_wrapped = True
+    nn.Module._load_from_state_dict = _load_from_state_dict
+    try:
+        yield
+    finally:
+        nn.Module._load_from_state_dict = original
