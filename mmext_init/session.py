@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseModule, is_model_wrapper
 
 from .cfg_apply import apply_init_cfgs, as_cfg_list
 from .errors import CheckpointError, InitConfigError, entry_label
@@ -44,6 +44,10 @@ def uses_contract(module: nn.Module) -> bool:
     """Whether ``module.init_weights`` is mmext_init's (not an override)."""
     impl = getattr(type(module), 'init_weights', None)
     return bool(getattr(impl, '_mmext_contract', False))
+
+
+def _is_base_like(module: nn.Module) -> bool:
+    return isinstance(module, BaseModule) or uses_contract(module)
 
 
 def _under(name: str, path: str) -> bool:
@@ -129,14 +133,18 @@ class InitSession:
             self.init_child(child)
         module._is_init = True
 
-    def init_child(self, child: nn.Module) -> None:
+    def init_child(self, child: nn.Module, direct: bool = True) -> None:
+        """Stock rule for direct children (call ``init_weights`` if any);
+        below a plain container only BaseModules are initialized, because
+        stock never reaches other modules there."""
         if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
             child = child.module
-        if not hasattr(child, 'init_weights'):  # plain container: look inside
+        if _is_base_like(child) or (direct and hasattr(child, 'init_weights')):
+            if not getattr(child, 'is_init', False):
+                self.call_init_weights(child)
+        else:  # plain container (or a stock-unreachable module): look inside
             for grandchild in child.children():
-                self.init_child(grandchild)
-        elif not getattr(child, 'is_init', False):
-            self.call_init_weights(child)
+                self.init_child(grandchild, direct=False)
 
     def call_init_weights(self, module: nn.Module) -> None:
         if uses_contract(module):
@@ -169,9 +177,9 @@ class InitSession:
         for child in module.children():
             if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
                 child = child.module
-            if not hasattr(child, 'init_weights'):
+            if not _is_base_like(child):
                 self.sweep(child)
-            elif hasattr(child, 'is_init') and not child.is_init:
+            elif not getattr(child, 'is_init', False):
                 self.call_init_weights(child)
 
     def override_checkpoint(self) -> str:

@@ -1,0 +1,34 @@
+"""Shared fixtures: the plugin imported, seeded RNG, checkpoint writers."""
+import os
+import sys
+from typing import Dict
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import mmext_init  # noqa: E402,F401  (activates the plugin)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def save_ckpt(tmp_path):
+    """Write ``{'state_dict': sd, 'meta': ...}`` to a .pth file, return its path."""
+    counter = [0]
+
+    def _save(state_dict: Dict[str, torch.Tensor], wrap: bool = True,
+              name: str = None) -> str:
+        counter[0] += 1
+        path = tmp_path / (name or f'ckpt_{counter[0]}.pth')
+        obj = {'state_dict': state_dict, 'meta': {'epoch': 1}} if wrap \
+            else state_dict
+        torch.save(obj, path)
+        return str(path)
+
+    return _save
