@@ -19,7 +19,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from .pretrained import PretrainedInit
 from .safe_load import load_from_safe_local
-from .session import current_session, run_init_weights
+from .overrides import wrap_overrides
+from .session import _STOCK_MODE, current_session, run_init_weights
 
 _STOCK = '_mmext_stock'
 
@@ -86,6 +87,7 @@ def install() -> None:
         'Pretrained': PretrainedInit,
         'local': load_from_safe_local,
     })
+    wrap_overrides(BaseModule)
 
 
 @contextlib.contextmanager
@@ -101,7 +103,9 @@ def stock_mmengine() -> Iterator[None]:
     """
     saved = _current()
     _apply(BaseModule.__dict__[_STOCK])
+    _STOCK_MODE.append(True)
     try:
         yield
     finally:
+        _STOCK_MODE.pop()
         _apply(saved)

@@ -32,12 +32,18 @@ from .report import emit_report, fold_names
 from .tracking import InitSource, WriteTracker
 
 _SESSIONS: List['InitSession'] = []
+_STOCK_MODE: List[bool] = []
 _INIT_MISSING_NOTE = 'init_missing of Pretrained'
 
 
 def current_session() -> Optional['InitSession']:
     """The session of the ``init_weights()`` call in progress, if any."""
     return _SESSIONS[-1] if _SESSIONS else None
+
+
+def stock_mode() -> bool:
+    """Whether :func:`mmext_init.stock_mmengine` is in force."""
+    return bool(_STOCK_MODE)
 
 
 def uses_contract(module: nn.Module) -> bool:
@@ -48,6 +54,14 @@ def uses_contract(module: nn.Module) -> bool:
 
 def _is_base_like(module: nn.Module) -> bool:
     return isinstance(module, BaseModule) or uses_contract(module)
+
+
+def override_owner(module: nn.Module) -> str:
+    """Name of the class whose ``init_weights`` a module runs."""
+    for cls in type(module).__mro__:
+        if 'init_weights' in cls.__dict__:
+            return cls.__name__
+    return type(module).__name__
 
 
 def _under(name: str, path: str) -> bool:
@@ -154,7 +168,7 @@ class InitSession:
         self._overrides.append(module)
         try:
             with self.tracker.source(
-                    InitSource(INIT_WEIGHTS, type(module).__name__, path)):
+                    InitSource(INIT_WEIGHTS, override_owner(module), path)):
                 module.init_weights()
         finally:
             self._overrides.pop()
@@ -234,7 +248,7 @@ class InitSession:
             fraction = got / total if total else 0.0
             if not loaded:
                 raise CheckpointError(
-                    f'{label}: {type(module).__name__}.init_weights loaded '
+                    f'{label}: {override_owner(module)}.init_weights loaded '
                     f'nothing from {entry.checkpoint}')
             if entry.min_loaded is not None and fraction < entry.min_loaded:
                 raise CheckpointError(
@@ -247,7 +261,7 @@ class InitSession:
             ]
             records.append(
                 LoadRecord(path, entry.checkpoint,
-                           f'{type(module).__name__}.init_weights',
+                           f'{override_owner(module)}.init_weights',
                            entry.prefix, loaded, missing, [], [], [],
                            fraction))
         return records
@@ -304,7 +318,7 @@ def run_init_weights(root: nn.Module) -> ProvenanceLedger:
     session = InitSession(root)
     with session.active():
         session.plan_all()
-        session.init_module(root)
+        session.call_init_weights(root)
     return session.finish()
 
 

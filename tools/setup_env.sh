@@ -34,6 +34,7 @@ if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev
     "${PIP[@]}" --no-build-isolation 'mmcv==2.1.0'
 fi
 
-"${PIP[@]}" 'mmdet==3.3.0' 'mmsegmentation==1.2.2'
+# mmseg imports ftfy and regex (its tokenizer) without declaring them.
+"${PIP[@]}" 'mmdet==3.3.0' 'mmsegmentation==1.2.2' ftfy regex
 "${PIP[@]}" --no-build-isolation -e "$ROOT[test]"
 "$PY" -c 'import torch, mmengine, mmcv, mmcv.ops, mmdet, mmseg; print("[setup_env] torch", torch.__version__, "mmengine", mmengine.__version__, "mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmseg", mmseg.__version__)'
