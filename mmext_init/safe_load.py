@@ -59,6 +59,9 @@ class UnreconstructedObject:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    def __call__(self, *args: Any, **kwargs: Any) -> 'UnreconstructedObject':
+        return type(self)(*args)  # calling a stand-in yields a stand-in
+
     def __setitem__(self, key: Any, value: Any) -> None:
         self.items.append((key, value))
 
@@ -118,7 +121,22 @@ def _data_only_globals() -> Dict[str, Any]:
         allowed['mmengine.config.config.ConfigDict'] = ConfigDict
     except ImportError:
         pass
-    return {k: v for k, v in allowed.items() if v is not None}
+    allowed = {k: v for k, v in allowed.items() if v is not None}
+    # only HistoryBuffer needs it; never numpy/torch (ndarray.tofile writes files)
+    getattr_owners = tuple(
+        v for k, v in allowed.items() if k.endswith('.HistoryBuffer'))
+
+    def safe_getattr(obj: Any, name: str) -> Any:
+        """``getattr`` for public attributes of HistoryBuffer only (it
+        pickles its statistics methods this way)."""
+        if (isinstance(obj, type) and obj in getattr_owners
+                and isinstance(name, str) and not name.startswith('_')):
+            return getattr(obj, name)
+        return unreconstructed_class('builtins', 'getattr')(obj, name)
+
+    allowed['builtins.getattr'] = allowed['__builtin__.getattr'] = \
+        safe_getattr
+    return allowed
 
 
 def _numpy_attr(name: str) -> Any:

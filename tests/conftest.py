@@ -32,3 +32,14 @@ def save_ckpt(tmp_path):
         return str(path)
 
     return _save
+
+
+@pytest.fixture(scope='session')
+def runner_ckpt(tmp_path_factory):
+    """A checkpoint written by a real stock MMEngine Runner (meta,
+    message_hub with HistoryBuffers, optimizer state, numpy scalars)."""
+    from runner_utils import ToyModel, run_runner
+    work_dir = tmp_path_factory.mktemp('stock_run')
+    with mmext_init.stock_mmengine():
+        run_runner(str(work_dir), ToyModel())
+    return str(work_dir / 'iter_2.pth')
