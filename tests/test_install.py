@@ -1,0 +1,80 @@
+"""Activation: import, reload, root registries under every scope,
+custom_imports from a config, and the stock-behaviour context manager."""
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.model import BaseModule
+from mmengine.registry import WEIGHT_INITIALIZERS, DefaultScope
+from toy_models import TrunkWithAdapters
+
+import mmext_init
+from mmext_init import PretrainedInit, stock_mmengine
+
+
+def test_import_twice_and_reload_do_not_double_patch():
+    from mmdet.models.backbones import SwinTransformer
+    importlib.reload(mmext_init)
+    importlib.reload(mmext_init)
+    assert BaseModule.init_weights is mmext_init.InitWeightsMixin.init_weights
+    stock = BaseModule.__dict__['_mmext_stock']['init_weights']
+    assert stock.__module__ == 'mmengine.model.base_module'
+    wrapped = SwinTransformer.__dict__['init_weights']
+    inner = wrapped._mmext_wrapped_override
+    assert not hasattr(inner, '_mmext_wrapped_override')
+    assert WEIGHT_INITIALIZERS.get('Pretrained') is mmext_init.PretrainedInit
+
+
+@pytest.mark.parametrize('scope', [None, 'mmengine', 'mmdet', 'mmseg'])
+def test_pretrained_resolves_to_ours_under_every_scope(scope):
+    importlib.import_module('mmdet.registry')
+    importlib.import_module('mmseg.registry')
+    name = f'test_scope_{scope}'
+    if scope is None:
+        built = WEIGHT_INITIALIZERS.build(dict(type='Pretrained',
+                                               checkpoint='x.pth'))
+    else:
+        DefaultScope.get_instance(name, scope_name=scope)
+        with DefaultScope.overwrite_default_scope(scope):
+            built = WEIGHT_INITIALIZERS.build(
+                dict(type='Pretrained', checkpoint='x.pth', min_loaded=0.5))
+    assert isinstance(built, PretrainedInit)
+
+
+def test_stock_context_restores_stock_then_plugin(save_ckpt):
+    path = save_ckpt({'fc1.weight': torch.zeros(8, 8)})
+    cfg = dict(type='Pretrained', checkpoint=path)
+    torch.manual_seed(0)
+    stock_model = TrunkWithAdapters(init_cfg=cfg)
+    with stock_mmengine():
+        assert WEIGHT_INITIALIZERS.get('Pretrained').__module__ == \
+            'mmengine.model.weight_init'
+        stock_model.init_weights()
+    # before: stock never reaches the adapters in the plain ModuleList
+    assert torch.count_nonzero(stock_model.adapters[0].up.weight) > 0
+    plugin_model = TrunkWithAdapters(init_cfg=dict(cfg, on_missing='ignore'))
+    plugin_model.init_weights()
+    # after: the adapter's declared zero init is applied
+    assert torch.count_nonzero(plugin_model.adapters[0].up.weight) == 0
+    assert BaseModule.init_weights is mmext_init.InitWeightsMixin.init_weights
+
+
+def _patched_in_subprocess(cfg_text, tmp_path):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text(cfg_text)
+    code = ('from mmengine.config import Config\n'
+            f'Config.fromfile({str(cfg)!r})\n'
+            'from mmengine.model import BaseModule\n'
+            "print(getattr(BaseModule.init_weights, '_mmext_contract', False))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_activation_through_custom_imports(tmp_path):
+    on = "custom_imports = dict(imports=['mmext_init'], " \
+         'allow_failed_imports=False)\n'
+    assert _patched_in_subprocess(on, tmp_path) == 'True'
+    assert _patched_in_subprocess('model = dict()\n', tmp_path) == 'False'
