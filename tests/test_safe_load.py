@@ -207,3 +207,17 @@ def test_getattr_cannot_reach_dangerous_methods(tmp_path):
     model, _ = _model(str(path))
     model.init_weights()
     assert not (tmp_path / 'written').exists()
+
+
+@pytest.mark.parametrize('wrap', ['model', 'module_prefix', 'bare'])
+def test_checkpoint_wrappers_are_unwrapped(save_ckpt, wrap):
+    sd = _trunk_sd()
+    if wrap == 'model':
+        obj = {'model': sd, 'epoch': 3}
+    elif wrap == 'module_prefix':
+        obj = {'state_dict': {'module.' + k: v for k, v in sd.items()}}
+    else:
+        obj = sd
+    model, trunk = _model(save_ckpt(obj, wrap=False))
+    model.init_weights()
+    assert torch.equal(trunk.norm.weight, sd['norm.weight'])
