@@ -140,3 +140,29 @@ def test_detector_checkpoint_with_changed_classes(tmp_path):
     for key, value in ckpt.items():
         if 'retina_cls' not in key:
             assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_mmseg_vit_override_with_adapters(tmp_path):
+    from mmseg.models.backbones import VisionTransformer
+
+    class ViTWithAdapters(VisionTransformer):
+        """mmseg ViT (loads in its own init_weights) + adapters."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.adapters = nn.Sequential(Adapter(32), Adapter(32))
+
+    args = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=2,
+                num_heads=2, mlp_ratio=2, out_indices=(1, ))
+    reference = _randomized(VisionTransformer(**args))
+    path = _runner_like_ckpt(reference.state_dict(), tmp_path / 'vit.pth',
+                             prefix='')
+    model = ViTWithAdapters(**args, init_cfg=dict(type='Pretrained',
+                                                  checkpoint=path))
+    model.init_weights()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert all(torch.count_nonzero(a.up.weight) == 0 for a in model.adapters)
+    ledger = get_provenance(model)
+    assert ledger.entries['pos_embed'].kind == 'checkpoint'
+    assert ledger.entries['adapters.0.up.weight'].declared_by == 'adapters.0'
