@@ -5,7 +5,9 @@ never calls ``BaseModule.init_weights``; when such a module is the one the
 user (or the Runner) calls, nothing of mmext_init would run. Each override
 is therefore wrapped once: called outside a session it starts one (the
 override then runs as a tracked source and the BaseModules it left alone are
-initialized afterwards); called inside a session it simply runs.
+initialized afterwards); called inside a session it simply runs. A call from the module's own
+constructor stays a plain call (it is part of the constructor default), as
+does any call inside :func:`mmext_init.stock_mmengine`.
 
 Classes defined after import are wrapped through ``__init_subclass__``.
 
@@ -14,6 +16,7 @@ Example:
     >>> swin.init_weights()          # loads, then adapters get their init_cfg
 """
 import functools
+import sys
 from typing import Callable
 
 from mmengine.model import BaseModule
@@ -23,13 +26,26 @@ from . import session as _session
 _MARK = '_mmext_wrapped_override'
 
 
+def under_construction(module: object, depth: int = 64) -> bool:
+    """Whether ``module.__init__`` is on the call stack (mmcv's
+    ``MultiScaleDeformableAttention`` calls ``self.init_weights()`` there)."""
+    frame = sys._getframe(1)
+    while frame is not None and depth > 0:
+        if (frame.f_code.co_name == '__init__'
+                and frame.f_locals.get('self') is module):
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
+
+
 def _wrap(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def init_weights(self) -> None:
-        if _session.current_session() is None and not _session.stock_mode():
+        if (_session.current_session() is None and not _session.stock_mode()
+                and not under_construction(self)):
             _session.run_init_weights(self)
-        else:
+        else:  # inside a session, stock mode, or a constructor: plain call
             fn(self)
 
     setattr(init_weights, _MARK, fn)

@@ -78,3 +78,17 @@ def test_activation_through_custom_imports(tmp_path):
          'allow_failed_imports=False)\n'
     assert _patched_in_subprocess(on, tmp_path) == 'True'
     assert _patched_in_subprocess('model = dict()\n', tmp_path) == 'False'
+
+
+def test_init_weights_called_in_a_constructor_stays_a_plain_call():
+    """mmcv's MultiScaleDeformableAttention calls init_weights in __init__;
+    that must not start a session (no report, no ledger)."""
+    from mmcv.ops import MultiScaleDeformableAttention
+    msda = MultiScaleDeformableAttention(embed_dims=32, num_heads=2,
+                                         num_levels=1, num_points=2)
+    with pytest.raises(LookupError):
+        mmext_init.get_provenance(msda)
+    msda.init_weights()
+    entry = mmext_init.get_provenance(msda).entries['sampling_offsets.bias']
+    assert (entry.kind, entry.source) == ('init_weights',
+                                          'MultiScaleDeformableAttention')
