@@ -22,6 +22,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, is_model_wrapper
 
+from . import deferred
 from .cfg_apply import apply_init_cfgs, as_cfg_list
 from .errors import CheckpointError, InitConfigError, entry_label
 from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, LoadRecord,
@@ -123,6 +124,13 @@ class InitSession:
         for module in self.root.modules():
             if uses_contract(module) and getattr(module, 'init_cfg', None):
                 self.plans_for(module)
+        self.settle_deferred()
+
+    def settle_deferred(self) -> None:
+        """Constructor init skipped at build time: replay it now for every
+        tensor the checkpoint will not provide (before any declared init)."""
+        deferred.settle(self.root.state_dict(keep_vars=True),
+                        self.tracker.protected)
 
     # -- 2. initialize -------------------------------------------------------
     def init_module(self, module: nn.Module) -> None:
@@ -331,6 +339,7 @@ def run_pretrained_alone(module: nn.Module, entry: PretrainedInit) -> None:
     session = InitSession(module)
     with session.active():
         session.add_plan(module, entry)
+        session.settle_deferred()
         session.handled.add(id(module))
         apply_init_cfgs(module, entry.init_missing, '', session.root_name,
                         session.tracker, _INIT_MISSING_NOTE)
