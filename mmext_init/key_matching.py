@@ -4,8 +4,9 @@ Works on names and shapes only, so it never needs the weights in memory
 (the dry-run matcher and the load planner share it).
 
 Order of the key options of a ``Pretrained`` entry: ``ignore_keys`` (regexes
-searched in the raw checkpoint keys) -> ``revise_keys`` (``re.sub`` pairs, in
-order) -> ``prefix`` (keep the keys under it and strip it).
+searched in the raw checkpoint keys) -> ``key_map`` (explicit raw checkpoint
+key -> model key; a mapped key skips the next two steps) -> ``revise_keys``
+(``re.sub`` pairs, in order) -> ``prefix`` (keep the keys under it and strip it).
 
 Example:
     >>> mapping = KeyMapping(prefix='backbone.')
@@ -28,6 +29,7 @@ class KeyMapping:
     prefix: Optional[str] = None
     revise_keys: Sequence[Tuple[str, str]] = ()
     ignore_keys: Sequence[str] = ()
+    key_map: Tuple[Tuple[str, str], ...] = ()
 
     def map_keys(self, keys: Iterable[str]) -> Dict[str, str]:
         """``{model_key: checkpoint_key}`` for the checkpoint keys that survive.
@@ -43,9 +45,18 @@ class KeyMapping:
         prefix = self.prefix
         if prefix and not prefix.endswith('.'):
             prefix += '.'
+        explicit = dict(self.key_map)
         out: Dict[str, str] = {}
         for key in keys:
             if any(p.search(key) for p in ignore):
+                continue
+            if key in explicit:
+                new = explicit[key]
+                if new in out:
+                    raise ValueError(
+                        f'checkpoint keys {out[new]!r} and {key!r} both map '
+                        f'to {new!r}; adjust key_map')
+                out[new] = key
                 continue
             new = key
             for pattern, repl in revise:
@@ -71,6 +82,8 @@ class KeyMapping:
             parts.append(f'revise_keys=[{pairs}]')
         if self.ignore_keys:
             parts.append(f'ignore_keys={list(self.ignore_keys)!r}')
+        if self.key_map:
+            parts.append(f'key_map={dict(self.key_map)!r}')
         return ', '.join(parts) or 'no key mapping'
 
 

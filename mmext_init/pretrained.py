@@ -45,8 +45,13 @@ class PretrainedInit:
         revise_keys (list[tuple[str, str]]): ``(regex, replacement)`` pairs
             applied to checkpoint keys.
         ignore_keys (list[str]): regexes of checkpoint keys to skip.
+        key_map (dict[str, str]): explicit checkpoint key -> model key
+            (relative to this module); mapped keys skip ``revise_keys`` and
+            ``prefix``.
         min_loaded (float, optional): fraction of the module's parameter
             elements that must come from the checkpoint (default: > 0).
+        on_mismatch (str): ``'warn'`` (default: listed in the report, the
+            tensor gets its declared init) or ``'error'``.
         trust_checkpoint (bool): unpickle arbitrary objects (runs code from
             the file). Defaults to False.
         check_finite (bool): refuse NaN/Inf values. Defaults to True.
@@ -67,7 +72,9 @@ class PretrainedInit:
                  ignore_keys: Sequence[str] = (),
                  min_loaded: Optional[float] = None,
                  trust_checkpoint: bool = False,
-                 check_finite: bool = True) -> None:
+                 check_finite: bool = True,
+                 key_map: Optional[Dict[str, str]] = None,
+                 on_mismatch: str = 'warn') -> None:
         if not isinstance(checkpoint, str) or not checkpoint:
             raise InitConfigError(
                 f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
@@ -75,6 +82,13 @@ class PretrainedInit:
             raise InitConfigError(
                 f'Pretrained: on_missing must be one of {ON_MISSING}, got '
                 f'{on_missing!r}')
+        if on_mismatch not in ('warn', 'error'):
+            raise InitConfigError(
+                "Pretrained: on_mismatch must be 'warn' or 'error', got "
+                f'{on_mismatch!r}')
+        if key_map is not None and not isinstance(key_map, dict):
+            raise InitConfigError(
+                f'Pretrained: key_map must be a dict, got {key_map!r}')
         if min_loaded is not None and not 0 <= float(min_loaded) <= 1:
             raise InitConfigError(
                 f'Pretrained: min_loaded must be in [0, 1], got {min_loaded!r}')
@@ -92,7 +106,9 @@ class PretrainedInit:
         self.init_missing = as_cfg_list(init_missing)
         self.on_missing = on_missing
         self.strict = bool(strict)
-        self.mapping = KeyMapping(prefix, pairs, tuple(ignore_keys))
+        self.mapping = KeyMapping(prefix, pairs, tuple(ignore_keys),
+                                  tuple((key_map or {}).items()))
+        self.on_mismatch = on_mismatch
         self.min_loaded = None if min_loaded is None else float(min_loaded)
         self.trust_checkpoint = bool(trust_checkpoint)
         self.check_finite = bool(check_finite)
@@ -198,6 +214,11 @@ def _check_coverage(result: MatchResult, fraction: float,
             f'{label}: {entry.checkpoint} provides {fraction:.1%} of the '
             f'module\'s parameter elements, below min_loaded='
             f'{entry.min_loaded}')
+    if entry.on_mismatch == 'error' and result.mismatched:
+        raise CheckpointError(
+            f'{label}: on_mismatch=\'error\' and shape mismatches: ' +
+            ', '.join(f'{k} checkpoint {c} vs model {m}'
+                      for k, _, c, m in result.mismatched))
     if entry.strict:
         missing = [m for m in result.missing if not _is_counter(m)]
         problems = []

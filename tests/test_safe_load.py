@@ -221,3 +221,23 @@ def test_checkpoint_wrappers_are_unwrapped(save_ckpt, wrap):
     model, trunk = _model(save_ckpt(obj, wrap=False))
     model.init_weights()
     assert torch.equal(trunk.norm.weight, sd['norm.weight'])
+
+
+def test_key_map_and_on_mismatch(save_ckpt):
+    sd = _trunk_sd()
+    sd['old.proj.weight'] = sd.pop('fc2.weight')
+    sd['fc2.bias'] = torch.zeros(3)  # wrong shape
+    path = save_ckpt(sd)
+    model, trunk = _model(path, key_map={'old.proj.weight': 'fc2.weight'},
+                          init_missing=dict(type='Constant', val=1,
+                                            layer='Linear'))
+    model.init_weights()
+    assert torch.equal(trunk.fc2.weight, sd['old.proj.weight'])
+    assert torch.all(trunk.fc2.bias == 0)  # Constant's bias=0, not loaded
+    record = get_provenance(model).loads[0]
+    assert record.mismatched == [('backbone.fc2.bias', (3, ), (8, ))]
+    model, _ = _model(path, key_map={'old.proj.weight': 'fc2.weight'},
+                      on_mismatch='error')
+    with pytest.raises(CheckpointError, match=r'fc2.bias checkpoint \(3,\) '
+                       r'vs model \(8,\)'):
+        model.init_weights()
