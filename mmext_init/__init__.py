@@ -8,6 +8,7 @@ Importing registers the extended ``Pretrained`` init type (and the new ones)
 in MMEngine's root ``WEIGHT_INITIALIZERS`` and patches ``BaseModule`` with
 :class:`InitWeightsMixin`. Importing twice or reloading is harmless.
 """
+from .copy_from import CopyFromInit, copy_from
 from .errors import CheckpointError, InitConfigError
 from .mixin import InitWeightsMixin, install, stock_mmengine
 from .pretrained import PretrainedInit
@@ -21,7 +22,8 @@ __all__ = [
     'InitWeightsMixin', 'PretrainedInit', 'stock_mmengine', 'get_provenance',
     'Provenance', 'ProvenanceLedger', 'LoadRecord', 'format_report',
     'fold_names', 'read_checkpoint', 'extract_state_dict', 'add_note',
-    'CheckpointError', 'InitConfigError', 'install'
+    'CheckpointError', 'InitConfigError', 'install', 'CopyFromInit',
+    'copy_from'
 ]
 
 install()

@@ -15,7 +15,7 @@
 import contextlib
 import itertools
 import logging
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -83,6 +83,9 @@ class InitSession:
         self.handled: set = set()  # ids of modules whose init_cfg we ran
         self.code_entries: List[Tuple[nn.Module, str, PretrainedInit]] = []
         self._overrides: List[nn.Module] = []
+        # (callable(session, module, since), module, tracker sequence) run
+        # after the checkpoint copy: initializers that read loaded values
+        self.after_loads: List[Tuple[Callable, nn.Module, int]] = []
 
     # -- helpers -----------------------------------------------------------
     def path_of(self, module: nn.Module) -> str:
@@ -299,6 +302,8 @@ class InitSession:
     def finish(self) -> ProvenanceLedger:
         tensors = self.root.state_dict(keep_vars=True)
         self.apply_loads(tensors)
+        for job, module, since in self.after_loads:
+            job(self, module, since)
         ledger = ProvenanceLedger(self.root_name)
         ledger.numel = {n: t.numel() for n, t in tensors.items()}
         for name in tensors:

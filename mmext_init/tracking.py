@@ -82,6 +82,8 @@ class WriteTracker(TorchDispatchMode):
         self.written: Dict[str, Provenance] = {}
         self.loaded_by_code: Dict[str, InitSource] = {}
         self.skipped_ops = 0
+        self.sequence = 0  # number of records so far
+        self.written_at: Dict[str, int] = {}  # name -> sequence of its record
         self._pending_notes: Dict[str, List[str]] = {}
         self._sources: List[InitSource] = []
 
@@ -136,6 +138,8 @@ class WriteTracker(TorchDispatchMode):
         for note in self._pending_notes.pop(name, ()):
             prov = prov.with_note(note)
         self.written[name] = prov
+        self.sequence += 1
+        self.written_at[name] = self.sequence
 
     def note(self, t: torch.Tensor, text: str) -> None:
         name = self.name_of(t)
