@@ -10,6 +10,7 @@ in MMEngine's root ``WEIGHT_INITIALIZERS`` and patches ``BaseModule`` with
 """
 from .copy_from import CopyFromInit, copy_from
 from .errors import CheckpointError, InitConfigError
+from .lsuv import LSUVInitHook
 from .mixin import InitWeightsMixin, install, stock_mmengine
 from .pretrained import PretrainedInit
 from .provenance import LoadRecord, Provenance, ProvenanceLedger, get_provenance
@@ -23,7 +24,7 @@ __all__ = [
     'Provenance', 'ProvenanceLedger', 'LoadRecord', 'format_report',
     'fold_names', 'read_checkpoint', 'extract_state_dict', 'add_note',
     'CheckpointError', 'InitConfigError', 'install', 'CopyFromInit',
-    'copy_from'
+    'copy_from', 'LSUVInitHook'
 ]
 
 install()

@@ -24,7 +24,7 @@ class ToyModel(BaseModel):
 
 
 def run_runner(work_dir: str, model: nn.Module, iters: int = 2,
-               log_level: str = 'INFO') -> Runner:
+               log_level: str = 'INFO', **runner_kwargs) -> Runner:
     """Train ``model`` for a few iterations on random vectors, saving a
     checkpoint at the end (``<work_dir>/iter_<iters>.pth``)."""
     data = [{'inputs': torch.randn(8)} for _ in range(8)]
@@ -40,6 +40,7 @@ def run_runner(work_dir: str, model: nn.Module, iters: int = 2,
             logger=dict(type='LoggerHook', interval=1)),
         log_level=log_level,
         default_scope='mmengine',
-        experiment_name=f'toy_{abs(hash(work_dir))}')
+        experiment_name=f'toy_{abs(hash(work_dir))}',
+        **runner_kwargs)
     runner.train()
     return runner
