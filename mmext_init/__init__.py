@@ -10,6 +10,8 @@ in MMEngine's root ``WEIGHT_INITIALIZERS`` and patches ``BaseModule`` with
 """
 from .copy_from import CopyFromInit, copy_from
 from .errors import CheckpointError, InitConfigError
+from .initializers import (identity_init, lora_init, orthogonal_init,
+                           zero_init)
 from .lsuv import LSUVInitHook
 from .mixin import InitWeightsMixin, install, stock_mmengine
 from .pretrained import PretrainedInit
@@ -24,7 +26,8 @@ __all__ = [
     'Provenance', 'ProvenanceLedger', 'LoadRecord', 'format_report',
     'fold_names', 'read_checkpoint', 'extract_state_dict', 'add_note',
     'CheckpointError', 'InitConfigError', 'install', 'CopyFromInit',
-    'copy_from', 'LSUVInitHook'
+    'copy_from', 'LSUVInitHook', 'zero_init', 'identity_init',
+    'orthogonal_init', 'lora_init'
 ]
 
 install()
