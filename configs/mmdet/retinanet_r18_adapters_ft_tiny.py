@@ -9,7 +9,7 @@ model = dict(
     backbone=dict(
         depth=18, frozen_stages=-1,
         init_cfg=dict(checkpoint=detector_checkpoint)),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
+    neck=dict(in_channels=[128, 256, 512], out_channels=64),
     bbox_head=dict(in_channels=64, feat_channels=64, stacked_convs=1))
 
 data_root = 'data/tiny_coco/'

@@ -14,6 +14,8 @@ model = dict(
     backbone=dict(
         type='ResNetWithAdapters',
         adapter_reduction=4,
+        out_indices=(1, 2, 3),  # the stages FPN uses: no unused adapter
         init_cfg=dict(type='Pretrained', checkpoint=detector_checkpoint,
                       prefix='backbone.', min_loaded=0.9)),
+    neck=dict(in_channels=[512, 1024, 2048], start_level=0),
     bbox_head=dict(num_classes=2))
