@@ -18,7 +18,7 @@ import torch.nn as nn
 from mmengine.model.weight_init import BaseInit
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from .tracking import add_note
+from .tracking import add_note, provided_by_checkpoint
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -151,7 +151,8 @@ def lora_init(module: nn.Module,
 class _MatchedLayerInit(BaseInit):
     """Apply ``self.init_layer`` to the matched layers like stock initializers:
     every submodule for an ``override`` entry, else those whose class (or a
-    direct base class) is named in ``layer``."""
+    direct base class) is named in ``layer``. Layers the checkpoint provides
+    entirely are skipped (nothing of this init would survive)."""
     applies_to: tuple = (nn.Module, )
 
     def init_layer(self, m: nn.Module) -> None:
@@ -164,6 +165,8 @@ class _MatchedLayerInit(BaseInit):
     def __call__(self, module: nn.Module) -> None:
 
         def init(m: nn.Module) -> None:
+            if provided_by_checkpoint(m):
+                return
             if self.wholemodule:
                 if isinstance(m, self.applies_to):
                     self.init_layer(m)

@@ -182,6 +182,22 @@ def active_tracker() -> Optional[WriteTracker]:
     return _ACTIVE[-1] if _ACTIVE else None
 
 
+def provided_by_checkpoint(module: torch.nn.Module) -> bool:
+    """Whether every direct parameter of ``module`` comes from a checkpoint
+    in the ``init_weights`` call in progress (initializers may skip it, and
+    must not reject it: its own values are never used).
+
+    Example:
+        >>> if provided_by_checkpoint(conv):
+        ...     return
+    """
+    tracker = active_tracker()
+    params = list(module.parameters(recurse=False))
+    if tracker is None or not params:
+        return False
+    return all(tracker.name_of(p) in tracker.protected for p in params)
+
+
 def add_note(tensor: torch.Tensor, note: str) -> None:
     """Attach ``note`` to the provenance entry of ``tensor``.
 
