@@ -3,7 +3,8 @@ not provide (LSUV, Mishkin & Matas 2015, "All you need is a good init").
 
 Before the first training iteration it takes one batch from the train
 dataloader and, layer by layer in forward order, rescales the weight of each
-selected layer until its output has unit variance. Only layers whose weight
+selected layer until its output has unit variance (forward passes in eval
+mode, so BatchNorm statistics and dropout are left alone). Only layers whose weight
 the provenance ledger marks as *not loaded* are touched, never loaded ones,
 and never all-zero weights (a zero-init residual branch must stay zero).
 Under DDP the statistics are all-reduced, so every rank applies the same
@@ -24,6 +25,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from .provenance import CHECKPOINT, get_provenance
+from .report import write_json
 
 
 @HOOKS.register_module(name='LSUVInitHook', force=True)
@@ -77,8 +79,16 @@ class LSUVInitHook(Hook):
         data = model.data_preprocessor(batch, True)
         ledger = get_provenance(model)
         done = []
-        for path in self.select(model):
-            scale = self._rescale(model, model.get_submodule(path), data)
+        was_training = model.training
+        model.eval()  # measure without touching BN running stats or dropout
+        try:
+            scales = {
+                path: self._rescale(model, model.get_submodule(path), data)
+                for path in self.select(model)
+            }
+        finally:
+            model.train(was_training)
+        for path, scale in scales.items():
             if scale is None:
                 runner.logger.warning(
                     f'LSUVInitHook: {path} is not reached by the forward '
@@ -90,6 +100,7 @@ class LSUVInitHook(Hook):
             done.append(path)
         runner.logger.info(f'LSUVInitHook: rescaled {len(done)} layers: '
                            f'{", ".join(done)}')
+        write_json(ledger)
 
     @torch.no_grad()
     def _rescale(self, model: nn.Module, layer: nn.Module,

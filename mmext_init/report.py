@@ -178,7 +178,16 @@ def emit_report(ledger: ProvenanceLedger, skipped_ops: int = 0) -> None:
                 for n, p in ledger.entries.items()),
             logger='current',
             level=logging.DEBUG)
+    write_json(ledger)
+
+
+def write_json(ledger: ProvenanceLedger) -> Optional[str]:
+    """Write ``init_provenance.json`` into the active Runner's log dir (rank 0
+    only); returns its path, or None when there is nothing to write to."""
     log_dir = runner_log_dir()
-    if log_dir and get_rank() == 0:
-        with open(os.path.join(log_dir, PROVENANCE_FILE), 'w') as f:
-            json.dump(ledger.to_dict(), f, indent=1)
+    if not log_dir or get_rank() != 0:
+        return None
+    path = os.path.join(log_dir, PROVENANCE_FILE)
+    with open(path, 'w') as f:
+        json.dump(ledger.to_dict(), f, indent=1)
+    return path

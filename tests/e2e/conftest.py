@@ -59,7 +59,8 @@ def train(tiny_dir):
     """``train(config, library, nproc=1)`` runs the library's own train.py on
     ``config`` plus the snapshot hook; returns a :class:`Run`."""
 
-    def _train(config: str, library: str, nproc: int = 1) -> Run:
+    def _train(config: str, library: str, nproc: int = 1,
+               extra_hooks: str = '') -> Run:
         name = os.path.splitext(os.path.basename(config))[0] + f'_{nproc}'
         derived = os.path.join(tiny_dir, f'{name}.py')
         with open(derived, 'w') as f:
@@ -67,7 +68,8 @@ def train(tiny_dir):
                     "custom_imports = dict(imports=['mmext_init', "
                     "'mmext_examples', 'snapshot_hook'], "
                     'allow_failed_imports=False)\n'
-                    "custom_hooks = [dict(type='WeightSnapshotHook')]\n")
+                    f"custom_hooks = [{extra_hooks}"
+                    "dict(type='WeightSnapshotHook')]\n")
             if nproc > 1:  # CPU DDP: MMEngine's default device_ids=[rank]
                 f.write("model_wrapper_cfg = dict(type='MMDistributedData"
                         "Parallel', device_ids=None, broadcast_buffers=False)"

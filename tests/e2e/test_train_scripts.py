@@ -53,13 +53,19 @@ def test_tiny_config_through_stock_train_script(train, tiny_dir, config,
 
 
 def test_distributed_two_ranks_identical_and_one_report(train, tiny_dir):
+    """torchrun, 2 ranks (gloo, CPU), with LSUVInitHook on the new head:
+    identical weights on both ranks, one report, LSUV in the ledger."""
     config, library, ckpt_name = CASES[0]
-    run = train(config, library, nproc=2)
+    run = train(config, library, nproc=2, extra_hooks=(
+        "dict(type='LSUVInitHook', include='bbox_head'), "))
     assert len(run.snapshots) == 2
     for key, value in run.snapshots[0].items():
         assert torch.equal(value, run.snapshots[1][key]), key
     assert len(run.provenance_files) == 1  # rank 0 only
     _check_run(run, checkpoint_state(tiny_dir, ckpt_name))
+    entry = run.provenance['entries']['bbox_head.retina_reg.weight']
+    assert entry['notes'][0].startswith('LSUVInitHook scaled x')
+    assert 'LSUVInitHook: rescaled 4 layers' in run.log
 
 
 def test_mmdet_test_script_and_init_detector(train, tiny_dir):
