@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from mmengine.model.weight_init import PretrainedInit as StockPretrained
 
 from .cfg_apply import as_cfg_list
 from .errors import CheckpointError, InitConfigError
@@ -122,7 +123,6 @@ class PretrainedInit:
 
 def is_pretrained_cfg(cfg: Dict[str, Any]) -> bool:
     """Whether an init cfg entry is a ``Pretrained`` one."""
-    from mmengine.model.weight_init import PretrainedInit as StockPretrained
     t = cfg.get('type')
     return t == 'Pretrained' or t in (PretrainedInit, StockPretrained)
 

@@ -15,7 +15,7 @@
 import contextlib
 import itertools
 import logging
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -80,7 +80,7 @@ class InitSession:
             self._paths.setdefault(id(module), name)
         self.tracker = WriteTracker(root.state_dict(keep_vars=True))
         self.plans: Dict[int, List[LoadPlan]] = {}
-        self.handled: set = set()  # ids of modules whose init_cfg we ran
+        self.handled: Set[int] = set()  # ids of modules whose init_cfg ran
         self.code_entries: List[Tuple[nn.Module, str, PretrainedInit]] = []
         self._overrides: List[nn.Module] = []
         # (callable(session, module, since), module, tracker sequence) run
