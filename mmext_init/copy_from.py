@@ -28,7 +28,7 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 
 from .errors import InitConfigError
 from .provenance import INITIALIZER, Provenance
-from .safe_load import extract_state_dict, read_checkpoint
+from .formats import open_checkpoint
 
 
 def _state(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -139,11 +139,10 @@ class CopyFromInit:
 
     def _copy_checkpoint(self, module: nn.Module, owner: str) -> None:
         label = f'CopyFrom into {owner}'
-        ckpt, _ = read_checkpoint(self.checkpoint, label=label)
-        state = extract_state_dict(ckpt, self.checkpoint, label)
+        tensors = open_checkpoint(self.checkpoint, label=label)
         src = {
-            k[len(self.prefix):]: v
-            for k, v in state.items() if k.startswith(self.prefix)
+            k[len(self.prefix):]: tensors.get(k)
+            for k in tensors.keys() if k.startswith(self.prefix)
         }
         target = _state(module)
         _check_lined_up(target, src,

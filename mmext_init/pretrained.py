@@ -22,8 +22,8 @@ from .cfg_apply import as_cfg_list
 from .errors import CheckpointError, InitConfigError
 from .key_matching import (KeyMapping, MatchResult, match_keys,
                            suggest_mappings, top_prefixes)
+from .formats import CheckpointTensors, open_checkpoint
 from .provenance import LoadRecord
-from .safe_load import extract_state_dict, read_checkpoint
 
 ON_MISSING = ('warn', 'error', 'ignore')
 
@@ -53,6 +53,8 @@ class PretrainedInit:
             elements that must come from the checkpoint (default: > 0).
         on_mismatch (str): ``'warn'`` (default: listed in the report, the
             tensor gets its declared init) or ``'error'``.
+        use_ema (bool): take the EMA weights (MMEngine ``EMAHook`` or
+            ``ema_`` buffers); an error when the checkpoint has none.
         trust_checkpoint (bool): unpickle arbitrary objects (runs code from
             the file). Defaults to False.
         check_finite (bool): refuse NaN/Inf values. Defaults to True.
@@ -75,7 +77,8 @@ class PretrainedInit:
                  trust_checkpoint: bool = False,
                  check_finite: bool = True,
                  key_map: Optional[Dict[str, str]] = None,
-                 on_mismatch: str = 'warn') -> None:
+                 on_mismatch: str = 'warn',
+                 use_ema: bool = False) -> None:
         if not isinstance(checkpoint, str) or not checkpoint:
             raise InitConfigError(
                 f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
@@ -110,6 +113,7 @@ class PretrainedInit:
         self.mapping = KeyMapping(prefix, pairs, tuple(ignore_keys),
                                   tuple((key_map or {}).items()))
         self.on_mismatch = on_mismatch
+        self.use_ema = bool(use_ema)
         self.min_loaded = None if min_loaded is None else float(min_loaded)
         self.trust_checkpoint = bool(trust_checkpoint)
         self.check_finite = bool(check_finite)
@@ -140,13 +144,26 @@ def build_pretrained(cfg: Dict[str, Any], label: str) -> PretrainedInit:
 
 @dataclass
 class LoadPlan:
-    """What one ``Pretrained`` entry will copy: ``{model name: (key, tensor)}``
-    where model names are relative to the session root."""
+    """What one ``Pretrained`` entry will copy: ``{model name: checkpoint
+    key}`` (model names relative to the session root) from ``source``."""
     module_path: str
     entry: PretrainedInit
     label: str
-    copies: Dict[str, Tuple[str, torch.Tensor]] = field(default_factory=dict)
+    source: CheckpointTensors
+    copies: Dict[str, str] = field(default_factory=dict)
     record: Optional[LoadRecord] = None
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The checkpoint tensor for model tensor ``name``, read now and
+        checked for NaN/Inf unless ``check_finite=False``."""
+        key = self.copies[name]
+        src = self.source.get(key)
+        if (self.entry.check_finite and src.is_floating_point()
+                and not bool(torch.isfinite(src).all())):
+            raise CheckpointError(
+                f'{self.label}: {self.entry.checkpoint}: tensor {key!r} holds '
+                'NaN or Inf values (set check_finite=False to load it anyway)')
+        return src
 
 
 def _full(path: str, name: str) -> str:
@@ -159,12 +176,11 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
 
     Checks ``strict`` and ``min_loaded`` before any tensor is written.
     """
-    ckpt, _ = read_checkpoint(entry.checkpoint, entry.map_location,
-                              entry.trust_checkpoint, label)
-    state = extract_state_dict(ckpt, entry.checkpoint, label)
+    source = open_checkpoint(entry.checkpoint, entry.map_location,
+                             entry.trust_checkpoint, label, entry.use_ema)
     model_tensors = module.state_dict(keep_vars=True)
     model_shapes = {k: tuple(v.shape) for k, v in model_tensors.items()}
-    ckpt_shapes = {k: tuple(v.shape) for k, v in state.items()}
+    ckpt_shapes = source.shapes()
     try:
         result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
     except ValueError as exc:
@@ -182,11 +198,8 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
         unexpected=result.unexpected,
         mismatched=[(_full(path, k), c, m) for k, _, c, m in result.mismatched],
         loaded_fraction=fraction)
-    copies = {
-        _full(path, name): (key, state[key])
-        for name, key in result.loaded.items()
-    }
-    return LoadPlan(path, entry, label, copies, record)
+    copies = {_full(path, name): key for name, key in result.loaded.items()}
+    return LoadPlan(path, entry, label, source, copies, record)
 
 
 def _is_counter(name: str) -> bool:
@@ -234,15 +247,3 @@ def _check_coverage(result: MatchResult, fraction: float,
         if problems:
             raise CheckpointError(f'{label}: strict=True and ' +
                                   '; '.join(problems))
-
-
-def check_finite(plan: LoadPlan, names: List[str]) -> None:
-    """Raise for a NaN/Inf in the tensors of ``plan`` that will be copied."""
-    if not plan.entry.check_finite:
-        return
-    for name in names:
-        key, src = plan.copies[name]
-        if src.is_floating_point() and not bool(torch.isfinite(src).all()):
-            raise CheckpointError(
-                f'{plan.label}: {plan.entry.checkpoint}: tensor {key!r} holds '
-                'NaN or Inf values (set check_finite=False to load it anyway)')

@@ -28,7 +28,7 @@ from .errors import CheckpointError, InitConfigError, entry_label
 from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, LoadRecord,
                          Provenance, ProvenanceLedger, attach_ledger)
 from .pretrained import (LoadPlan, PretrainedInit, build_pretrained,
-                         check_finite, is_pretrained_cfg, plan_load)
+                         is_pretrained_cfg, plan_load)
 from .report import emit_report, fold_names
 from .tracking import InitSource, WriteTracker
 
@@ -225,11 +225,9 @@ class InitSession:
         for plan in sorted(self.all_plans(), key=depth, reverse=True):
             for name in plan.copies:
                 final[name] = plan  # outer plans come later and win
-        for plan in self.all_plans():
-            check_finite(plan, [n for n, p in final.items() if p is plan])
         with torch.no_grad():
             for name, plan in final.items():
-                key, src = plan.copies[name]
+                key, src = plan.copies[name], plan.tensor(name)
                 dst = tensors[name]
                 notes: Tuple[str, ...] = ()
                 if src.dtype != dst.dtype:

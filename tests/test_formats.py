@@ -1,0 +1,79 @@
+"""Checkpoint formats: safetensors, sharded indexes, EMA weights."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from runner_utils import ToyModel, run_runner
+from safetensors.torch import save_file
+from toy_models import Trunk
+
+from mmext_init import CheckpointError, get_provenance, read_checkpoint
+
+
+def _sd():
+    trunk = Trunk()
+    for p in trunk.parameters():
+        nn.init.normal_(p)
+    return {k: v.detach().clone() for k, v in trunk.state_dict().items()}
+
+
+def _load(path, **kwargs):
+    trunk = Trunk(init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                **kwargs))
+    trunk.init_weights()
+    return trunk
+
+
+def test_safetensors(tmp_path):
+    sd = _sd()
+    path = tmp_path / 'model.safetensors'
+    save_file(sd, str(path))
+    trunk = _load(path)
+    for key, value in sd.items():
+        assert torch.equal(trunk.state_dict()[key], value), key
+    assert get_provenance(trunk).entries['fc1.weight'].source == str(path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+        _load(path)
+
+
+def test_sharded_index_with_safetensors_and_torch_shards(tmp_path):
+    sd = _sd()
+    keys = sorted(sd)
+    first, second = keys[:3], keys[3:]
+    save_file({k: sd[k] for k in first}, str(tmp_path / 'part-1.safetensors'))
+    torch.save({k: sd[k] for k in second}, tmp_path / 'part-2.bin')
+    index = {'weight_map': {**{k: 'part-1.safetensors' for k in first},
+                            **{k: 'part-2.bin' for k in second}}}
+    path = tmp_path / 'model.index.json'
+    path.write_text(json.dumps(index))
+    trunk = _load(path)
+    for key, value in sd.items():
+        assert torch.equal(trunk.state_dict()[key], value), key
+    (tmp_path / 'part-2.bin').unlink()
+    with pytest.raises(CheckpointError,
+                       match=r'missing shard part-2.bin \(holding e.g. '):
+        _load(path)
+
+
+def test_use_ema_takes_emahook_weights(tmp_path, runner_ckpt):
+    run_runner(str(tmp_path), ToyModel(), iters=3,
+               custom_hooks=[dict(type="EMAHook", momentum=0.5)])
+    path = tmp_path / 'iter_3.pth'
+    ckpt = read_checkpoint(str(path))[0]
+    ema = ckpt['state_dict']  # EMAHook swaps: state_dict holds the EMA
+    source = ckpt['ema_state_dict']
+    assert not torch.equal(ema['backbone.fc1.weight'],
+                           source['module.backbone.fc1.weight'])
+    trunk = _load(path, prefix='backbone.', use_ema=True)
+    assert torch.equal(trunk.fc1.weight, ema['backbone.fc1.weight'])
+    with pytest.raises(CheckpointError, match='use_ema=True but .* has no EMA'):
+        _load(runner_ckpt, prefix='backbone.', use_ema=True)
+
+
+def test_mmdet2_style_ema_buffers(save_ckpt):
+    sd = _sd()
+    ema = {'ema_' + k.replace('.', '_'): v + 1 for k, v in sd.items()}
+    trunk = _load(save_ckpt({**sd, **ema}), use_ema=True)
+    assert torch.equal(trunk.fc2.weight, sd['fc2.weight'] + 1)
