@@ -30,6 +30,7 @@ class KeyMapping:
     revise_keys: Sequence[Tuple[str, str]] = ()
     ignore_keys: Sequence[str] = ()
     key_map: Tuple[Tuple[str, str], ...] = ()
+    match: str = 'exact'  # or 'suffix' (see suffix_match)
 
     def map_keys(self, keys: Iterable[str]) -> Dict[str, str]:
         """``{model_key: checkpoint_key}`` for the checkpoint keys that survive.
@@ -84,6 +85,8 @@ class KeyMapping:
             parts.append(f'ignore_keys={list(self.ignore_keys)!r}')
         if self.key_map:
             parts.append(f'key_map={dict(self.key_map)!r}')
+        if self.match != 'exact':
+            parts.append(f'match={self.match!r}')
         return ', '.join(parts) or 'no key mapping'
 
 
@@ -123,6 +126,12 @@ def match_keys(model_shapes: Mapping[str, Shape],
         [('w', 'w', (3, 3), (2, 2))]
     """
     mapped = mapping.map_keys(ckpt_shapes)
+    if mapping.match == 'suffix':
+        rest = {k: v for k, v in mapped.items() if k not in model_shapes}
+        missing = [k for k in model_shapes if k not in mapped]
+        for model_key, key in suffix_match(missing, rest).items():
+            mapped[model_key] = rest[key]
+            del mapped[key]
     result = MatchResult()
     for name, shape in model_shapes.items():
         ckpt_key = mapped.get(name)
@@ -138,6 +147,42 @@ def match_keys(model_shapes: Mapping[str, Shape],
         if model_key not in model_shapes
     ]
     return result
+
+
+def _is_dotted_suffix(a: str, b: str) -> bool:
+    return a == b or a.endswith('.' + b) or b.endswith('.' + a)
+
+
+def suffix_match(model_keys: Iterable[str],
+                 ckpt_keys: Iterable[str]) -> Dict[str, str]:
+    """Pair keys where one is a dotted suffix of the other; for each model
+    key the longest match wins, and two candidates of equal length are an
+    error listing both (as detectron2's ``align_and_update_state_dicts``).
+
+    Example:
+        >>> suffix_match(['backbone.stem.conv.weight'], ['stem.conv.weight'])
+        {'backbone.stem.conv.weight': 'stem.conv.weight'}
+    """
+    ckpt_keys = list(ckpt_keys)
+    out: Dict[str, str] = {}
+    for model_key in model_keys:
+        best, best_len, tied = None, 0, None
+        for key in ckpt_keys:
+            if not _is_dotted_suffix(model_key, key):
+                continue
+            length = min(len(model_key), len(key))
+            if length > best_len:
+                best, best_len, tied = key, length, None
+            elif length == best_len:
+                tied = key
+        if tied is not None:
+            raise ValueError(
+                f'match=\'suffix\': model key {model_key!r} matches '
+                f'checkpoint keys {best!r} and {tied!r} equally well; use '
+                'key_map or revise_keys')
+        if best is not None:
+            out[model_key] = best
+    return out
 
 
 def top_prefixes(keys: Iterable[str], depth: int = 1) -> Counter:
@@ -174,6 +219,7 @@ def suggest_mappings(model_shapes: Mapping[str, Shape],
             candidates.append(KeyMapping(prefix=prefix))
     for prefix, _ in top_prefixes(model_shapes).most_common(8):
         candidates.append(KeyMapping(revise_keys=((r'^', prefix), )))
+    candidates.append(KeyMapping(match='suffix'))
     scored = []
     for mapping in candidates:
         try:

@@ -53,6 +53,9 @@ class PretrainedInit:
             elements that must come from the checkpoint (default: > 0).
         on_mismatch (str): ``'warn'`` (default: listed in the report, the
             tensor gets its declared init) or ``'error'``.
+        match (str): ``'exact'`` (default) or ``'suffix'``: a checkpoint key
+            also matches the model key it is a dotted suffix of (or vice
+            versa); the longest match wins, ties are an error.
         use_ema (bool): take the EMA weights (MMEngine ``EMAHook`` or
             ``ema_`` buffers); an error when the checkpoint has none.
         trust_checkpoint (bool): unpickle arbitrary objects (runs code from
@@ -78,7 +81,8 @@ class PretrainedInit:
                  check_finite: bool = True,
                  key_map: Optional[Dict[str, str]] = None,
                  on_mismatch: str = 'warn',
-                 use_ema: bool = False) -> None:
+                 use_ema: bool = False,
+                 match: str = 'exact') -> None:
         if not isinstance(checkpoint, str) or not checkpoint:
             raise InitConfigError(
                 f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
@@ -90,6 +94,9 @@ class PretrainedInit:
             raise InitConfigError(
                 "Pretrained: on_mismatch must be 'warn' or 'error', got "
                 f'{on_mismatch!r}')
+        if match not in ('exact', 'suffix'):
+            raise InitConfigError(
+                f"Pretrained: match must be 'exact' or 'suffix', got {match!r}")
         if key_map is not None and not isinstance(key_map, dict):
             raise InitConfigError(
                 f'Pretrained: key_map must be a dict, got {key_map!r}')
@@ -111,7 +118,7 @@ class PretrainedInit:
         self.on_missing = on_missing
         self.strict = bool(strict)
         self.mapping = KeyMapping(prefix, pairs, tuple(ignore_keys),
-                                  tuple((key_map or {}).items()))
+                                  tuple((key_map or {}).items()), match)
         self.on_mismatch = on_mismatch
         self.use_ema = bool(use_ema)
         self.min_loaded = None if min_loaded is None else float(min_loaded)

@@ -241,3 +241,19 @@ def test_key_map_and_on_mismatch(save_ckpt):
     with pytest.raises(CheckpointError, match=r'fc2.bias checkpoint \(3,\) '
                        r'vs model \(8,\)'):
         model.init_weights()
+
+
+def test_match_suffix_and_ambiguity(save_ckpt):
+    sd = _trunk_sd()
+    path = save_ckpt({'detector.trunk.' + k: v for k, v in sd.items()})
+    model, trunk = _model(path, match='suffix')
+    model.init_weights()
+    assert torch.equal(trunk.norm.bias, sd['norm.bias'])
+    assert get_provenance(model).entries['backbone.norm.bias'].key == \
+        'detector.trunk.norm.bias'
+    ambiguous = save_ckpt({'a.fc1.weight': sd['fc1.weight'],
+                           'b.fc1.weight': sd['fc1.weight']})
+    model, _ = _model(ambiguous, match='suffix')
+    with pytest.raises(InitConfigError,
+                       match=r"'a.fc1.weight' and 'b.fc1.weight' equally"):
+        model.init_weights()
