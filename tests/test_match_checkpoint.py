@@ -1,0 +1,45 @@
+"""tools/match_checkpoint.py: dry run on a real mmdet RetinaNet config."""
+import json
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'tools'))
+import match_checkpoint as tool  # noqa: E402
+
+from test_contract import _resnet_detector  # noqa: E402
+
+
+def _config(tmp_path, ckpt, prefix):
+    path = tmp_path / f'cfg_{prefix or "none"}.py'
+    path.write_text(
+        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
+        "custom_imports = dict(imports=['mmext_init'], "
+        'allow_failed_imports=False)\n'
+        'model = dict(backbone=dict(depth=18, init_cfg=dict('
+        f"type='Pretrained', checkpoint={ckpt!r}, prefix={prefix!r})),"
+        ' neck=dict(in_channels=[64, 128, 256, 512]),'
+        ' bbox_head=dict(num_classes=2))\n')
+    return str(path)
+
+
+def test_dry_run_groups_json_and_exit_status(tmp_path, capsys):
+    detector = _resnet_detector()  # ResNet-18, 3 classes
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': detector.state_dict()}, ckpt)
+    good = _config(tmp_path, ckpt, 'backbone.')
+    assert tool.main([good]) == 0
+    text = capsys.readouterr().out
+    assert 'backbone <- ' in text and 'model built on meta' in text
+    assert '100.0% of parameter elements would load' in text
+    assert '  layer{1..4}.{0..1}.conv{1..2}.weight' in text
+    assert tool.main([good, '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['loaded_fraction'] == 1.0 and res['missing'] == []
+
+    bad = _config(tmp_path, ckpt, 'neck.')
+    assert tool.main([bad]) == 1
+    text = capsys.readouterr().out
+    assert "suggestion: prefix='backbone.' would load 100.0%" in text

@@ -1,0 +1,131 @@
+"""Dry-run a ``Pretrained`` entry: what would load, stay missing, be
+unexpected or shape-mismatched, without loading any weights.
+
+Usage::
+
+    python tools/match_checkpoint.py CONFIG [--module backbone] \\
+        [--checkpoint PATH] [--json]
+
+The model is built on the meta device (no memory for weights; falls back to
+CPU when a constructor needs real tensors), the checkpoint is read for names
+and shapes only. The module defaults to the first one whose ``init_cfg`` holds
+a ``Pretrained`` entry; ``--checkpoint`` replaces the entry's file and keeps
+its key options. When less than half of the module would load, the
+``prefix`` / ``revise_keys`` / ``match='suffix'`` settings that would load the
+most are printed with their coverage. Exit status 1 when the entry's
+``min_loaded`` (default: anything) would not be met.
+"""
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+
+from mmext_init.cfg_apply import as_cfg_list
+from mmext_init.formats import open_checkpoint
+from mmext_init.key_matching import match_keys, suggest_mappings
+from mmext_init.pretrained import (PretrainedInit, build_pretrained,
+                                   is_pretrained_cfg)
+from mmext_init.report import fold_names
+
+
+def build_model(cfg: Config) -> Tuple[nn.Module, str]:
+    """The config's model on the meta device, else on CPU."""
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    try:
+        with torch.device('meta'):
+            return MODELS.build(cfg.model), 'meta'
+    except Exception:  # a constructor that needs real tensors
+        return MODELS.build(cfg.model), 'cpu (meta failed)'
+
+
+def find_entry(model: nn.Module,
+               module: Optional[str]) -> Tuple[str, nn.Module, PretrainedInit]:
+    """The module path, module and its (first) ``Pretrained`` entry."""
+    candidates = [(module, model.get_submodule(module))] if module else \
+        list(model.named_modules())
+    for path, sub in candidates:
+        for cfg in as_cfg_list(getattr(sub, 'init_cfg', None)):
+            if is_pretrained_cfg(cfg):
+                return path, sub, build_pretrained(
+                    cfg, f"init_cfg of '{path}' (Pretrained)")
+    raise SystemExit(f'no Pretrained entry in the init_cfg of '
+                     f'{module or "any module"}')
+
+
+def dry_run(config: str, module: Optional[str] = None,
+            checkpoint: Optional[str] = None) -> Dict[str, Any]:
+    """Everything the report prints, as a dict.
+
+    Example:
+        >>> dry_run('configs/mmdet/retinanet_r18_adapters_ft_tiny.py')['loaded_fraction']
+        0.985
+    """
+    cfg = Config.fromfile(config)
+    model, device = build_model(cfg)
+    path, sub, entry = find_entry(model, module)
+    file = checkpoint or entry.checkpoint
+    tensors = open_checkpoint(file, trust=entry.trust_checkpoint,
+                              use_ema=entry.use_ema)
+    model_shapes = {k: tuple(v.shape)
+                    for k, v in sub.state_dict(keep_vars=True).items()}
+    ckpt_shapes = tensors.shapes()
+    result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
+    params = [n for n, _ in sub.named_parameters()]
+    fraction = result.loaded_fraction(model_shapes, params)
+    out = dict(module=path, checkpoint=file, built_on=device,
+               mapping=entry.mapping.describe(), loaded=sorted(result.loaded),
+               missing=result.missing, unexpected=result.unexpected,
+               mismatched=[dict(key=k, checkpoint=c, model=m)
+                           for k, _, c, m in result.mismatched],
+               loaded_fraction=fraction,
+               min_loaded=entry.min_loaded, suggestions=[])
+    if fraction < 0.5:
+        out['suggestions'] = [
+            dict(setting=m.describe(), loaded_fraction=f)
+            for m, f in suggest_mappings(model_shapes, ckpt_shapes)
+        ]
+    return out
+
+
+def format_text(res: Dict[str, Any]) -> str:
+    lines = [f"{res['module'] or '<root>'} <- {res['checkpoint']} "
+             f"({res['mapping']}; model built on {res['built_on']}): "
+             f"{res['loaded_fraction']:.1%} of parameter elements would load"]
+    groups: List[Tuple[str, Sequence[str]]] = [
+        ('would load', res['loaded']), ('missing (declared init)',
+                                        res['missing']),
+        ('unexpected (unused)', res['unexpected'])]
+    for title, names in groups:
+        lines.append(f'{title}: {len(names)}')
+        lines += [f'  {n}' for n in fold_names(list(names))]
+    lines.append(f"shape mismatched: {len(res['mismatched'])}")
+    lines += [f"  {m['key']}: checkpoint {tuple(m['checkpoint'])} vs model "
+              f"{tuple(m['model'])}" for m in res['mismatched']]
+    for s in res['suggestions']:
+        lines.append(f"suggestion: {s['setting']} would load "
+                     f"{s['loaded_fraction']:.1%}")
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('--module', default=None)
+    parser.add_argument('--checkpoint', default=None)
+    parser.add_argument('--json', action='store_true')
+    args = parser.parse_args(argv)
+    res = dry_run(args.config, args.module, args.checkpoint)
+    print(json.dumps(res, indent=1) if args.json else format_text(res))
+    need = res['min_loaded']
+    ok = res['loaded_fraction'] >= need if need is not None else \
+        res['loaded_fraction'] > 0
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
