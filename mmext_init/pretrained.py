@@ -22,6 +22,7 @@ from .cfg_apply import as_cfg_list
 from .errors import CheckpointError, InitConfigError
 from .key_matching import (KeyMapping, MatchResult, match_keys,
                            suggest_mappings, top_prefixes)
+from .adapt import ADAPT_TRANSFORMS, AdaptTransform, Adapted
 from .formats import CheckpointTensors, open_checkpoint
 from .provenance import LoadRecord
 
@@ -56,6 +57,8 @@ class PretrainedInit:
         match (str): ``'exact'`` (default) or ``'suffix'``: a checkpoint key
             also matches the model key it is a dotted suffix of (or vice
             versa); the longest match wins, ties are an error.
+        adapt (list[dict]): shape adaptation transforms (``ADAPT_TRANSFORMS``,
+            e.g. ``ResizePosEmbed``) for shape-mismatched tensors.
         use_ema (bool): take the EMA weights (MMEngine ``EMAHook`` or
             ``ema_`` buffers); an error when the checkpoint has none.
         trust_checkpoint (bool): unpickle arbitrary objects (runs code from
@@ -82,7 +85,8 @@ class PretrainedInit:
                  key_map: Optional[Dict[str, str]] = None,
                  on_mismatch: str = 'warn',
                  use_ema: bool = False,
-                 match: str = 'exact') -> None:
+                 match: str = 'exact',
+                 adapt: Optional[Sequence[Dict[str, Any]]] = None) -> None:
         if not isinstance(checkpoint, str) or not checkpoint:
             raise InitConfigError(
                 f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
@@ -121,6 +125,12 @@ class PretrainedInit:
                                   tuple((key_map or {}).items()), match)
         self.on_mismatch = on_mismatch
         self.use_ema = bool(use_ema)
+        try:
+            self.adapt: List[AdaptTransform] = [
+                ADAPT_TRANSFORMS.build(cfg) for cfg in (adapt or [])
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InitConfigError(f'Pretrained: adapt: {exc}') from exc
         self.min_loaded = None if min_loaded is None else float(min_loaded)
         self.trust_checkpoint = bool(trust_checkpoint)
         self.check_finite = bool(check_finite)
@@ -159,18 +169,33 @@ class LoadPlan:
     source: CheckpointTensors
     copies: Dict[str, str] = field(default_factory=dict)
     record: Optional[LoadRecord] = None
+    # model name -> transform, for copies whose shape needs adapting; the
+    # partial ones are not protected (their rest keeps the declared init)
+    adapted: Dict[str, AdaptTransform] = field(default_factory=dict)
+    partial: Dict[str, str] = field(default_factory=dict)
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """The checkpoint tensor for model tensor ``name``, read now and
-        checked for NaN/Inf unless ``check_finite=False``."""
-        key = self.copies[name]
+    def fetch(self, name: str,
+              model_shape: Tuple[int, ...]) -> Tuple[torch.Tensor,
+                                                     Optional[Adapted]]:
+        """The checkpoint tensor for model tensor ``name`` (adapted if its
+        entry says so), read now and checked for NaN/Inf unless
+        ``check_finite=False``."""
+        key = self.copies.get(name) or self.partial[name]
         src = self.source.get(key)
         if (self.entry.check_finite and src.is_floating_point()
                 and not bool(torch.isfinite(src).all())):
             raise CheckpointError(
                 f'{self.label}: {self.entry.checkpoint}: tensor {key!r} holds '
                 'NaN or Inf values (set check_finite=False to load it anyway)')
-        return src
+        transform = self.adapted.get(name)
+        if transform is None:
+            return src, None
+        local = name[len(self.module_path) + 1:] if self.module_path else name
+        try:
+            done = transform(local, src, tuple(model_shape))
+        except ValueError as exc:
+            raise InitConfigError(f'{self.label}: {exc}') from exc
+        return done.tensor, done
 
 
 def _full(path: str, name: str) -> str:
@@ -192,6 +217,7 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
         result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
     except ValueError as exc:
         raise InitConfigError(f'{label}: {exc}') from exc
+    adapted, partial = _assign_transforms(result, entry, model_shapes, label)
     params = [n for n, _ in module.named_parameters()]
     fraction = result.loaded_fraction(model_shapes, params)
     _check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label)
@@ -206,7 +232,41 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
         mismatched=[(_full(path, k), c, m) for k, _, c, m in result.mismatched],
         loaded_fraction=fraction)
     copies = {_full(path, name): key for name, key in result.loaded.items()}
-    return LoadPlan(path, entry, label, source, copies, record)
+    return LoadPlan(path, entry, label, source, copies, record,
+                    {_full(path, n): t for n, t in adapted.items()},
+                    {_full(path, n): k for n, k in partial.items()})
+
+
+def _assign_transforms(result: MatchResult, entry: PretrainedInit,
+                       model_shapes: Dict[str, Tuple[int, ...]],
+                       label: str) -> Tuple[Dict[str, AdaptTransform],
+                                            Dict[str, str]]:
+    """Give each shape-mismatched tensor its ``adapt`` transform.
+
+    Fully adapted tensors join ``result.loaded``; partial ones are returned
+    separately (name -> checkpoint key). A transform selecting no tensor of
+    the module is an error.
+    """
+    adapted: Dict[str, AdaptTransform] = {}
+    partial: Dict[str, str] = {}
+    for transform in entry.adapt:
+        if not any(transform.selects(n) for n in model_shapes):
+            raise InitConfigError(
+                f'{label}: adapt transform {type(transform).__name__} with '
+                f'keys={transform.keys!r} matches no tensor of the module')
+    still = []
+    for name, key, ckpt_shape, model_shape in result.mismatched:
+        transform = next((t for t in entry.adapt if t.selects(name)), None)
+        if transform is None:
+            still.append((name, key, ckpt_shape, model_shape))
+            continue
+        adapted[name] = transform
+        if transform.partial(ckpt_shape, model_shape):
+            partial[name] = key
+        else:
+            result.loaded[name] = key
+    result.mismatched = still
+    return adapted, partial
 
 
 def _is_counter(name: str) -> bool:

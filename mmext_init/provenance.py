@@ -96,6 +96,7 @@ class LoadRecord:
         default_factory=list)
     cast: List[Tuple[str, str, str]] = field(default_factory=list)
     loaded_fraction: float = 0.0
+    adapted: List[Tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass

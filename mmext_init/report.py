@@ -140,6 +140,8 @@ def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0) -> str:
                 _limited(fold_names(record.unexpected), 'groups')))
         for key, src, dst in record.cast:
             lines.append(f'  cast {key}: {src} -> {dst}')
+        for key, how in record.adapted:
+            lines.append(f'  adapted {key}: {how}')
     for kind, title in _SECTIONS:
         groups: Dict[str, List[str]] = {}
         for name, prov in ledger.entries.items():

@@ -227,20 +227,38 @@ class InitSession:
                 final[name] = plan  # outer plans come later and win
         with torch.no_grad():
             for name, plan in final.items():
-                key, src = plan.copies[name], plan.tensor(name)
-                dst = tensors[name]
-                notes: Tuple[str, ...] = ()
-                if src.dtype != dst.dtype:
-                    notes = (f'cast {src.dtype} -> {dst.dtype}', )
-                    plan.record.cast.append((name, str(src.dtype),
-                                             str(dst.dtype)))
-                dst.copy_(src)
-                args = {'prefix': plan.entry.prefix} if plan.entry.prefix \
-                    else None
-                self.tracker.record(
-                    name,
-                    Provenance(CHECKPOINT, plan.entry.checkpoint,
-                               plan.module_path, key, args, notes))
+                self._copy(plan, name, tensors[name], partial=False)
+            for plan in self.all_plans():  # a full copy elsewhere wins
+                for name in plan.partial:
+                    if name not in final:
+                        self._copy(plan, name, tensors[name], partial=True)
+
+    def _copy(self, plan: LoadPlan, name: str, dst: torch.Tensor,
+              partial: bool) -> None:
+        """Copy one checkpoint tensor (or the checkpoint part of an adapted
+        one) into ``dst`` and record its provenance."""
+        src, adapted = plan.fetch(name, tuple(dst.shape))
+        key = plan.copies.get(name) or plan.partial[name]
+        notes: Tuple[str, ...] = ()
+        if adapted is not None:
+            notes += (adapted.description, )
+            plan.record.adapted.append((name, adapted.description))
+        if partial:
+            before = self.tracker.written.get(name)
+            rest = before.describe() if before else 'constructor default'
+            dst[adapted.region] = src[adapted.region].to(dst.dtype)
+            notes += (f'rest: {rest}', )
+        else:
+            if src.dtype != dst.dtype:
+                notes += (f'cast {src.dtype} -> {dst.dtype}', )
+                plan.record.cast.append((name, str(src.dtype),
+                                         str(dst.dtype)))
+            dst.copy_(src)
+        args = {'prefix': plan.entry.prefix} if plan.entry.prefix else None
+        self.tracker.record(
+            name,
+            Provenance(CHECKPOINT, plan.entry.checkpoint, plan.module_path,
+                       key, args, notes))
 
     # -- 4. ledger, checks, report ----------------------------------------
     def code_load_records(self, tensors: Dict[str, torch.Tensor],

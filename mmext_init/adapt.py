@@ -1,0 +1,275 @@
+"""Shape adaptation of checkpoint tensors (``adapt=[...]`` on ``Pretrained``).
+
+Each transform is registered in ``ADAPT_TRANSFORMS`` (an MMEngine registry
+users can extend), takes ``keys`` (a regex or list of regexes, full match on
+the module's tensor names) and adapts a checkpoint tensor whose shape differs
+from the model's. A transform returns an :class:`Adapted`: the new tensor,
+and ``region`` -- ``None`` when the whole tensor comes from the checkpoint,
+else the part that does (a tuple of slices, or a boolean mask over dim 0);
+the rest keeps the tensor's declared init.
+
+Example (config):
+    >>> adapt = [dict(type='ResizePosEmbed', keys=r'.*pos_embed', num_prefix_tokens=1),
+    ...          dict(type='InputChannels', keys='patch_embed.projection.weight', mode='sum')]
+"""
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.registry import Registry
+
+ADAPT_TRANSFORMS = Registry('checkpoint adaptation')
+Shape = Tuple[int, ...]
+Region = Union[None, Tuple[slice, ...], torch.Tensor]
+
+
+@dataclass
+class Adapted:
+    """A checkpoint tensor fitted to the model's shape."""
+    tensor: torch.Tensor
+    region: Region
+    description: str
+
+
+class AdaptTransform:
+    """Base: ``keys`` selection, shape check, description."""
+
+    def __init__(self, keys: Union[str, Sequence[str]]) -> None:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        self.patterns = [re.compile(k) for k in keys]
+        self.keys = keys
+
+    def selects(self, name: str) -> bool:
+        """Whether this transform handles model tensor ``name``."""
+        return any(p.fullmatch(name) for p in self.patterns)
+
+    def partial(self, ckpt_shape: Shape, model_shape: Shape) -> bool:
+        """Whether only part of the tensor will come from the checkpoint."""
+        return False
+
+    def describe(self, **extra: Any) -> str:
+        args = ', '.join(f'{k}={v!r}' for k, v in extra.items())
+        return f'{type(self).__name__}({args})'
+
+    def error(self, name: str, ckpt: Shape, model: Shape, why: str) -> None:
+        raise ValueError(f'{type(self).__name__} on {name}: checkpoint '
+                         f'{tuple(ckpt)} -> model {tuple(model)}: {why}')
+
+    def __call__(self, name: str, ckpt: torch.Tensor,
+                 model_shape: Shape) -> Adapted:
+        raise NotImplementedError
+
+
+def _side(n: int, name: str, what: str) -> int:
+    side = int(round(math.sqrt(n)))
+    if side * side != n:
+        raise ValueError(f'{name}: {what} {n} is not a square grid')
+    return side
+
+
+def _resize_grid(grid: torch.Tensor, size: Tuple[int, int],
+                 mode: str) -> torch.Tensor:
+    """(1, C, H, W) -> (1, C, h, w), computed in float32."""
+    if tuple(grid.shape[-2:]) == tuple(size):
+        return grid
+    out = F.interpolate(grid.float(), size=size, mode=mode,
+                        align_corners=False)
+    return out.to(grid.dtype)
+
+
+@ADAPT_TRANSFORMS.register_module()
+class ResizePosEmbed(AdaptTransform):
+    """Absolute position embeddings ``(1, P + g*g, C)`` to a new square grid
+    (interpolated in float32), keeping ``num_prefix_tokens`` P as they are.
+
+    Example:
+        >>> dict(type='ResizePosEmbed', keys=r'.*pos_embed', num_prefix_tokens=1)
+    """
+
+    def __init__(self, keys, num_prefix_tokens: int = 1,
+                 mode: str = 'bicubic') -> None:
+        super().__init__(keys)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.mode = mode
+
+    def __call__(self, name, ckpt, model_shape):
+        p = self.num_prefix_tokens
+        if ckpt.dim() != 3 or len(model_shape) != 3 or \
+                ckpt.shape[2] != model_shape[2]:
+            self.error(name, ckpt.shape, model_shape, 'expects (1, N, C) '
+                       'with the same C')
+        g1 = _side(ckpt.shape[1] - p, name, 'checkpoint tokens')
+        g2 = _side(model_shape[1] - p, name, 'model tokens')
+        grid = ckpt[:, p:].reshape(1, g1, g1, -1).permute(0, 3, 1, 2)
+        grid = _resize_grid(grid, (g2, g2), self.mode)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, g2 * g2, -1)
+        return Adapted(torch.cat([ckpt[:, :p], grid], dim=1), None,
+                       self.describe(num_prefix_tokens=p,
+                                     grid=f'{g1}x{g1}->{g2}x{g2}'))
+
+
+@ADAPT_TRANSFORMS.register_module()
+class ResizeRelPosTable(AdaptTransform):
+    """Swin relative position bias tables ``((2W-1)^2, heads)`` to a new
+    window size.
+
+    Example:
+        >>> dict(type='ResizeRelPosTable', keys=r'.*relative_position_bias_table')
+    """
+
+    def __init__(self, keys, mode: str = 'bicubic') -> None:
+        super().__init__(keys)
+        self.mode = mode
+
+    def __call__(self, name, ckpt, model_shape):
+        if ckpt.dim() != 2 or ckpt.shape[1] != model_shape[1]:
+            self.error(name, ckpt.shape, model_shape,
+                       'expects (L, heads) with the same number of heads')
+        s1 = _side(ckpt.shape[0], name, 'checkpoint table length')
+        s2 = _side(model_shape[0], name, 'model table length')
+        grid = ckpt.permute(1, 0).reshape(1, -1, s1, s1)
+        grid = _resize_grid(grid, (s2, s2), self.mode)
+        return Adapted(grid.reshape(-1, s2 * s2).permute(1, 0).contiguous(),
+                       None, self.describe(table=f'{s1}x{s1}->{s2}x{s2}'))
+
+
+@ADAPT_TRANSFORMS.register_module()
+class InputChannels(AdaptTransform):
+    """First-layer weights ``(O, I, ...)`` for a new number of input channels:
+    ``'sum'`` (to 1 channel), ``'tile'`` (repeat, rescale by I/I_new) or
+    ``'copy'`` (the first min(I, I_new) channels; the rest keeps its
+    declared init).
+
+    Example:
+        >>> dict(type='InputChannels', keys='stem.conv.weight', mode='sum')
+    """
+
+    def __init__(self, keys, mode: str = 'sum') -> None:
+        super().__init__(keys)
+        if mode not in ('sum', 'tile', 'copy'):
+            raise ValueError(f"InputChannels: mode must be 'sum', 'tile' or "
+                             f"'copy', got {mode!r}")
+        self.mode = mode
+
+    def partial(self, ckpt_shape, model_shape):
+        return self.mode == 'copy'
+
+    def __call__(self, name, ckpt, model_shape):
+        i_old, i_new = ckpt.shape[1], model_shape[1]
+        if ckpt.dim() != len(model_shape) or ckpt.shape[0] != model_shape[0] \
+                or ckpt.shape[2:] != tuple(model_shape[2:]):
+            self.error(name, ckpt.shape, model_shape,
+                       'only the input-channel dimension (1) may differ')
+        desc = self.describe(mode=self.mode, channels=f'{i_old}->{i_new}')
+        if self.mode == 'sum':
+            if i_new != 1:
+                self.error(name, ckpt.shape, model_shape,
+                           "mode='sum' makes 1 input channel")
+            return Adapted(ckpt.sum(1, keepdim=True), None, desc)
+        if self.mode == 'tile':
+            reps = math.ceil(i_new / i_old)
+            tiled = ckpt.repeat(1, reps, *([1] * (ckpt.dim() - 2)))
+            return Adapted(tiled[:, :i_new] * (i_old / i_new), None, desc)
+        n = min(i_old, i_new)
+        out = torch.zeros(model_shape, dtype=ckpt.dtype)
+        out[:, :n] = ckpt[:, :n]
+        return Adapted(out, (slice(None), slice(0, n)), desc)
+
+
+@ADAPT_TRANSFORMS.register_module()
+class Classes(AdaptTransform):
+    """Classifier rows (dim 0) for a new class list: rows of surviving
+    classes are copied (by name, or ``index_map[new] = old`` with -1 for a
+    new class); new classes keep their declared init.
+
+    Example:
+        >>> dict(type='Classes', keys=r'head\\.fc\\.(weight|bias)',
+        ...      old_classes=['cat', 'dog', 'car'], new_classes=['dog', 'bus'])
+    """
+
+    def __init__(self, keys, index_map: Optional[Sequence[int]] = None,
+                 old_classes: Optional[Sequence[str]] = None,
+                 new_classes: Optional[Sequence[str]] = None) -> None:
+        super().__init__(keys)
+        if index_map is None:
+            if old_classes is None or new_classes is None:
+                raise ValueError('Classes needs index_map or old_classes and '
+                                 'new_classes')
+            old = list(old_classes)
+            index_map = [old.index(c) if c in old else -1
+                         for c in new_classes]
+        self.index_map = [int(i) for i in index_map]
+
+    def partial(self, ckpt_shape, model_shape):
+        return True
+
+    def __call__(self, name, ckpt, model_shape):
+        rows = len(self.index_map)
+        if model_shape[0] != rows or ckpt.shape[1:] != tuple(model_shape[1:]):
+            self.error(name, ckpt.shape, model_shape,
+                       f'index_map has {rows} rows; only dim 0 may differ')
+        out = torch.zeros(model_shape, dtype=ckpt.dtype)
+        mask = torch.zeros(rows, dtype=torch.bool)
+        for new, old in enumerate(self.index_map):
+            if 0 <= old < ckpt.shape[0]:
+                out[new] = ckpt[old]
+                mask[new] = True
+        kept = int(mask.sum())
+        return Adapted(out, mask, self.describe(kept=f'{kept}/{rows}'))
+
+
+@ADAPT_TRANSFORMS.register_module()
+class Inflate(AdaptTransform):
+    """2D conv weights ``(O, I, kh, kw)`` to 3D ``(O, I, T, kh, kw)``:
+    ``'replicate'`` over time and divide by T, or ``'center'`` frame.
+
+    Example:
+        >>> dict(type='Inflate', keys=r'.*conv\\d?\\.weight', mode='replicate')
+    """
+
+    def __init__(self, keys, mode: str = 'replicate') -> None:
+        super().__init__(keys)
+        if mode not in ('replicate', 'center'):
+            raise ValueError(f"Inflate: mode must be 'replicate' or "
+                             f"'center', got {mode!r}")
+        self.mode = mode
+
+    def __call__(self, name, ckpt, model_shape):
+        if ckpt.dim() != 4 or len(model_shape) != 5 or \
+                tuple(ckpt.shape[:2]) + tuple(ckpt.shape[2:]) != \
+                tuple(model_shape[:2]) + tuple(model_shape[3:]):
+            self.error(name, ckpt.shape, model_shape,
+                       'expects (O, I, kh, kw) -> (O, I, T, kh, kw)')
+        t = model_shape[2]
+        if self.mode == 'replicate':
+            out = ckpt.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+        else:
+            out = torch.zeros(model_shape, dtype=ckpt.dtype)
+            out[:, :, t // 2] = ckpt
+        return Adapted(out, None, self.describe(mode=self.mode, time=t))
+
+
+@ADAPT_TRANSFORMS.register_module()
+class Grow(AdaptTransform):
+    """Copy the overlapping slice of the checkpoint tensor; the rest keeps
+    the declared init.
+
+    Example:
+        >>> dict(type='Grow', keys=r'head\\..*')
+    """
+
+    def partial(self, ckpt_shape, model_shape):
+        return tuple(ckpt_shape) != tuple(model_shape)
+
+    def __call__(self, name, ckpt, model_shape):
+        if ckpt.dim() != len(model_shape):
+            self.error(name, ckpt.shape, model_shape, 'ranks differ')
+        region = tuple(slice(0, min(a, b))
+                       for a, b in zip(ckpt.shape, model_shape))
+        out = torch.zeros(model_shape, dtype=ckpt.dtype)
+        out[region] = ckpt[region]
+        overlap = 'x'.join(str(r.stop) for r in region)
+        return Adapted(out, region, self.describe(overlap=overlap))
