@@ -17,7 +17,7 @@ Example:
 """
 import json
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -31,10 +31,16 @@ class CheckpointTensors:
     """Names, shapes and on-demand tensors of one checkpoint."""
 
     def __init__(self, path: str, shapes: Dict[str, Shape],
-                 getter: Callable[[str], torch.Tensor]) -> None:
+                 getter: Callable[[str], torch.Tensor],
+                 origins: Optional[Dict[str, str]] = None) -> None:
         self.path = path
         self._shapes = shapes
         self._get = getter
+        self._origins = origins or {}
+
+    def origin(self, key: str) -> str:
+        """The key as written in the file (before a converter renamed it)."""
+        return self._origins.get(key, key)
 
     def keys(self) -> List[str]:
         return list(self._shapes)

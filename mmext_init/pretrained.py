@@ -23,6 +23,7 @@ from .errors import CheckpointError, InitConfigError
 from .key_matching import (KeyMapping, MatchResult, match_keys,
                            suggest_mappings, top_prefixes)
 from .adapt import ADAPT_TRANSFORMS, AdaptTransform, Adapted
+from .converters import get_converter
 from .formats import CheckpointTensors, open_checkpoint
 from .provenance import LoadRecord
 
@@ -57,6 +58,9 @@ class PretrainedInit:
         match (str): ``'exact'`` (default) or ``'suffix'``: a checkpoint key
             also matches the model key it is a dotted suffix of (or vice
             versa); the longest match wins, ties are an error.
+        converter (str, optional): a registered ``CHECKPOINT_CONVERTERS``
+            name (``'timm_vit'``, ``'swin_official'``) applied to the
+            checkpoint's keys first.
         adapt (list[dict]): shape adaptation transforms (``ADAPT_TRANSFORMS``,
             e.g. ``ResizePosEmbed``) for shape-mismatched tensors.
         use_ema (bool): take the EMA weights (MMEngine ``EMAHook`` or
@@ -86,7 +90,8 @@ class PretrainedInit:
                  on_mismatch: str = 'warn',
                  use_ema: bool = False,
                  match: str = 'exact',
-                 adapt: Optional[Sequence[Dict[str, Any]]] = None) -> None:
+                 adapt: Optional[Sequence[Dict[str, Any]]] = None,
+                 converter: Optional[str] = None) -> None:
         if not isinstance(checkpoint, str) or not checkpoint:
             raise InitConfigError(
                 f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
@@ -125,6 +130,10 @@ class PretrainedInit:
                                   tuple((key_map or {}).items()), match)
         self.on_mismatch = on_mismatch
         self.use_ema = bool(use_ema)
+        try:
+            self.converter = get_converter(converter) if converter else None
+        except KeyError as exc:
+            raise InitConfigError(f'Pretrained: {exc.args[0]}') from exc
         try:
             self.adapt: List[AdaptTransform] = [
                 ADAPT_TRANSFORMS.build(cfg) for cfg in (adapt or [])
@@ -202,14 +211,32 @@ def _full(path: str, name: str) -> str:
     return f'{path}.{name}' if path else name
 
 
+def open_source(entry: PretrainedInit, label: str,
+                checkpoint: Optional[str] = None) -> CheckpointTensors:
+    """The entry's checkpoint (or ``checkpoint``), opened lazily and passed
+    through its converter. A converter reads every tensor once; otherwise
+    only names and shapes are read here."""
+    source = open_checkpoint(checkpoint or entry.checkpoint,
+                             entry.map_location, entry.trust_checkpoint,
+                             label, entry.use_ema)
+    if entry.converter is None:
+        return source
+    state = {k: source.get(k) for k in source.keys()}
+    by_id = {id(v): k for k, v in state.items()}
+    converted = entry.converter(state)
+    return CheckpointTensors(
+        source.path, {k: tuple(v.shape) for k, v in converted.items()},
+        converted.__getitem__,
+        {k: by_id[id(v)] for k, v in converted.items() if id(v) in by_id})
+
+
 def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
               label: str) -> LoadPlan:
     """Read the checkpoint (memory-mapped) and decide what it provides.
 
     Checks ``strict`` and ``min_loaded`` before any tensor is written.
     """
-    source = open_checkpoint(entry.checkpoint, entry.map_location,
-                             entry.trust_checkpoint, label, entry.use_ema)
+    source = open_source(entry, label)
     model_tensors = module.state_dict(keep_vars=True)
     model_shapes = {k: tuple(v.shape) for k, v in model_tensors.items()}
     ckpt_shapes = source.shapes()
@@ -217,7 +244,7 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
         result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
     except ValueError as exc:
         raise InitConfigError(f'{label}: {exc}') from exc
-    adapted, partial = _assign_transforms(result, entry, model_shapes, label)
+    adapted, partial = assign_transforms(result, entry, model_shapes, label)
     params = [n for n, _ in module.named_parameters()]
     fraction = result.loaded_fraction(model_shapes, params)
     _check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label)
@@ -237,7 +264,7 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
                     {_full(path, n): k for n, k in partial.items()})
 
 
-def _assign_transforms(result: MatchResult, entry: PretrainedInit,
+def assign_transforms(result: MatchResult, entry: PretrainedInit,
                        model_shapes: Dict[str, Tuple[int, ...]],
                        label: str) -> Tuple[Dict[str, AdaptTransform],
                                             Dict[str, str]]:

@@ -238,7 +238,7 @@ class InitSession:
         """Copy one checkpoint tensor (or the checkpoint part of an adapted
         one) into ``dst`` and record its provenance."""
         src, adapted = plan.fetch(name, tuple(dst.shape))
-        key = plan.copies.get(name) or plan.partial[name]
+        key = plan.source.origin(plan.copies.get(name) or plan.partial[name])
         notes: Tuple[str, ...] = ()
         if adapted is not None:
             notes += (adapted.description, )

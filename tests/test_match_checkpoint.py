@@ -39,7 +39,28 @@ def test_dry_run_groups_json_and_exit_status(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res['loaded_fraction'] == 1.0 and res['missing'] == []
 
+    assert res['adapted'] == []
+
     bad = _config(tmp_path, ckpt, 'neck.')
     assert tool.main([bad]) == 1
     text = capsys.readouterr().out
     assert "suggestion: prefix='backbone.' would load 100.0%" in text
+
+
+def test_dry_run_lists_adapted_tensors(tmp_path, capsys):
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = tmp_path / 'four_channels.py'
+    path.write_text(
+        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
+        "custom_imports = dict(imports=['mmext_init'], "
+        'allow_failed_imports=False)\n'
+        'model = dict(backbone=dict(depth=18, in_channels=4, init_cfg=dict('
+        f"type='Pretrained', checkpoint={ckpt!r}, prefix='backbone.', "
+        "adapt=[dict(type='InputChannels', keys='conv1.weight', "
+        "mode='copy')])), neck=dict(in_channels=[64, 128, 256, 512]))\n")
+    assert tool.main([str(path), '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['adapted'] == [dict(key='conv1.weight',
+                                   transform='InputChannels', partial=True)]
+    assert res['mismatched'] == []

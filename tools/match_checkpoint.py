@@ -1,5 +1,5 @@
-"""Dry-run a ``Pretrained`` entry: what would load, stay missing, be
-unexpected or shape-mismatched, without loading any weights.
+"""Dry-run a ``Pretrained`` entry: what would load, be adapted, stay missing,
+be unexpected or shape-mismatched, without loading any weights.
 
 Usage::
 
@@ -26,10 +26,10 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 from mmext_init.cfg_apply import as_cfg_list
-from mmext_init.formats import open_checkpoint
 from mmext_init.key_matching import match_keys, suggest_mappings
-from mmext_init.pretrained import (PretrainedInit, build_pretrained,
-                                   is_pretrained_cfg)
+from mmext_init.pretrained import (PretrainedInit, assign_transforms,
+                                   build_pretrained, is_pretrained_cfg,
+                                   open_source)
 from mmext_init.report import fold_names
 
 
@@ -69,17 +69,21 @@ def dry_run(config: str, module: Optional[str] = None,
     model, device = build_model(cfg)
     path, sub, entry = find_entry(model, module)
     file = checkpoint or entry.checkpoint
-    tensors = open_checkpoint(file, trust=entry.trust_checkpoint,
-                              use_ema=entry.use_ema)
+    label = f"init_cfg of '{path}' (Pretrained)"
+    ckpt_shapes = open_source(entry, label, file).shapes()
     model_shapes = {k: tuple(v.shape)
                     for k, v in sub.state_dict(keep_vars=True).items()}
-    ckpt_shapes = tensors.shapes()
     result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
+    adapted, partial = assign_transforms(result, entry, model_shapes, label)
     params = [n for n, _ in sub.named_parameters()]
     fraction = result.loaded_fraction(model_shapes, params)
     out = dict(module=path, checkpoint=file, built_on=device,
                mapping=entry.mapping.describe(), loaded=sorted(result.loaded),
-               missing=result.missing, unexpected=result.unexpected,
+               missing=result.missing,
+               unexpected=result.unexpected,
+               adapted=[dict(key=k, transform=type(t).__name__,
+                             partial=k in partial)
+                        for k, t in adapted.items()],
                mismatched=[dict(key=k, checkpoint=c, model=m)
                            for k, _, c, m in result.mismatched],
                loaded_fraction=fraction,
@@ -103,6 +107,10 @@ def format_text(res: Dict[str, Any]) -> str:
     for title, names in groups:
         lines.append(f'{title}: {len(names)}')
         lines += [f'  {n}' for n in fold_names(list(names))]
+    lines.append(f"adapted: {len(res['adapted'])}")
+    lines += [f"  {a['key']} <- {a['transform']}"
+              + (' (part; the rest keeps its declared init)'
+                 if a['partial'] else '') for a in res['adapted']]
     lines.append(f"shape mismatched: {len(res['mismatched'])}")
     lines += [f"  {m['key']}: checkpoint {tuple(m['checkpoint'])} vs model "
               f"{tuple(m['model'])}" for m in res['mismatched']]
