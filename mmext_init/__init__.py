@@ -8,8 +8,11 @@ Importing registers the extended ``Pretrained`` init type (and the new ones)
 in MMEngine's root ``WEIGHT_INITIALIZERS`` and patches ``BaseModule`` with
 :class:`InitWeightsMixin`. Importing twice or reloading is harmless.
 """
+from .adapt import ADAPT_TRANSFORMS
+from .converters import CHECKPOINT_CONVERTERS
 from .copy_from import CopyFromInit, copy_from
 from .errors import CheckpointError, InitConfigError
+from .formats import open_checkpoint
 from .initializers import (identity_init, lora_init, orthogonal_init,
                            zero_init)
 from .lsuv import LSUVInitHook
@@ -27,7 +30,8 @@ __all__ = [
     'fold_names', 'read_checkpoint', 'extract_state_dict', 'add_note',
     'CheckpointError', 'InitConfigError', 'install', 'CopyFromInit',
     'copy_from', 'LSUVInitHook', 'zero_init', 'identity_init',
-    'orthogonal_init', 'lora_init'
+    'orthogonal_init', 'lora_init', 'ADAPT_TRANSFORMS', 'CHECKPOINT_CONVERTERS',
+    'open_checkpoint'
 ]
 
 install()
