@@ -72,6 +72,13 @@ def _write_args(func: Any) -> Tuple[Tuple[int, str], ...]:
 class WriteTracker(TorchDispatchMode):
     """Records and filters writes to the named tensors of one model."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Init code is never compiled. Returning False keeps torch from
+        # wrapping __torch_dispatch__ in torch._dynamo.disable, whose first
+        # call imports dynamo/sympy (~1 s of start-up, measured).
+        return False
+
     def __init__(self, named_tensors: Mapping[str, torch.Tensor]) -> None:
         super().__init__()
         # storage pointer -> [(first byte, end byte, name)]
