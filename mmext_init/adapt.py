@@ -9,13 +9,13 @@ else the part that does (a tuple of slices, or a boolean mask over dim 0);
 the rest keeps the tensor's declared init.
 
 Example (config):
-    >>> adapt = [dict(type='ResizePosEmbed', keys=r'.*pos_embed', num_prefix_tokens=1),
-    ...          dict(type='InputChannels', keys='patch_embed.projection.weight', mode='sum')]
+    >>> adapt = [dict(type='ResizePosEmbed', keys=r'.*pos_embed'),
+    ...          dict(type='InputChannels', keys='patch_embed.projection.weight')]
 """
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,12 @@ class AdaptTransform:
 
     def partial(self, ckpt_shape: Shape, model_shape: Shape) -> bool:
         """Whether only part of the tensor will come from the checkpoint."""
-        return False
+        return dry_run(self, '?', ckpt_shape, model_shape).region is not None
+
+    def changes(self, ckpt_shape: Shape, model_shape: Shape) -> bool:
+        """Whether a tensor of the model's shape must still be transformed
+        (only ``Classes`` reorders rows of equal-shaped tensors)."""
+        return tuple(ckpt_shape) != tuple(model_shape)
 
     def describe(self, **extra: Any) -> str:
         args = ', '.join(f'{k}={v!r}' for k, v in extra.items())
@@ -63,11 +68,43 @@ class AdaptTransform:
         raise NotImplementedError
 
 
-def _side(n: int, name: str, what: str) -> int:
-    side = int(round(math.sqrt(n)))
-    if side * side != n:
-        raise ValueError(f'{name}: {what} {n} is not a square grid')
-    return side
+def build_transform(cfg: Dict[str, Any]) -> AdaptTransform:
+    """Build a transform from its cfg without MMEngine's scope search (which
+    warns under ``default_scope='mmdet'``); unknown types list the known ones.
+
+    Example:
+        >>> build_transform(dict(type='Grow', keys=r'head\\..*'))
+    """
+    args = dict(cfg)
+    kind = args.pop('type', None)
+    cls = kind if isinstance(kind, type) else ADAPT_TRANSFORMS.get(kind)
+    if cls is None:
+        known = ', '.join(sorted(ADAPT_TRANSFORMS.module_dict))
+        raise KeyError(f'unknown transform {kind!r} (registered: {known})')
+    return cls(**args)
+
+
+def dry_run(transform: AdaptTransform, name: str, ckpt_shape: Shape,
+            model_shape: Shape, dtype: torch.dtype = torch.float32) -> Adapted:
+    """Run ``transform`` on shapes only (meta tensors, no data): the same
+    checks, region and description as the real call.
+
+    Example:
+        >>> dry_run(Grow('w'), 'w', (3, 4), (5, 4)).region
+        (slice(0, 3, None), slice(0, 4, None))
+    """
+    with torch.device('meta'):
+        out = transform(name, torch.empty(ckpt_shape, dtype=dtype),
+                        tuple(model_shape))
+    if tuple(out.tensor.shape) != tuple(model_shape):
+        transform.error(name, ckpt_shape, model_shape,
+                        f'made {tuple(out.tensor.shape)}')
+    return out
+
+
+def _side(n: int) -> Optional[int]:
+    side = int(round(math.sqrt(max(n, 0))))
+    return side if side > 0 and side * side == n else None
 
 
 def _resize_grid(grid: torch.Tensor, size: Tuple[int, int],
@@ -97,12 +134,14 @@ class ResizePosEmbed(AdaptTransform):
 
     def __call__(self, name, ckpt, model_shape):
         p = self.num_prefix_tokens
-        if ckpt.dim() != 3 or len(model_shape) != 3 or \
-                ckpt.shape[2] != model_shape[2]:
+        if ckpt.dim() != 3 or len(model_shape) != 3 or ckpt.shape[0] != 1 \
+                or model_shape[0] != 1 or ckpt.shape[2] != model_shape[2]:
             self.error(name, ckpt.shape, model_shape, 'expects (1, N, C) '
                        'with the same C')
-        g1 = _side(ckpt.shape[1] - p, name, 'checkpoint tokens')
-        g2 = _side(model_shape[1] - p, name, 'model tokens')
+        g1, g2 = _side(ckpt.shape[1] - p), _side(model_shape[1] - p)
+        if g1 is None or g2 is None:
+            self.error(name, ckpt.shape, model_shape, f'the tokens after '
+                       f'{p} prefix token(s) are not a square grid')
         grid = ckpt[:, p:].reshape(1, g1, g1, -1).permute(0, 3, 1, 2)
         grid = _resize_grid(grid, (g2, g2), self.mode)
         grid = grid.permute(0, 2, 3, 1).reshape(1, g2 * g2, -1)
@@ -125,11 +164,14 @@ class ResizeRelPosTable(AdaptTransform):
         self.mode = mode
 
     def __call__(self, name, ckpt, model_shape):
-        if ckpt.dim() != 2 or ckpt.shape[1] != model_shape[1]:
+        if ckpt.dim() != 2 or len(model_shape) != 2 or \
+                ckpt.shape[1] != model_shape[1]:
             self.error(name, ckpt.shape, model_shape,
                        'expects (L, heads) with the same number of heads')
-        s1 = _side(ckpt.shape[0], name, 'checkpoint table length')
-        s2 = _side(model_shape[0], name, 'model table length')
+        s1, s2 = _side(ckpt.shape[0]), _side(model_shape[0])
+        if s1 is None or s2 is None:
+            self.error(name, ckpt.shape, model_shape,
+                       'table lengths must be squares (2W-1)^2')
         grid = ckpt.permute(1, 0).reshape(1, -1, s1, s1)
         grid = _resize_grid(grid, (s2, s2), self.mode)
         return Adapted(grid.reshape(-1, s2 * s2).permute(1, 0).contiguous(),
@@ -154,9 +196,6 @@ class InputChannels(AdaptTransform):
                              f"'copy', got {mode!r}")
         self.mode = mode
 
-    def partial(self, ckpt_shape, model_shape):
-        return self.mode == 'copy'
-
     def __call__(self, name, ckpt, model_shape):
         i_old, i_new = ckpt.shape[1], model_shape[1]
         if ckpt.dim() != len(model_shape) or ckpt.shape[0] != model_shape[0] \
@@ -176,49 +215,90 @@ class InputChannels(AdaptTransform):
         n = min(i_old, i_new)
         out = torch.zeros(model_shape, dtype=ckpt.dtype)
         out[:, :n] = ckpt[:, :n]
-        return Adapted(out, (slice(None), slice(0, n)), desc)
+        return Adapted(out, (slice(None), slice(0, n)) if i_new > i_old
+                       else None, desc)
 
 
 @ADAPT_TRANSFORMS.register_module()
 class Classes(AdaptTransform):
     """Classifier rows (dim 0) for a new class list: rows of surviving
     classes are copied (by name, or ``index_map[new] = old`` with -1 for a
-    new class); new classes keep their declared init.
+    new class); new classes keep their declared init (``region`` is then a
+    boolean mask over dim 0). Applies to equal shapes too (reordered or
+    replaced classes). Rows are ``outer x classes x inner`` plus ``extra``
+    trailing rows (copied as they are): RetinaNet's ``retina_cls`` has
+    anchors x classes rows (``outer`` is derived), class-specific box
+    regression ``inner=4``, a background row last ``extra=1``.
 
     Example:
-        >>> dict(type='Classes', keys=r'head\\.fc\\.(weight|bias)',
+        >>> dict(type='Classes', keys=r'bbox_head\\.retina_cls\\.(weight|bias)',
         ...      old_classes=['cat', 'dog', 'car'], new_classes=['dog', 'bus'])
     """
 
     def __init__(self, keys, index_map: Optional[Sequence[int]] = None,
                  old_classes: Optional[Sequence[str]] = None,
-                 new_classes: Optional[Sequence[str]] = None) -> None:
+                 new_classes: Optional[Sequence[str]] = None,
+                 inner: int = 1, extra: int = 0) -> None:
         super().__init__(keys)
+        self.num_old: Optional[int] = None  # known from old_classes
+        self.new_names: Optional[List[str]] = None
         if index_map is None:
             if old_classes is None or new_classes is None:
                 raise ValueError('Classes needs index_map or old_classes and '
                                  'new_classes')
             old = list(old_classes)
+            self.num_old, self.new_names = len(old), list(new_classes)
             index_map = [old.index(c) if c in old else -1
                          for c in new_classes]
-        self.index_map = [int(i) for i in index_map]
+        self.index_map = [-1 if i is None else int(i) for i in index_map]
+        self.inner, self.extra = int(inner), int(extra)
 
-    def partial(self, ckpt_shape, model_shape):
-        return True
+    def rows(self, name: str, ckpt_shape: Shape,
+             model_shape: Shape) -> List[int]:
+        """For each model row, the checkpoint row it comes from (-1: new)."""
+        if len(ckpt_shape) != len(model_shape) or \
+                tuple(ckpt_shape[1:]) != tuple(model_shape[1:]):
+            self.error(name, ckpt_shape, model_shape, 'only dim 0 may differ')
+        n_new, inner, extra = len(self.index_map), self.inner, self.extra
+        body = model_shape[0] - extra
+        if body <= 0 or body % (n_new * inner):
+            self.error(name, ckpt_shape, model_shape, f'{model_shape[0]} '
+                       f'rows are not groups of {n_new} classes x {inner} '
+                       f'+ {extra}')
+        outer = body // (n_new * inner)
+        n_old = self.num_old
+        if n_old is None:
+            n_old = (ckpt_shape[0] - extra) // (outer * inner)
+        if ckpt_shape[0] != outer * n_old * inner + extra:
+            self.error(name, ckpt_shape, model_shape, f'expects {outer} x '
+                       f'{n_old} classes x {inner} + {extra} checkpoint rows')
+        if any(o >= n_old for o in self.index_map):
+            self.error(name, ckpt_shape, model_shape, f'index_map refers to '
+                       f'class {max(self.index_map)}; the checkpoint has '
+                       f'{n_old}')
+        out = [-1 if old < 0 else (g * n_old + old) * inner + i
+               for g in range(outer) for old in self.index_map
+               for i in range(inner)]
+        return out + list(range(ckpt_shape[0] - extra, ckpt_shape[0]))
+
+    def changes(self, ckpt_shape, model_shape):
+        return self.rows('?', ckpt_shape, model_shape) != list(
+            range(ckpt_shape[0]))
 
     def __call__(self, name, ckpt, model_shape):
-        rows = len(self.index_map)
-        if model_shape[0] != rows or ckpt.shape[1:] != tuple(model_shape[1:]):
-            self.error(name, ckpt.shape, model_shape,
-                       f'index_map has {rows} rows; only dim 0 may differ')
-        out = torch.zeros(model_shape, dtype=ckpt.dtype)
-        mask = torch.zeros(rows, dtype=torch.bool)
-        for new, old in enumerate(self.index_map):
-            if 0 <= old < ckpt.shape[0]:
-                out[new] = ckpt[old]
-                mask[new] = True
-        kept = int(mask.sum())
-        return Adapted(out, mask, self.describe(kept=f'{kept}/{rows}'))
+        rows = self.rows(name, tuple(ckpt.shape), tuple(model_shape))
+        new = [i for i, o in enumerate(self.index_map) if o < 0]
+        desc = self.describe(
+            classes=f'{len(self.index_map) - len(new)} kept',
+            new=[self.new_names[i] for i in new] if self.new_names else new)
+        keep = torch.tensor([r >= 0 for r in rows], device='cpu')
+        if ckpt.is_meta:
+            out = torch.empty(model_shape, dtype=ckpt.dtype, device='meta')
+        else:
+            out = torch.zeros(model_shape, dtype=ckpt.dtype)
+            src = torch.tensor([r for r in rows if r >= 0], dtype=torch.long)
+            out[keep] = ckpt[src]
+        return Adapted(out, keep if new else None, desc)
 
 
 @ADAPT_TRANSFORMS.register_module()
@@ -254,15 +334,13 @@ class Inflate(AdaptTransform):
 
 @ADAPT_TRANSFORMS.register_module()
 class Grow(AdaptTransform):
-    """Copy the overlapping slice of the checkpoint tensor; the rest keeps
-    the declared init.
+    """Copy the overlapping (leading) slice of the checkpoint tensor; the
+    rest keeps the declared init (``region`` is ``None`` when the model
+    tensor is no larger in any dimension: a crop).
 
     Example:
         >>> dict(type='Grow', keys=r'head\\..*')
     """
-
-    def partial(self, ckpt_shape, model_shape):
-        return tuple(ckpt_shape) != tuple(model_shape)
 
     def __call__(self, name, ckpt, model_shape):
         if ckpt.dim() != len(model_shape):
@@ -272,4 +350,6 @@ class Grow(AdaptTransform):
         out = torch.zeros(model_shape, dtype=ckpt.dtype)
         out[region] = ckpt[region]
         overlap = 'x'.join(str(r.stop) for r in region)
-        return Adapted(out, region, self.describe(overlap=overlap))
+        crop = all(b <= a for a, b in zip(ckpt.shape, model_shape))
+        return Adapted(out, None if crop else region,
+                       self.describe(overlap=overlap))

@@ -10,10 +10,12 @@ Example:
     ...     return {k.replace('trunk.', 'backbone.'): v for k, v in state.items()}
     >>> init_cfg = dict(type='Pretrained', checkpoint='x.pth', converter='my_layout')
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from mmengine.registry import Registry
+
+from .formats import CheckpointTensors
 
 CHECKPOINT_CONVERTERS = Registry('checkpoint converter')
 StateDict = Dict[str, torch.Tensor]
@@ -53,18 +55,52 @@ def timm_vit_to_mmseg(state: StateDict) -> StateDict:
     return out
 
 
+def _unfold_order(x: torch.Tensor) -> torch.Tensor:
+    """Patch-merging channels: official (x0, x1, x2, x3) concat order ->
+    ``nn.Unfold`` order used by mmdet/mmseg (x0, x2, x1, x3), along dim -1
+    (``reduction.weight``) or dim 0 (``norm`` weight/bias)."""
+    if x.dim() == 1:
+        return x.reshape(4, -1)[[0, 2, 1, 3]].transpose(0, 1).reshape(-1)
+    out_ch, in_ch = x.shape
+    return x.reshape(out_ch, 4, in_ch // 4)[:, [0, 2, 1, 3]].transpose(
+        1, 2).reshape(out_ch, in_ch)
+
+
 @CHECKPOINT_CONVERTERS.register_module(name='swin_official')
 def swin_official_to_mm(state: StateDict) -> StateDict:
     """The original Microsoft Swin release naming -> mmdet/mmseg
-    ``SwinTransformer`` naming (mmdet's own ``swin_converter``, which also
-    reorders the patch-merging weights).
+    ``SwinTransformer`` naming, relative to the backbone (as ``timm_vit``):
+    ``layers.i`` -> ``stages.i`` (``attn.`` -> ``attn.w_msa.``, ``mlp`` ->
+    ``ffn``), patch-merging weights reordered for ``nn.Unfold``, the final
+    ``norm`` -> ``norm{last stage}``; ``head`` and the ``attn_mask`` buffers
+    (derived from the input size) are dropped. Same tensors as mmdet's
+    ``swin_converter`` without its ``backbone.`` prefix.
 
     Example:
-        >>> init_cfg = dict(type='Pretrained', checkpoint='swin_tiny_patch4_window7_224.pth',
-        ...                 converter='swin_official')
+        >>> init_cfg = dict(type='Pretrained', converter='swin_official',
+        ...                 checkpoint='swin_tiny_patch4_window7_224.pth',
+        ...                 revise_keys=[(r'^', 'backbone.')])  # on the detector
     """
-    from mmdet.models.backbones.swin import swin_converter
-    return dict(swin_converter(state))
+    stages = {int(k.split('.')[1]) for k in state if k.startswith('layers.')}
+    last = max(stages) if stages else 0
+    out: StateDict = {}
+    for key, value in state.items():
+        if key.startswith('head') or key.endswith('attn_mask'):
+            continue
+        new = key
+        if key.startswith('layers.'):
+            if '.downsample.' in key:
+                value = _unfold_order(value)
+            new = new.replace('.attn.', '.attn.w_msa.').replace(
+                '.mlp.fc1.', '.ffn.layers.0.0.').replace(
+                    '.mlp.fc2.', '.ffn.layers.1.')
+            new = 'stages.' + new[len('layers.'):]
+        elif key.startswith('patch_embed.proj.'):
+            new = key.replace('.proj.', '.projection.')
+        elif key.startswith('norm.'):
+            new = f'norm{last}.' + key[len('norm.'):]
+        out[new] = value
+    return out
 
 
 def get_converter(name: str) -> Callable[[StateDict], StateDict]:
@@ -74,3 +110,50 @@ def get_converter(name: str) -> Callable[[StateDict], StateDict]:
         known = ', '.join(sorted(CHECKPOINT_CONVERTERS.module_dict))
         raise KeyError(f'unknown converter {name!r} (registered: {known})')
     return fn
+
+
+def convert_source(source: CheckpointTensors,
+                   converter: Callable[[StateDict], StateDict],
+                   name: str = 'converter') -> CheckpointTensors:
+    """``source`` seen through ``converter``, lazily: the converter first
+    runs on meta tensors (names, shapes, dtypes, no data); a key it only
+    renamed reads its one source tensor, and the real conversion runs once,
+    on first access to a key it computed. A converter that cannot run on
+    meta tensors (data-dependent) runs on the real tensors at once.
+
+    Example:
+        >>> t = convert_source(open_checkpoint('vit.pth'), get_converter('timm_vit'))
+        >>> t.origin('layers.0.ln1.weight')
+        'blocks.0.norm1.weight'
+    """
+    try:
+        fake = {k: torch.empty(source.shape(k), dtype=source.dtype(k),
+                               device='meta') for k in source.keys()}
+        by_id = {id(v): k for k, v in fake.items()}
+        out = converter(dict(fake))
+    except Exception:  # noqa: BLE001 - e.g. a data-dependent converter
+        real = {k: source.get(k) for k in source.keys()}
+        by_id = {id(v): k for k, v in real.items()}
+        out = converter(dict(real))
+        return CheckpointTensors(
+            source.path, {k: tuple(v.shape) for k, v in out.items()},
+            out.__getitem__,
+            {k: by_id[id(v)] for k, v in out.items() if id(v) in by_id},
+            {k: v.dtype for k, v in out.items()})
+    bad = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f'{name} returned a non-tensor for {bad[0]!r}')
+    origins = {k: by_id[id(v)] for k, v in out.items() if id(v) in by_id}
+    cache: Dict[str, Optional[StateDict]] = {'state': None}
+
+    def get(key: str) -> torch.Tensor:
+        if key in origins:
+            return source.get(origins[key])
+        if cache['state'] is None:
+            cache['state'] = converter({k: source.get(k)
+                                        for k in source.keys()})
+        return cache['state'][key]
+
+    return CheckpointTensors(source.path,
+                             {k: tuple(v.shape) for k, v in out.items()},
+                             get, origins, {k: v.dtype for k, v in out.items()})

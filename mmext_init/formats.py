@@ -1,23 +1,25 @@
 """Open any common checkpoint format as lazily readable tensors.
 
 * ``.pth/.pt/.bin/.ckpt``: the safe reader (memory-mapped zip files);
-* ``.safetensors``: ``safetensors.safe_open`` (memory-mapped; shapes come
-  from the header, data is read per tensor);
+* ``.safetensors``: ``safetensors.safe_open`` (memory-mapped; shapes and
+  dtypes come from the header, data is read per tensor);
 * sharded checkpoints given by their index (``*.index.json`` with a
-  ``weight_map``): only the shards holding requested tensors are opened.
+  ``weight_map``): keys come from the index; a shard is opened only when a
+  shape, dtype or tensor of a key it holds is asked for.
 
 Only the tensors a module copies are materialized; key matching needs
-shapes only.
+shapes only. Dtypes are reported, never changed.
 
 Example:
     >>> tensors = open_checkpoint('model.safetensors.index.json')
-    >>> tensors.shapes()['encoder.layer.0.attn.weight']
+    >>> tensors.shape('encoder.layer.0.attn.weight')   # opens one shard
     (768, 768)
     >>> w = tensors.get('encoder.layer.0.attn.weight')   # reads this one only
 """
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
+                    Tuple, Union)
 
 import torch
 
@@ -25,18 +27,39 @@ from .errors import CheckpointError
 from .safe_load import extract_state_dict, read_checkpoint
 
 Shape = Tuple[int, ...]
+_SAFETENSORS_DTYPES = {
+    'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16,
+    'BF16': torch.bfloat16, 'I64': torch.int64, 'I32': torch.int32,
+    'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+    'BOOL': torch.bool, 'F8_E4M3': getattr(torch, 'float8_e4m3fn', None),
+    'F8_E5M2': getattr(torch, 'float8_e5m2', None),
+    'U16': getattr(torch, 'uint16', None), 'U32': getattr(torch, 'uint32',
+                                                          None),
+    'U64': getattr(torch, 'uint64', None)
+}
 
 
 class CheckpointTensors:
-    """Names, shapes and on-demand tensors of one checkpoint."""
+    """Names, shapes, dtypes and on-demand tensors of one checkpoint.
 
-    def __init__(self, path: str, shapes: Dict[str, Shape],
+    Example:
+        >>> t = open_checkpoint('r18.pth')
+        >>> t.shape('conv1.weight'), t.dtype('conv1.weight')
+        ((64, 3, 7, 7), torch.float32)
+    """
+
+    def __init__(self,
+                 path: str,
+                 shapes: Mapping[str, Shape],
                  getter: Callable[[str], torch.Tensor],
-                 origins: Optional[Dict[str, str]] = None) -> None:
+                 origins: Optional[Dict[str, str]] = None,
+                 dtypes: Union[None, Mapping[str, torch.dtype],
+                               Callable[[str], torch.dtype]] = None) -> None:
         self.path = path
         self._shapes = shapes
         self._get = getter
         self._origins = origins or {}
+        self._dtypes = dtypes
 
     def origin(self, key: str) -> str:
         """The key as written in the file (before a converter renamed it)."""
@@ -45,11 +68,21 @@ class CheckpointTensors:
     def keys(self) -> List[str]:
         return list(self._shapes)
 
-    def shapes(self) -> Dict[str, Shape]:
-        return dict(self._shapes)
+    def shapes(self) -> Mapping[str, Shape]:
+        """``{key: shape}`` (a lazy mapping for sharded checkpoints)."""
+        return self._shapes if isinstance(self._shapes, _LazyShapes) \
+            else dict(self._shapes)
 
     def shape(self, key: str) -> Shape:
         return self._shapes[key]
+
+    def dtype(self, key: str) -> torch.dtype:
+        """The stored dtype of ``key`` (read from the header when possible)."""
+        if callable(self._dtypes):
+            return self._dtypes(key)
+        if self._dtypes is not None:
+            return self._dtypes[key]
+        return self.get(key).dtype
 
     def get(self, key: str) -> torch.Tensor:
         """Materialize one tensor (CPU)."""
@@ -59,13 +92,34 @@ class CheckpointTensors:
         return len(self._shapes)
 
 
+class _LazyShapes(Mapping):
+    """Shapes of a sharded checkpoint; a shard is opened on first access."""
+
+    def __init__(self, keys: List[str], shape_of: Callable[[str],
+                                                           Shape]) -> None:
+        self._keys, self._shape_of = keys, shape_of
+        self._known = set(keys)
+
+    def __getitem__(self, key: str) -> Shape:
+        if key not in self._known:
+            raise KeyError(key)
+        return self._shape_of(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def _ema_weights(ckpt: Any, path: str, label: str) -> Dict[str, torch.Tensor]:
     """EMA weights of an MMEngine checkpoint, or an error when it has none.
 
-    ``EMAHook`` saves the averaged weights in ``state_dict`` (it swaps them
-    with the source weights, kept in ``ema_state_dict``); mmdet 2.x-style
-    ``ExpMomentumEMAHook`` keeps them as ``ema_<name_with_underscores>``
-    buffers in the state dict.
+    ``EMAHook.before_save_checkpoint`` swaps the averaged weights into
+    ``state_dict`` (the raw weights go to ``ema_state_dict``, with
+    ``module.``-prefixed keys and a ``steps`` counter), so ``state_dict``
+    holds the EMA; mmdet 2.x-style ``ExpMomentumEMAHook`` keeps them as
+    ``ema_<name_with_underscores>`` buffers in the state dict.
     """
     if isinstance(ckpt, dict) and isinstance(ckpt.get('ema_state_dict'),
                                              dict):
@@ -91,7 +145,9 @@ def _open_torch(path: str, map_location: Any, trust: bool, label: str,
         extract_state_dict(ckpt, path, label)
     return CheckpointTensors(path, {k: tuple(v.shape)
                                     for k, v in state.items()},
-                             state.__getitem__)
+                             state.__getitem__,
+                             dtypes={k: v.dtype
+                                     for k, v in state.items()})
 
 
 def _open_safetensors(path: str, label: str) -> CheckpointTensors:
@@ -104,39 +160,56 @@ def _open_safetensors(path: str, label: str) -> CheckpointTensors:
         raise CheckpointError(f'{label}: checkpoint file not found: {path}')
     try:
         handle = safe_open(path, framework='pt', device='cpu')
-        shapes = {k: tuple(handle.get_slice(k).get_shape())
-                  for k in handle.keys()}
+        slices = {k: handle.get_slice(k) for k in handle.keys()}
+        shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+        dtypes = {k: _SAFETENSORS_DTYPES.get(s.get_dtype())
+                  for k, s in slices.items()}
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(
             f'{label}: cannot read {path}: the file is truncated or corrupt '
             f'({type(exc).__name__}: {exc})') from exc
     if not shapes:
         raise CheckpointError(f'{label}: {path} holds an empty state dict')
-    return CheckpointTensors(path, shapes, handle.get_tensor)
+    return CheckpointTensors(path, shapes, handle.get_tensor, dtypes=dtypes)
 
 
 def _open_index(path: str, map_location: Any, trust: bool,
                 label: str) -> CheckpointTensors:
     if not os.path.isfile(path):
         raise CheckpointError(f'{label}: checkpoint file not found: {path}')
-    with open(path) as f:
-        weight_map: Dict[str, str] = json.load(f).get('weight_map') or {}
-    if not weight_map:
+    try:
+        with open(path) as f:
+            weight_map = json.load(f).get('weight_map') or {}
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f'{label}: {path} is not a valid index file '
+                              f'({type(exc).__name__}: {exc})') from exc
+    if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f'{label}: {path} has no weight_map')
     folder = os.path.dirname(path)
-    shards: Dict[str, CheckpointTensors] = {}
+    first_key = {}
     for key, shard in weight_map.items():
-        shard_path = os.path.join(folder, shard)
+        first_key.setdefault(shard, key)
+    for shard, key in first_key.items():  # checked now, opened on demand
+        if not os.path.isfile(os.path.join(folder, shard)):
+            raise CheckpointError(
+                f'{label}: index {path} points at a missing shard '
+                f'{shard} (holding e.g. {key!r})')
+    shards: Dict[str, CheckpointTensors] = {}
+
+    def shard_of(key: str) -> CheckpointTensors:
+        shard = weight_map[key]
         if shard not in shards:
-            if not os.path.isfile(shard_path):
-                raise CheckpointError(
-                    f'{label}: index {path} points at a missing shard '
-                    f'{shard} (holding e.g. {key!r})')
-            shards[shard] = open_checkpoint(shard_path, map_location, trust,
-                                            label)
-    shapes = {k: shards[s].shape(k) for k, s in weight_map.items()}
-    return CheckpointTensors(path, shapes,
-                             lambda k: shards[weight_map[k]].get(k))
+            shards[shard] = open_checkpoint(
+                os.path.join(folder, shard), map_location, trust, label)
+        if key not in shards[shard]._shapes:
+            raise CheckpointError(
+                f'{label}: index {path} maps {key!r} to shard {shard}, '
+                'which does not hold it')
+        return shards[shard]
+
+    shapes = _LazyShapes(list(weight_map), lambda k: shard_of(k).shape(k))
+    return CheckpointTensors(path, shapes, lambda k: shard_of(k).get(k),
+                             dtypes=lambda k: shard_of(k).dtype(k))
 
 
 def open_checkpoint(path: str,
@@ -152,12 +225,12 @@ def open_checkpoint(path: str,
         320
     """
     path = os.fspath(path)
+    if use_ema and path.endswith(('.safetensors', '.index.json')):
+        raise CheckpointError(
+            f'{label}: use_ema=True but {path} is a safetensors file or a '
+            'sharded index, which holds no EMA weights')
     if path.endswith('.index.json'):
         return _open_index(path, map_location, trust, label)
     if path.endswith('.safetensors'):
-        if use_ema:
-            raise CheckpointError(
-                f'{label}: use_ema=True but {path} is a safetensors file, '
-                'which holds no EMA weights')
         return _open_safetensors(path, label)
     return _open_torch(path, map_location, trust, label, use_ema)

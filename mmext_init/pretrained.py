@@ -22,8 +22,8 @@ from .cfg_apply import as_cfg_list
 from .errors import CheckpointError, InitConfigError
 from .key_matching import (KeyMapping, MatchResult, match_keys,
                            suggest_mappings, top_prefixes)
-from .adapt import ADAPT_TRANSFORMS, AdaptTransform, Adapted
-from .converters import get_converter
+from .adapt import AdaptTransform, Adapted, build_transform, dry_run
+from .converters import convert_source, get_converter
 from .formats import CheckpointTensors, open_checkpoint
 from .provenance import LoadRecord
 
@@ -136,7 +136,7 @@ class PretrainedInit:
             raise InitConfigError(f'Pretrained: {exc.args[0]}') from exc
         try:
             self.adapt: List[AdaptTransform] = [
-                ADAPT_TRANSFORMS.build(cfg) for cfg in (adapt or [])
+                build_transform(cfg) for cfg in (adapt or [])
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise InitConfigError(f'Pretrained: adapt: {exc}') from exc
@@ -144,6 +144,16 @@ class PretrainedInit:
         self.trust_checkpoint = bool(trust_checkpoint)
         self.check_finite = bool(check_finite)
         self.wholemodule = False  # set by MMEngine's driver; unused here
+
+    def ignored_by_own_loader(self) -> List[str]:
+        """Options that a module loading the checkpoint in its own
+        ``init_weights`` (mmdet Swin, mmseg ViT) cannot honour."""
+        out = ['converter'] if self.converter is not None else []
+        out += ['adapt'] if self.adapt else []
+        out += ['key_map'] if self.mapping.key_map else []
+        out += [f'match={self.mapping.match!r}'] \
+            if self.mapping.match != 'exact' else []
+        return out
 
     def __call__(self, module: nn.Module) -> None:
         """Used when called directly (``mmengine.model.initialize``)."""
@@ -227,20 +237,14 @@ def _full(path: str, name: str) -> str:
 def open_source(entry: PretrainedInit, label: str,
                 checkpoint: Optional[str] = None) -> CheckpointTensors:
     """The entry's checkpoint (or ``checkpoint``), opened lazily and passed
-    through its converter. A converter reads every tensor once; otherwise
-    only names and shapes are read here."""
+    through its converter (run on meta tensors first: only names and shapes
+    are read here)."""
     source = open_checkpoint(checkpoint or entry.checkpoint,
                              entry.map_location, entry.trust_checkpoint,
                              label, entry.use_ema)
     if entry.converter is None:
         return source
-    state = {k: source.get(k) for k in source.keys()}
-    by_id = {id(v): k for k, v in state.items()}
-    converted = entry.converter(state)
-    return CheckpointTensors(
-        source.path, {k: tuple(v.shape) for k, v in converted.items()},
-        converted.__getitem__,
-        {k: by_id[id(v)] for k, v in converted.items() if id(v) in by_id})
+    return convert_source(source, entry.converter)
 
 
 def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
@@ -260,7 +264,8 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
     adapted, partial = assign_transforms(result, entry, model_shapes, label)
     params = [n for n, _ in module.named_parameters()]
     fraction = result.loaded_fraction(model_shapes, params)
-    _check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label)
+    _check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label,
+                    bool(partial))
     record = LoadRecord(
         module=path,
         checkpoint=entry.checkpoint,
@@ -281,11 +286,13 @@ def assign_transforms(result: MatchResult, entry: PretrainedInit,
                        model_shapes: Dict[str, Tuple[int, ...]],
                        label: str) -> Tuple[Dict[str, AdaptTransform],
                                             Dict[str, str]]:
-    """Give each shape-mismatched tensor its ``adapt`` transform.
+    """Give each shape-mismatched tensor its ``adapt`` transform (and each
+    equal-shaped one a transform that still changes it, e.g. ``Classes``
+    reordering classes), checked on shapes only.
 
     Fully adapted tensors join ``result.loaded``; partial ones are returned
     separately (name -> checkpoint key). A transform selecting no tensor of
-    the module is an error.
+    the module, or that cannot apply to the shapes, is an error.
     """
     adapted: Dict[str, AdaptTransform] = {}
     partial: Dict[str, str] = {}
@@ -294,15 +301,26 @@ def assign_transforms(result: MatchResult, entry: PretrainedInit,
             raise InitConfigError(
                 f'{label}: adapt transform {type(transform).__name__} with '
                 f'keys={transform.keys!r} matches no tensor of the module')
+    todo = [(n, k, c, m, True) for n, k, c, m in result.mismatched]
+    todo += [(n, k, model_shapes[n], model_shapes[n], False)
+             for n, k in result.loaded.items()]
     still = []
-    for name, key, ckpt_shape, model_shape in result.mismatched:
+    for name, key, ckpt_shape, model_shape, mismatched in todo:
         transform = next((t for t in entry.adapt if t.selects(name)), None)
-        if transform is None:
-            still.append((name, key, ckpt_shape, model_shape))
-            continue
+        try:  # shape-only run: a transform that cannot apply fails here,
+            # before any initializer ran (and in the dry run)
+            if transform is None or not transform.changes(ckpt_shape,
+                                                          model_shape):
+                if mismatched:
+                    still.append((name, key, ckpt_shape, model_shape))
+                continue
+            region = dry_run(transform, name, ckpt_shape, model_shape).region
+        except ValueError as exc:
+            raise InitConfigError(f'{label}: {exc}') from exc
         adapted[name] = transform
-        if transform.partial(ckpt_shape, model_shape):
+        if region is not None:
             partial[name] = key
+            result.loaded.pop(name, None)
         else:
             result.loaded[name] = key
     result.mismatched = still
@@ -316,8 +334,9 @@ def _is_counter(name: str) -> bool:
 def _check_coverage(result: MatchResult, fraction: float,
                     model_shapes: Dict[str, Tuple[int, ...]],
                     ckpt_shapes: Dict[str, Tuple[int, ...]],
-                    entry: PretrainedInit, label: str) -> None:
-    if not result.loaded:
+                    entry: PretrainedInit, label: str,
+                    partial: bool = False) -> None:
+    if not result.loaded and not partial:
         prefixes = ', '.join(
             f'{p!r} ({n} keys)'
             for p, n in top_prefixes(ckpt_shapes).most_common(5))

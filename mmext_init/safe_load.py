@@ -206,10 +206,13 @@ def read_checkpoint(path: str,
     except CheckpointError:
         raise
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
-            ValueError, KeyError, IndexError, OSError) as exc:
+            ValueError, KeyError, IndexError, OSError, TypeError,
+            AttributeError) as exc:
+        hint = '' if trust else (' or holds objects that cannot be rebuilt '
+                                 'without running code (trust_checkpoint=True)')
         raise CheckpointError(
             f'{label}: cannot read checkpoint {path}: the file is truncated or '
-            f'corrupt ({type(exc).__name__}: {exc})') from exc
+            f'corrupt{hint} ({type(exc).__name__}: {exc})') from exc
     return obj, sorted(set(seen))
 
 

@@ -181,12 +181,34 @@ class InitSession:
             with self.tracker.source(
                     InitSource(INIT_WEIGHTS, override_owner(module), path)):
                 module.init_weights()
+        except Exception as exc:
+            self.check_own_loader(module, path, exc)
+            raise
         finally:
             self._overrides.pop()
         self.after_override(module, path)
 
+    def check_own_loader(self, module: nn.Module, path: str,
+                         exc: Optional[BaseException] = None) -> None:
+        """An override that loaded the checkpoint itself (or failed to)
+        ignored the entry's converter/adapt/key_map/match: say so."""
+        if id(module) in self.handled:
+            return
+        for entry in self.pretrained_entries(module):
+            ignored = entry.ignored_by_own_loader()
+            if ignored:
+                raise InitConfigError(
+                    f"{self.label(path, 'Pretrained')}: "
+                    f'{override_owner(module)}.init_weights loads '
+                    f'{entry.checkpoint} itself and ignores '
+                    f'{", ".join(ignored)}. Put the Pretrained entry on the '
+                    f'parent module (with revise_keys=[(r"^", '
+                    f'"{path.rsplit(".", 1)[-1] or "<child>"}.")]) or on a '
+                    'wrapper, where mmext_init applies every option.') from exc
+
     def after_override(self, module: nn.Module, path: str) -> None:
         """Finish what an ``init_weights`` override left undone."""
+        self.check_own_loader(module, path)
         if id(module) not in self.handled:
             for entry in self.pretrained_entries(module):
                 self.code_entries.append((module, path, entry))

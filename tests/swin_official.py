@@ -80,7 +80,7 @@ class SwinBlock(nn.Module):
             win = window_partition(img, ws).view(-1, ws * ws)
             mask = win.unsqueeze(1) - win.unsqueeze(2)
             mask = mask.masked_fill(mask != 0, -100.0)
-        self.register_buffer('attn_mask', mask, persistent=False)
+        self.register_buffer('attn_mask', mask)  # persistent, as in the release
 
     def forward(self, x):
         b, n, c = x.shape

@@ -108,3 +108,148 @@ def test_transform_matching_nothing_is_an_error(save_ckpt):
         dict(type='Grow', keys=r'classifier\..*')]))
     with pytest.raises(InitConfigError, match='matches no tensor'):
         head.init_weights()
+
+
+def test_classes_on_equal_shapes_reorders_rows(save_ckpt):
+    """Same number of classes, other order: shapes match, rows must move."""
+    source = Head(3, 2)
+    path = save_ckpt({k: v.detach().clone()
+                      for k, v in source.state_dict().items()})
+    head = Head(3, 2, init_cfg=dict(type='Pretrained', checkpoint=path, adapt=[
+        dict(type='Classes', keys=r'fc\.(weight|bias)',
+             old_classes=['a', 'b', 'c'], new_classes=['c', 'a', 'b'])]))
+    head.init_weights()
+    assert torch.equal(head.fc.weight, source.fc.weight[[2, 0, 1]])
+    assert torch.equal(head.fc.bias, source.fc.bias[[2, 0, 1]])
+    notes = get_provenance(head).entries['fc.weight'].notes
+    assert notes == ("Classes(classes='3 kept', new=[])", )  # no 'rest'
+
+
+def test_classes_on_retinanet_anchor_grouped_rows(save_ckpt):
+    """retina_cls has anchors x classes channels: kept classes score the
+    same on the same features, the new class gets the head's declared init."""
+    from mmdet.models.dense_heads import RetinaHead
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    kw = dict(in_channels=8, feat_channels=8, stacked_convs=1,
+              anchor_generator=dict(type='AnchorGenerator', ratios=[0.5, 1.0],
+                                    octave_base_scale=4, scales_per_octave=1,
+                                    strides=[8]))
+    old = RetinaHead(num_classes=4, **kw)  # classes a, b, c, d; 2 anchors
+    for p in old.parameters():
+        nn.init.normal_(p)
+    path = save_ckpt({k: v.detach().clone() for k, v in old.state_dict().items()})
+    new = RetinaHead(num_classes=3, **kw, init_cfg=[
+        dict(type='Pretrained', checkpoint=path, adapt=[dict(
+            type='Classes', keys=r'retina_cls\.(weight|bias)',
+            old_classes=list('abcd'), new_classes=['c', 'a', 'z'])]),
+        dict(type='Constant', val=0, bias=-4.6, layer='Conv2d')])
+    new.init_weights()
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        old_cls = old.forward_single(x)[0].view(1, 2, 4, 5, 5)
+        new_cls = new.forward_single(x)[0].view(1, 2, 3, 5, 5)
+    assert torch.allclose(new_cls[:, :, 0], old_cls[:, :, 2], atol=1e-4)  # c
+    assert torch.allclose(new_cls[:, :, 1], old_cls[:, :, 0], atol=1e-4)  # a
+    rows = old.retina_cls.weight.view(2, 4, 8, 3, 3)  # bit-exact rows
+    assert torch.equal(new.retina_cls.weight.view(2, 3, 8, 3, 3)[:, :2],
+                       rows[:, [2, 0]])
+    assert torch.all(new_cls[:, :, 2] == -4.6)  # z: weight 0, bias -4.6
+    fc = get_provenance(new).entries['retina_cls.weight']
+    assert fc.notes[0] == "Classes(classes='2 kept', new=['z'])"
+    with pytest.raises(ValueError, match=r'index_map refers to class 5; the '
+                       'checkpoint has 4'):
+        Classes('w', index_map=[0, 5])('w', torch.randn(4, 2), (2, 2))
+
+
+def test_transform_that_cannot_apply_fails_while_planning(save_ckpt):
+    path = save_ckpt({k: v.clone() for k, v in Head(3, 2).state_dict().items()})
+    head = Head(3, 2, init_cfg=dict(type='Pretrained', checkpoint=path, adapt=[
+        dict(type='ResizePosEmbed', keys='pos_embed', num_prefix_tokens=2)]))
+    head.pos_embed = nn.Parameter(torch.zeros(1, 11, 4))  # 10 tokens: no grid
+    with pytest.raises(InitConfigError, match=r'ResizePosEmbed on pos_embed: '
+                       r'checkpoint \(1, 5, 4\) -> model \(1, 11, 4\)'):
+        head.init_weights()
+
+
+@pytest.mark.parametrize('transform,ckpt,model', [
+    (ResizePosEmbed('p'), (1, 17, 8), (1, 37, 8)),
+    (ResizeRelPosTable('t'), (9, 2), (25, 2)),
+    (InputChannels('w', mode='copy'), (8, 3, 3, 3), (8, 6, 3, 3)),
+    (Classes('w', index_map=[1, -1]), (3, 4), (2, 4)),
+    (Inflate('w', mode='center'), (8, 3, 3, 3), (8, 3, 4, 3, 3)),
+    (Grow('w'), (3, 4), (5, 4))])
+def test_dry_run_agrees_with_the_real_call(transform, ckpt, model):
+    from mmext_init.adapt import dry_run
+    shape_only = dry_run(transform, 'w', ckpt, model)
+    real = transform('w', torch.randn(ckpt), model)
+    assert shape_only.description == real.description
+    if isinstance(real.region, torch.Tensor):
+        assert torch.equal(shape_only.region, real.region)
+    else:
+        assert shape_only.region == real.region
+
+
+def test_resize_pos_embed_equals_mmseg_vit_runtime_resize():
+    """A ViT trained at 32 px run at 48 px (mmseg resizes pos_embed on the
+    fly, bicubic) equals a 48 px ViT loaded through ResizePosEmbed."""
+    from mmseg.models.backbones import VisionTransformer
+    kw = dict(patch_size=8, embed_dims=16, num_layers=1, num_heads=2,
+              mlp_ratio=2, out_indices=(0, ), final_norm=True)
+    small, big = VisionTransformer(img_size=32, **kw), \
+        VisionTransformer(img_size=48, **kw)
+    with torch.no_grad():
+        for p in small.parameters():
+            p.normal_(0, 0.2)
+    state = dict(small.state_dict())
+    state['pos_embed'] = ResizePosEmbed('pos_embed')(
+        'pos_embed', state['pos_embed'], (1, 37, 16)).tensor
+    big.load_state_dict(state)
+    small.eval()
+    big.eval()
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(small(x)[0], big(x)[0], atol=1e-6)
+
+
+def test_resize_rel_pos_table_equals_mmdet_swin_own_resize(tmp_path):
+    """mmdet's Swin resizes the tables itself when it loads a checkpoint
+    made with another window size: ResizeRelPosTable gives the same."""
+    from mmdet.models.backbones import SwinTransformer
+    from mmengine.config import ConfigDict
+    kw = dict(pretrain_img_size=32, embed_dims=8, depths=(1, ),
+              num_heads=(2, ), strides=(4, ), out_indices=(0, ))
+    src = SwinTransformer(window_size=2, **kw)
+    for p in src.parameters():
+        nn.init.normal_(p)
+    torch.save({'state_dict': {
+        'backbone.' + k: v for k, v in src.state_dict().items()
+        if 'relative_position_index' not in k}}, tmp_path / 'w2.pth')
+    dst = SwinTransformer(window_size=3, init_cfg=ConfigDict(
+        type='Pretrained', checkpoint=str(tmp_path / 'w2.pth')), **kw)
+    dst.init_weights()
+    key = 'stages.0.blocks.0.attn.w_msa.relative_position_bias_table'
+    ours = ResizeRelPosTable(key)(key, src.state_dict()[key], (25, 2)).tensor
+    assert torch.equal(ours, dst.state_dict()[key])
+
+
+def test_module_whose_tensors_are_all_partially_adapted(save_ckpt):
+    """Only a classifier, one class replaced: every tensor is partial, which
+    is not 'nothing matches'."""
+    source = Classifier()
+    path = save_ckpt({k: v.detach().clone()
+                      for k, v in source.state_dict().items()})
+    head = Classifier(init_cfg=[dict(type='Pretrained', checkpoint=path, adapt=[
+        dict(type='Classes', keys=r'fc\.(weight|bias)', old_classes=list('abc'),
+             new_classes=list('abz'))]), dict(type='Constant', val=3, bias=3,
+                                              layer='Linear')])
+    head.init_weights()
+    assert torch.equal(head.fc.weight[:2], source.fc.weight[:2])
+    assert torch.all(head.fc.weight[2] == 3) and head.fc.bias[2] == 3
+
+
+class Classifier(BaseModule):
+
+    def __init__(self, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.fc = nn.Linear(4, 3)

@@ -149,20 +149,85 @@ def test_swin_official_checkpoint_into_mmdet_swin(save_ckpt):
     swin = SwinTransformer(pretrain_img_size=16, embed_dims=16, depths=(2, 1),
                            num_heads=(1, 2), window_size=2,
                            strides=(4, 2), out_indices=(0, 1))
+    assert any(k.endswith('attn_mask') for k in official.state_dict())
     model = Wrapper(swin, init_cfg=dict(
         type='Pretrained', checkpoint=path, converter='swin_official',
-        ignore_keys=[r'^norm\.'], on_missing='ignore'))
+        revise_keys=[(r'^', 'backbone.')], on_missing='ignore'))
     model.init_weights()
     ledger = get_provenance(model)
+    record = ledger.loads[0]
+    assert record.unexpected == [] and record.mismatched == []
+    assert record.missing == ['backbone.norm0.weight', 'backbone.norm0.bias']
     reduction = 'backbone.stages.0.downsample.reduction.weight'
     assert ledger.entries[reduction].kind == 'checkpoint'
-    assert ledger.entries[reduction].key == reduction  # reordered: new key
+    assert ledger.entries[reduction].key == reduction[len('backbone.'):]  # computed
+    assert ledger.entries['backbone.norm1.weight'].key == 'norm.weight'
+    assert torch.equal(swin.norm1.weight, official.norm.weight)  # final norm
+    assert torch.equal(swin.stages[1].blocks[0].attn.w_msa.qkv.weight,
+                       official.layers[1].blocks[0].attn.qkv.weight)
     x = torch.randn(2, 3, 16, 16)
     swin.eval()  # not chained: mmdet's SwinTransformer.train() returns None
     with torch.no_grad():
         ours = swin(x)
         ref = official.eval()(x)
-    for out, r in zip(ours, ref):  # mmdet applies norm{i} (LN, default init)
+    # stage 0: mmdet's norm0 (default LN init); last stage: the official norm
+    expected = [layer_norm(ref[0]), official.norm(ref[1])]
+    for out, r in zip(ours, expected):
         b, c, h, w = out.shape
-        expected = layer_norm(r).transpose(1, 2).reshape(b, c, h, w)
-        assert torch.allclose(out, expected, atol=1e-5)
+        assert torch.allclose(out, r.transpose(1, 2).reshape(b, c, h, w),
+                              atol=1e-5)
+
+
+def test_swin_official_matches_mmdet_swin_converter():
+    """Same tensors as mmdet's own converter (minus its 'backbone.' prefix),
+    plus the final norm; attn_mask and head dropped."""
+    from mmdet.models.backbones.swin import swin_converter
+    from swin_official import SwinOfficial
+    state = SwinOfficial(img=32, depths=(2, 2, 1), heads=(1, 2, 4)).state_dict()
+    ours = CHECKPOINT_CONVERTERS.get('swin_official')(dict(state))
+    theirs = {k[len('backbone.'):]: v for k, v in swin_converter(state).items()
+              if not k.endswith('attn_mask') and not k.startswith('backbone.norm.')}
+    assert set(ours) - set(theirs) == {'norm2.weight', 'norm2.bias'}
+    assert set(theirs) - set(ours) == set()
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+
+
+def test_converter_runs_on_shapes_first(tmp_path):
+    """The plan reads no tensor data: the converter sees meta tensors; a
+    renamed key reads only its own source tensor."""
+    from safetensors.torch import save_file
+
+    from mmext_init.converters import convert_source
+    from mmext_init.formats import open_checkpoint
+    save_file({'blocks.0.norm1.weight': torch.arange(3.),
+               'head.weight': torch.ones(2)}, str(tmp_path / 'v.safetensors'))
+    seen = []
+
+    def spy(state):
+        seen.append({v.device.type for v in state.values()})
+        return CHECKPOINT_CONVERTERS.get('timm_vit')(state)
+
+    source = open_checkpoint(str(tmp_path / 'v.safetensors'))
+    converted = convert_source(source, spy)
+    assert seen == [{'meta'}] and converted.shapes() == {
+        'layers.0.ln1.weight': (3, )}
+    assert torch.equal(converted.get('layers.0.ln1.weight'), torch.arange(3.))
+    assert converted.origin('layers.0.ln1.weight') == 'blocks.0.norm1.weight'
+    assert seen == [{'meta'}]  # a pure rename never ran the real conversion
+
+
+def test_converter_on_a_backbone_loading_by_itself_is_an_error(save_ckpt):
+    """mmseg's ViT loads its own init_cfg checkpoint and would ignore the
+    converter (loading only cls_token/pos_embed): refuse instead."""
+    from mmengine.config import ConfigDict
+    from mmseg.models.backbones import VisionTransformer
+    path = save_ckpt(TimmViT().state_dict(), wrap=False)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dims=32,
+                            num_layers=2, num_heads=2, mlp_ratio=4,
+                            patch_bias=True, init_cfg=ConfigDict(
+                                type='Pretrained', checkpoint=path,
+                                converter='timm_vit'))
+    with pytest.raises(InitConfigError, match=r'VisionTransformer.init_weights '
+                       r'loads .* itself and ignores converter'):
+        vit.init_weights()

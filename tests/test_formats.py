@@ -77,3 +77,40 @@ def test_mmdet2_style_ema_buffers(save_ckpt):
     ema = {'ema_' + k.replace('.', '_'): v + 1 for k, v in sd.items()}
     trunk = _load(save_ckpt({**sd, **ema}), use_ema=True)
     assert torch.equal(trunk.fc2.weight, sd['fc2.weight'] + 1)
+
+
+def test_dtypes_reported_from_headers(tmp_path):
+    from mmext_init.formats import open_checkpoint
+    sd = {'a': torch.zeros(2, dtype=torch.bfloat16),
+          'b': torch.zeros(3, dtype=torch.float16), 'c': torch.zeros(1)}
+    save_file(sd, str(tmp_path / 'm.safetensors'))
+    torch.save(sd, tmp_path / 'm.pth')
+    for name in ('m.safetensors', 'm.pth'):
+        t = open_checkpoint(str(tmp_path / name))
+        assert {k: t.dtype(k) for k in sd} == {k: v.dtype
+                                               for k, v in sd.items()}
+        assert t.get('a').dtype == torch.bfloat16  # never cast here
+
+
+def test_only_shards_holding_used_tensors_are_opened(tmp_path):
+    """A backbone taken from a sharded detector checkpoint never opens the
+    head's shard (here unreadable on purpose); a corrupt index is an error."""
+    sd = _sd()
+    save_file({'backbone.' + k: v for k, v in sd.items()},
+              str(tmp_path / 'part-1.safetensors'))
+    (tmp_path / 'part-2.safetensors').write_bytes(b'not a safetensors file')
+    index = {'weight_map': {**{'backbone.' + k: 'part-1.safetensors'
+                               for k in sd},
+                            'head.weight': 'part-2.safetensors'}}
+    path = tmp_path / 'model.safetensors.index.json'
+    path.write_text(json.dumps(index))
+    trunk = _load(path, prefix='backbone.')
+    assert torch.equal(trunk.fc1.weight, sd['fc1.weight'])
+    with pytest.raises(CheckpointError, match='part-2.safetensors: the file '
+                       'is truncated or corrupt'):
+        _load(path, key_map={'head.weight': 'fc1.weight'})  # needs part 2
+    with pytest.raises(CheckpointError, match='has no EMA weights|holds no EMA'):
+        _load(path, use_ema=True)
+    path.write_text('{"weight_map": ')
+    with pytest.raises(CheckpointError, match='is not a valid index file'):
+        _load(path)

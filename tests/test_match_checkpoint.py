@@ -61,6 +61,51 @@ def test_dry_run_lists_adapted_tensors(tmp_path, capsys):
         "mode='copy')])), neck=dict(in_channels=[64, 128, 256, 512]))\n")
     assert tool.main([str(path), '--json']) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res['adapted'] == [dict(key='conv1.weight',
-                                   transform='InputChannels', partial=True)]
+    assert res['adapted'] == [dict(
+        key='conv1.weight', transform='InputChannels', partial=True,
+        description="InputChannels(mode='copy', channels='3->4')")]
     assert res['mismatched'] == []
+
+
+def test_dry_run_refuses_a_transform_that_cannot_apply(tmp_path, capsys):
+    """Checked on shapes only: the dry run fails as the real load would,
+    and the real load fails before any initializer ran."""
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = tmp_path / 'sum_to_four.py'
+    path.write_text(
+        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
+        "custom_imports = dict(imports=['mmext_init'], "
+        'allow_failed_imports=False)\n'
+        'model = dict(backbone=dict(depth=18, in_channels=4, init_cfg=dict('
+        f"type='Pretrained', checkpoint={ckpt!r}, prefix='backbone.', "
+        "adapt=[dict(type='InputChannels', keys='conv1.weight', "
+        "mode='sum')])), neck=dict(in_channels=[64, 128, 256, 512]))\n")
+    assert tool.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: init_cfg of 'backbone' (Pretrained): InputChannels on " \
+        'conv1.weight: checkpoint (64, 3, 7, 7) -> model (64, 4, 7, 7)' in err
+
+
+def test_dry_run_classes_on_equal_shapes(tmp_path, capsys):
+    """Replacing one class of three keeps the shapes: still adapted."""
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = tmp_path / 'classes.py'
+    path.write_text(
+        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
+        "custom_imports = dict(imports=['mmext_init'], "
+        'allow_failed_imports=False)\n'
+        'model = dict(bbox_head=dict(num_classes=3, in_channels=32, '
+        'stacked_convs=1, feat_channels=32, anchor_generator=dict('
+        'scales_per_octave=1, ratios=[1.0]), init_cfg=dict('
+        f"type='Pretrained', checkpoint={ckpt!r}, prefix='bbox_head.', "
+        "adapt=[dict(type='Classes', keys=r'retina_cls\\.(weight|bias)', "
+        "old_classes=['a', 'b', 'c'], new_classes=['c', 'b', 'z'])])))\n")
+    assert tool.main([str(path), '--module', 'bbox_head', '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [a['key'] for a in res['adapted']] == [
+        'retina_cls.weight', 'retina_cls.bias']
+    assert all(a['partial'] for a in res['adapted'])
+    assert res['adapted'][0]['description'] == \
+        "Classes(classes='2 kept', new=['z'])"

@@ -13,7 +13,8 @@ a ``Pretrained`` entry; ``--checkpoint`` replaces the entry's file and keeps
 its key options. When less than half of the module would load, the
 ``prefix`` / ``revise_keys`` / ``match='suffix'`` settings that would load the
 most are printed with their coverage. Exit status 1 when the entry's
-``min_loaded`` (default: anything) would not be met.
+``min_loaded`` (default: anything) would not be met, 2 when the entry
+cannot be used at all (unreadable checkpoint, transform that cannot apply).
 """
 import argparse
 import json
@@ -25,7 +26,9 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
+from mmext_init.adapt import dry_run as dry_run_transform
 from mmext_init.cfg_apply import as_cfg_list
+from mmext_init.errors import CheckpointError, InitConfigError
 from mmext_init.key_matching import match_keys, suggest_mappings
 from mmext_init.pretrained import (PretrainedInit, assign_transforms,
                                    build_pretrained, is_pretrained_cfg,
@@ -39,8 +42,9 @@ def build_model(cfg: Config) -> Tuple[nn.Module, str]:
     try:
         with torch.device('meta'):
             return MODELS.build(cfg.model), 'meta'
-    except Exception:  # a constructor that needs real tensors
-        return MODELS.build(cfg.model), 'cpu (meta failed)'
+    except Exception as exc:  # a constructor that needs real tensors
+        why = f'{type(exc).__name__}: {exc}'.splitlines()[0][:120]
+        return MODELS.build(cfg.model), f'cpu (meta failed: {why})'
 
 
 def find_entry(model: nn.Module,
@@ -82,7 +86,11 @@ def dry_run(config: str, module: Optional[str] = None,
                missing=result.missing,
                unexpected=result.unexpected,
                adapted=[dict(key=k, transform=type(t).__name__,
-                             partial=k in partial)
+                             partial=k in partial,
+                             description=dry_run_transform(
+                                 t, k, ckpt_shapes[partial.get(k) or
+                                                   result.loaded[k]],
+                                 model_shapes[k]).description)
                         for k, t in adapted.items()],
                mismatched=[dict(key=k, checkpoint=c, model=m)
                            for k, _, c, m in result.mismatched],
@@ -108,7 +116,7 @@ def format_text(res: Dict[str, Any]) -> str:
         lines.append(f'{title}: {len(names)}')
         lines += [f'  {n}' for n in fold_names(list(names))]
     lines.append(f"adapted: {len(res['adapted'])}")
-    lines += [f"  {a['key']} <- {a['transform']}"
+    lines += [f"  {a['key']} <- {a['description']}"
               + (' (part; the rest keeps its declared init)'
                  if a['partial'] else '') for a in res['adapted']]
     lines.append(f"shape mismatched: {len(res['mismatched'])}")
@@ -127,7 +135,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--checkpoint', default=None)
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
-    res = dry_run(args.config, args.module, args.checkpoint)
+    try:
+        res = dry_run(args.config, args.module, args.checkpoint)
+    except (InitConfigError, CheckpointError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     print(json.dumps(res, indent=1) if args.json else format_text(res))
     need = res['min_loaded']
     ok = res['loaded_fraction'] >= need if need is not None else \
