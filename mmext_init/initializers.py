@@ -1,12 +1,11 @@
 """Initializers for inserted modules that keep the pretrained function at
-step 0: ``Zero``, ``Identity``, ``Orthogonal`` and ``LoRA``.
+step 0: ``Zero``, ``Identity``, ``Orthogonal``, ``LoRA``, registered in
+MMEngine's *root* ``WEIGHT_INITIALIZERS`` (any ``default_scope``) with the
+stock ``layer``/``override``/``bias``/``bias_prob`` conventions, and as
+functions next to ``constant_init``: :func:`zero_init`,
+:func:`identity_init`, :func:`orthogonal_init`, :func:`lora_init`.
 
-Each is registered in MMEngine's root ``WEIGHT_INITIALIZERS`` (usable by name
-in any ``init_cfg`` and in ``init_missing``) with the stock conventions
-(``layer``, ``override``, ``bias``, ``bias_prob``), and also exists as a plain
-function next to MMEngine's ``constant_init`` family.
-
-Example (config):
+Example:
     >>> init_cfg = [dict(type='Kaiming', layer='Conv2d'),
     ...             dict(type='Zero', override=dict(name='up'))]
 """
@@ -15,106 +14,163 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmengine.model.weight_init import BaseInit
+from mmengine.model.weight_init import BaseInit, update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
 
 from .tracking import add_note, provided_by_checkpoint
 
+__all__ = [
+    'zero_init', 'identity_init', 'orthogonal_init', 'lora_init', 'ZeroInit',
+    'IdentityInit', 'OrthogonalInit', 'LoRAInit'
+]
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _bias(module: nn.Module, value: float) -> None:
-    if getattr(module, 'bias', None) is not None:
-        nn.init.constant_(module.bias, value)
+def _describe(module: nn.Module) -> str:
+    """``Conv2d(4, 4, kernel_size=(2, 2), stride=(1, 1))`` for messages."""
+    return f'{type(module).__name__}({module.extra_repr()})'
+
+
+def _fill(module: nn.Module, name: str, value: float) -> None:
+    tensor = getattr(module, name, None)
+    if isinstance(tensor, torch.Tensor):
+        nn.init.constant_(tensor, value)
 
 
 def zero_init(module: nn.Module, bias: float = 0) -> None:
-    """Set ``module.weight`` (and ``module.bias``) to zero.
+    r"""Fill ``module.weight`` with 0 and ``module.bias`` with ``bias``.
+
+    The last layer of a residual branch ``x + f(x)`` set this way makes the
+    branch add nothing at step 0: :math:`W = 0, b = 0 \Rightarrow f(x) = 0`.
+    A module without ``weight``/``bias`` is left alone (as ``constant_init``).
 
     Example:
-        >>> zero_init(adapter.up)   # the residual branch adds nothing at step 0
+        >>> up = nn.Conv2d(16, 64, 1)
+        >>> zero_init(up)
+        >>> torch.count_nonzero(up(torch.randn(1, 16, 4, 4))).item()
+        0
     """
-    if getattr(module, 'weight', None) is not None:
-        nn.init.zeros_(module.weight)
-    _bias(module, bias)
+    _fill(module, 'weight', 0)
+    _fill(module, 'bias', bias)
 
 
 def _check_conv_identity(conv: nn.Module) -> None:
-    name = type(conv).__name__
-    for k, d, s in zip(conv.kernel_size, conv.dilation, conv.stride):
-        if k % 2 == 0:
-            raise ValueError(f'Identity: {name} has an even kernel size '
-                             f'{tuple(conv.kernel_size)}, no centre tap')
-        if s != 1:
-            raise ValueError(f'Identity: {name} has stride '
-                             f'{tuple(conv.stride)}; an identity needs 1')
-    if isinstance(conv.padding, str):
-        if conv.padding != 'same':
-            raise ValueError(f"Identity: {name} has padding='valid', which "
-                             'shrinks the output')
+    """Raise unless ``conv`` (zero padding aside) can map x to x exactly."""
+    what = f'Identity: {_describe(conv)}'
+    if any(k % 2 == 0 for k in conv.kernel_size):
+        raise ValueError(f'{what} has an even kernel size '
+                         f'{tuple(conv.kernel_size)}: no centre tap')
+    if any(s != 1 for s in conv.stride):
+        raise ValueError(f'{what} has stride {tuple(conv.stride)}: an '
+                         'identity needs stride 1')
+    padding = conv.padding
+    if padding == 'same':
         return
-    for k, d, p in zip(conv.kernel_size, conv.dilation, conv.padding):
+    if padding == 'valid':
+        padding = (0, ) * len(conv.kernel_size)
+    for k, d, p in zip(conv.kernel_size, conv.dilation, padding):
         if p != d * (k // 2):
             raise ValueError(
-                f'Identity: {name} has padding {tuple(conv.padding)} for '
-                f'kernel {tuple(conv.kernel_size)} and dilation '
-                f'{tuple(conv.dilation)}; the output would be shifted or '
-                'resized')
+                f'{what} has padding {conv.padding!r} for kernel '
+                f'{tuple(conv.kernel_size)} and dilation '
+                f'{tuple(conv.dilation)}: the output would be shifted or '
+                f'resized (the identity needs padding dilation*(k//2))')
 
 
 def identity_init(module: nn.Module, bias: float = 0) -> None:
-    r"""Make a Linear or Conv1d/2d/3d layer the identity map.
+    r"""Make a Linear or Conv1d/2d/3d layer the identity map (a layer
+    inserted in series then changes nothing at step 0).
 
-    ``eye`` for Linear, ``dirac`` for convolutions (groups supported). When
-    in and out sizes differ, the overlapping identity is filled and the rest
-    is zero, and the provenance entry says so.
+    Linear: :func:`torch.nn.init.eye_`, :math:`W_{ij} = \delta_{ij}`.
+    Convolution: :func:`torch.nn.init.dirac_` per group,
+    :math:`W_{g n + i,\, j,\, c} = \delta_{ij}` at the kernel centre
+    :math:`c`, so :math:`y = x`. Bias ``bias`` (0). When the output and input
+    sizes (per group) differ, the overlapping identity is filled and the rest
+    is zero; the provenance ledger gets a note saying so.
+
+    Raises:
+        ValueError: naming the layer, for a layer that is neither Linear nor
+            Conv1d/2d/3d, or a convolution whose even kernel, stride or
+            padding cannot give the identity.
 
     Example:
-        >>> conv = nn.Conv2d(8, 8, 3, padding=1)
+        >>> conv = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         >>> identity_init(conv)
-        >>> x = torch.randn(1, 8, 5, 5); torch.allclose(conv(x), x)
+        >>> x = torch.randn(1, 8, 5, 5)
+        >>> torch.equal(conv(x), x)
         True
     """
-    weight = module.weight
+    weight = getattr(module, 'weight', None)
+    groups = 1
     if isinstance(module, nn.Linear):
         nn.init.eye_(weight)
-        out_f, in_f = weight.shape
     elif isinstance(module, _CONV):
         _check_conv_identity(module)
-        nn.init.dirac_(weight, module.groups)
-        out_f = weight.shape[0] // module.groups
-        in_f = weight.shape[1]
+        groups = module.groups
+        nn.init.dirac_(weight, groups)
     else:
-        raise ValueError(f'Identity: {type(module).__name__} is neither a '
-                         'Linear nor a Conv1d/2d/3d layer')
+        raise ValueError(f'Identity: {_describe(module)} is neither a Linear '
+                         'nor a Conv1d/2d/3d layer')
+    out_f, in_f = weight.shape[0] // groups, weight.shape[1]
     if out_f != in_f:
+        each = f' of each of the {groups} groups' if groups > 1 else ''
         add_note(
-            weight, f'rectangular {out_f}x{in_f}: identity on the first '
-            f'{min(out_f, in_f)} channels, zeros elsewhere')
-    _bias(module, bias)
+            weight, f'rectangular: identity on the first {min(out_f, in_f)} '
+            f'channels{each}, zeros elsewhere')
+    _fill(module, 'bias', bias)
 
 
-def orthogonal_init(module: nn.Module, gain: float = 1, bias: float = 0) -> None:
-    r"""Fill ``module.weight`` with a (semi-)orthogonal matrix scaled by ``gain``
-    (:func:`torch.nn.init.orthogonal_`): :math:`W W^T = \text{gain}^2 I` for
-    the flattened weight when it has no more rows than columns.
+def orthogonal_init(module: nn.Module,
+                    gain: float = 1,
+                    bias: float = 0) -> None:
+    r"""Fill ``module.weight`` with a (semi-)orthogonal matrix scaled by
+    ``gain`` (:func:`torch.nn.init.orthogonal_`, Saxe et al. 2013) and
+    ``module.bias`` with ``bias``.
+
+    With the weight flattened to :math:`W \in \mathbb{R}^{r \times c}`
+    (``r`` output channels): :math:`W W^T = \text{gain}^2 I_r` if
+    :math:`r \le c`, else :math:`W^T W = \text{gain}^2 I_c`.
+
+    Raises:
+        ValueError: naming the layer, when it has no ``weight`` with at least
+            two dimensions.
 
     Example:
-        >>> orthogonal_init(nn.Linear(16, 16), gain=2)
+        >>> fc = nn.Linear(32, 16)
+        >>> orthogonal_init(fc, gain=2)
+        >>> w = fc.weight
+        >>> torch.allclose(w @ w.T, 4 * torch.eye(16), atol=1e-4)
+        True
     """
-    nn.init.orthogonal_(module.weight, gain=gain)
-    _bias(module, bias)
+    weight = getattr(module, 'weight', None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) \
+            else None
+        raise ValueError(f'Orthogonal: {_describe(module)} needs a weight '
+                         f'with 2 or more dimensions, has {shape}')
+    nn.init.orthogonal_(weight, gain=gain)
+    _fill(module, 'bias', bias)
 
 
-def _lora_weight(module: nn.Module, attr: str) -> torch.Tensor:
+def _projection(module: nn.Module, attr: str) -> torch.Tensor:
+    """The weight of projection ``attr``: a Parameter or a module's weight."""
     part = getattr(module, attr, None)
-    if isinstance(part, nn.Parameter):
+    if isinstance(part, torch.Tensor):
         return part
     if isinstance(part, nn.Module) and isinstance(
             getattr(part, 'weight', None), torch.Tensor):
         return part.weight
     raise ValueError(f'LoRA: {type(module).__name__} has no projection '
-                     f'{attr!r} (a module with a weight, or a Parameter)')
+                     f'{attr!r} (a submodule with a weight, or a Parameter)')
+
+
+def _check_lora_args(mode: str, rank: Optional[int]) -> None:
+    if mode not in ('kaiming', 'gaussian'):
+        raise ValueError(f'LoRA: mode must be \'kaiming\' or \'gaussian\', '
+                         f'got {mode!r}')
+    if rank is not None and (not isinstance(rank, int) or rank < 1):
+        raise ValueError(f'LoRA: rank must be a positive int, got {rank!r}')
 
 
 def lora_init(module: nn.Module,
@@ -122,112 +178,169 @@ def lora_init(module: nn.Module,
               b_attr: str = 'lora_B',
               mode: str = 'kaiming',
               rank: Optional[int] = None) -> None:
-    r"""LoRA init: the down projection A random, the up projection B zero, so
-    the low-rank update :math:`BA` is zero at step 0.
+    r"""LoRA init (Hu et al. 2021): the down projection A random, the up
+    projection B zero, so the low-rank update :math:`\Delta W = B A = 0` at
+    step 0. Biases of both projections are set to 0.
 
-    ``mode='kaiming'``: A by ``kaiming_uniform_(a=sqrt(5))`` (PEFT's default);
-    ``mode='gaussian'``: A from :math:`\mathcal{N}(0, 1/r^2)`, ``r`` the rank
-    (A's first dimension unless given).
+    * ``mode='kaiming'``: A by ``kaiming_uniform_(a=sqrt(5))`` (PEFT's and
+      ``nn.Linear``'s default), i.e. :math:`\mathcal{U}(-b, b)` with
+      :math:`b = 1/\sqrt{\text{fan\_in}}`, variance :math:`1/(3\,
+      \text{fan\_in})`;
+    * ``mode='gaussian'``: A from :math:`\mathcal{N}(0, 1/r^2)`, ``r`` the
+      rank: ``rank`` if given, else A's first dimension (its output size).
+
+    ``a_attr``/``b_attr`` name the projections: submodules with a ``weight``
+    (``nn.Linear``, ``nn.Conv2d``) or Parameters.
+
+    Raises:
+        ValueError: naming the module class and the missing attribute, or an
+            unknown ``mode``.
 
     Example:
-        >>> lora_init(block.attn.qkv_lora)      # has lora_A and lora_B
+        >>> m = nn.Module()  # e.g. a LoRALinear
+        >>> m.lora_A, m.lora_B = nn.Linear(64, 8), nn.Linear(8, 64)
+        >>> lora_init(m, mode='gaussian')
+        >>> torch.count_nonzero(m.lora_B.weight @ m.lora_A.weight).item()
+        0
     """
-    if mode not in ('kaiming', 'gaussian'):
-        raise ValueError(f"LoRA: mode must be 'kaiming' or 'gaussian', got "
-                         f'{mode!r}')
-    a = _lora_weight(module, a_attr)
-    b = _lora_weight(module, b_attr)
+    _check_lora_args(mode, rank)
+    a, b = _projection(module, a_attr), _projection(module, b_attr)
     if mode == 'kaiming':
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
     else:
         nn.init.normal_(a, std=1.0 / (rank or a.shape[0]))
     nn.init.zeros_(b)
     for attr in (a_attr, b_attr):
-        part = getattr(module, attr)
-        if isinstance(part, nn.Module):
-            _bias(part, 0)
+        _fill(getattr(module, attr), 'bias', 0)
 
 
-class _MatchedLayerInit(BaseInit):
-    """Apply ``self.init_layer`` to the matched layers like stock initializers:
-    every submodule for an ``override`` entry, else those whose class (or a
-    direct base class) is named in ``layer``. Layers the checkpoint provides
-    entirely are skipped (nothing of this init would survive)."""
-    applies_to: tuple = (nn.Module, )
+class _LayerInit(BaseInit):
+    """Shared driver: apply :meth:`init_layer` to the matched layers exactly
+    like the stock initializers (``module.apply``; with ``layer``, the layers
+    whose class or a direct base class is named; for an ``override`` entry,
+    every submodule of the named one that :meth:`targets` accepts).
+
+    An ``override`` target holding no such layer is an error (raised by
+    :meth:`init_layer` on it). Layers whose parameters the checkpoint
+    provides are skipped: nothing of this init would survive.
+    """
+
+    def targets(self, m: nn.Module) -> bool:
+        """Whether an ``override`` (``wholemodule``) entry initializes m."""
+        return True
 
     def init_layer(self, m: nn.Module) -> None:
         raise NotImplementedError
 
+    def _get_init_info(self) -> str:
+        return f'{type(self).__name__}: bias={self.bias}'
+
     def _matches(self, m: nn.Module) -> bool:
-        names = {type(m).__name__} | {b.__name__ for b in type(m).__bases__}
+        names = {type(m).__name__} | {c.__name__ for c in type(m).__bases__}
         return bool(names & set(self.layer))
 
     def __call__(self, module: nn.Module) -> None:
+        found = []
 
         def init(m: nn.Module) -> None:
-            if provided_by_checkpoint(m):
-                return
-            if self.wholemodule:
-                if isinstance(m, self.applies_to):
+            if self.targets(m) if self.wholemodule else self._matches(m):
+                found.append(m)
+                if not provided_by_checkpoint(m):
                     self.init_layer(m)
-            elif self._matches(m):
-                self.init_layer(m)
 
         module.apply(init)
+        if self.wholemodule and not found:
+            self.init_layer(module)  # raises, naming the module and why
+        if hasattr(module, '_params_init_info'):  # stock init_weights' log
+            update_init_info(module, init_info=self._get_init_info())
 
 
 @WEIGHT_INITIALIZERS.register_module(name='Zero', force=True)
-class ZeroInit(_MatchedLayerInit):
-    """Weights and biases of the matched layers to 0 (``bias``/``bias_prob``
-    set the bias instead).
+class ZeroInit(_LayerInit):
+    r"""Weights of the matched layers to 0, biases to ``bias`` (0): the last
+    layer of a residual branch, :math:`x + f(x) = x` at step 0. Selects
+    exactly what ``dict(type='Constant', val=0)`` would.
+
+    Args: ``bias``, ``bias_prob``, ``layer`` as for the stock initializers.
 
     Example:
-        >>> dict(type='Zero', override=dict(name='up'))
+        >>> adapter_cfg = [dict(type='Kaiming', layer='Conv2d'),
+        ...                dict(type='Zero', override=dict(name='up'))]
     """
 
     def init_layer(self, m: nn.Module) -> None:
-        if isinstance(getattr(m, 'weight', None), torch.Tensor):
-            zero_init(m, self.bias)
+        zero_init(m, self.bias)
 
 
 @WEIGHT_INITIALIZERS.register_module(name='Identity', force=True)
-class IdentityInit(_MatchedLayerInit):
-    """Matched Linear/Conv layers start as the identity (see
-    :func:`identity_init`).
+class IdentityInit(_LayerInit):
+    r"""Matched Linear/Conv1d/2d/3d layers start as the identity,
+    :math:`y = x` (see :func:`identity_init`). An ``override`` initializes
+    every Linear/Conv layer of the named module; a matched layer that cannot
+    be the identity is a ``ValueError`` naming it.
+
+    Args: ``bias``, ``bias_prob``, ``layer`` as for the stock initializers.
 
     Example:
-        >>> dict(type='Identity', layer='Conv2d')
+        >>> init_cfg = dict(type='Identity', layer='Conv2d')  # serial convs
     """
-    applies_to = (nn.Linear, ) + _CONV
+
+    def targets(self, m: nn.Module) -> bool:
+        return isinstance(m, (nn.Linear, ) + _CONV)
 
     def init_layer(self, m: nn.Module) -> None:
         identity_init(m, self.bias)
 
 
 @WEIGHT_INITIALIZERS.register_module(name='Orthogonal', force=True)
-class OrthogonalInit(_MatchedLayerInit):
-    """Orthogonal weights scaled by ``gain``, bias constant.
+class OrthogonalInit(_LayerInit):
+    r"""(Semi-)orthogonal weights, :math:`W W^T = \text{gain}^2 I` (see
+    :func:`orthogonal_init`), bias constant. An ``override`` initializes
+    every layer of the named module with a weight of 2 or more dimensions.
+
+    Args:
+        gain (int | float): the scaling factor. Defaults to 1.
+        ``bias``, ``bias_prob``, ``layer``: as for the stock initializers.
 
     Example:
-        >>> dict(type='Orthogonal', gain=1.0, layer='Linear')
+        >>> init_cfg = dict(type='Orthogonal', gain=1.0, layer='Linear')
     """
-    applies_to = (nn.Linear, ) + _CONV
 
     def __init__(self, gain: float = 1, **kwargs) -> None:
         super().__init__(**kwargs)
         self.gain = gain
 
+    def targets(self, m: nn.Module) -> bool:
+        weight = getattr(m, 'weight', None)
+        return isinstance(weight, torch.Tensor) and weight.dim() >= 2
+
     def init_layer(self, m: nn.Module) -> None:
         orthogonal_init(m, self.gain, self.bias)
 
+    def _get_init_info(self) -> str:
+        return f'{type(self).__name__}: gain={self.gain}, bias={self.bias}'
+
 
 @WEIGHT_INITIALIZERS.register_module(name='LoRA', force=True)
-class LoRAInit(_MatchedLayerInit):
-    """LoRA modules: A random (Kaiming-uniform or Gaussian), B zero. With an
-    ``override``, the named module itself must hold the projections.
+class LoRAInit(_LayerInit):
+    r"""LoRA modules (down projection A, up projection B): A random, B zero,
+    so :math:`B A = 0` (see :func:`lora_init`). With ``layer``, each matched
+    module must hold both projections (else a ``ValueError`` names its class
+    and the missing attribute); an ``override`` initializes every module
+    under the named one that holds both, and fails if none does.
+
+    Args:
+        a_attr (str): the down projection. Defaults to 'lora_A'.
+        b_attr (str): the up projection. Defaults to 'lora_B'.
+        mode (str): ``'kaiming'`` (``kaiming_uniform_(a=sqrt(5))``) or
+            ``'gaussian'`` (:math:`\mathcal{N}(0, 1/r^2)`). Defaults to
+            'kaiming'.
+        rank (int, optional): ``r`` for ``'gaussian'``; A's first dimension
+            when None.
+        layer (str | list[str], optional): class names of the LoRA modules.
 
     Example:
-        >>> dict(type='LoRA', layer='LoRALinear', mode='gaussian')
+        >>> init_cfg = dict(type='LoRA', layer='LoRALinear', mode='gaussian')
     """
 
     def __init__(self,
@@ -237,15 +350,21 @@ class LoRAInit(_MatchedLayerInit):
                  rank: Optional[int] = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
+        if self.bias != 0:
+            raise ValueError('LoRA: bias/bias_prob do not apply (the biases '
+                             'of both projections are set to 0)')
+        _check_lora_args(mode, rank)
         self.a_attr, self.b_attr = a_attr, b_attr
         self.mode, self.rank = mode, rank
 
-    def __call__(self, module: nn.Module) -> None:
-        if self.wholemodule:
-            self.init_layer(module)
-        else:
-            super().__call__(module)
+    def targets(self, m: nn.Module) -> bool:
+        return all(
+            getattr(m, attr, None) is not None
+            for attr in (self.a_attr, self.b_attr))
 
     def init_layer(self, m: nn.Module) -> None:
         lora_init(m, self.a_attr, self.b_attr, self.mode, self.rank)
 
+    def _get_init_info(self) -> str:
+        return (f'{type(self).__name__}: {self.a_attr} {self.mode}, '
+                f'{self.b_attr} zero')

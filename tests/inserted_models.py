@@ -1,37 +1,70 @@
-"""Test-only backbones with function-preserving inserted modules: residual
-adapters (zero ``up``) and serial 1x1 convs (declared ``Identity``)."""
+"""Test-only backbones with function-preserving inserted modules, for
+tools/check_function_preserving.py: after each output stage a residual
+:class:`Adapter` (``up`` zero via ``Zero``) and a serial 1x1 conv that starts
+as the identity (declared by its own ``init_cfg``, or left to the
+``Pretrained`` entry's ``init_missing`` with ``serial='plain'``).
+
+Configs import it through ``custom_imports`` (tests/ on ``sys.path``).
+"""
+import torch
 import torch.nn as nn
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS as DET_MODELS
+from mmengine.model import BaseModule
 from mmseg.models.backbones import SwinTransformer
 from mmseg.registry import MODELS as SEG_MODELS
 
-from mmext_examples import ConvAdapter
+
+class Adapter(BaseModule):
+    """``x + up(relu(down(x)))``; ``zero_up=False`` makes ``up`` Kaiming, so
+    the inserted branch changes the function."""
+
+    def __init__(self, channels: int, zero_up: bool = True) -> None:
+        init_cfg = [dict(type='Kaiming', layer='Conv2d')]
+        if zero_up:
+            init_cfg.append(dict(type='Zero', override=dict(name='up')))
+        super().__init__(init_cfg=init_cfg)
+        self.down = nn.Conv2d(channels, max(channels // 4, 1), 1)
+        self.up = nn.Conv2d(max(channels // 4, 1), channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(torch.relu(self.down(x)))
 
 
-def _inserted(widths, zero_up=True):
-    adapters = []
-    for w in widths:
-        adapter = ConvAdapter(w)
-        if not zero_up:
-            adapter.init_cfg = dict(type='Kaiming', layer='Conv2d')
-        adapters.append(adapter)
-    serial = [nn.Conv2d(w, w, 1) for w in widths]
-    return nn.ModuleList(adapters), nn.ModuleList(serial)
+class SerialConv(BaseModule):
+    """A 1x1 conv in series, declared ``Identity``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(init_cfg=dict(type='Identity', layer='Conv2d'))
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
-def _apply(self, feats):
-    return tuple(s(a(f)) for a, s, f in zip(self.adapters, self.serial, feats))
+def _insert(module: nn.Module, widths, zero_up: bool, serial: str) -> None:
+    module.adapters = nn.ModuleList([Adapter(w, zero_up) for w in widths])
+    module.serial = nn.ModuleList([
+        SerialConv(w) if serial == 'own' else nn.Conv2d(w, w, 1)
+        for w in widths
+    ])
+
+
+def _apply(module: nn.Module, feats):
+    return tuple(
+        s(a(f)) for a, s, f in zip(module.adapters, module.serial, feats))
 
 
 @DET_MODELS.register_module(force=True)
 class ResNetInserted(ResNet):
-    """mmdet ResNet + adapter and serial conv per stage."""
+    """mmdet ResNet + an adapter and a serial conv per output stage."""
 
-    def __init__(self, zero_up=True, **kwargs):
+    def __init__(self, zero_up: bool = True, serial: str = 'own', **kwargs):
         super().__init__(**kwargs)
-        widths = [64 * 2**i * self.block.expansion for i in self.out_indices]
-        self.adapters, self.serial = _inserted(widths, zero_up)
+        _insert(self, [
+            self.base_channels * 2**i * self.block.expansion
+            for i in self.out_indices
+        ], zero_up, serial)
 
     def forward(self, x):
         return _apply(self, super().forward(x))
@@ -39,13 +72,13 @@ class ResNetInserted(ResNet):
 
 @SEG_MODELS.register_module(force=True)
 class SwinInserted(SwinTransformer):
-    """mmseg Swin (loads in its own init_weights) + adapters and serial
-    convs per stage."""
+    """mmseg Swin (loads the checkpoint in its own ``init_weights``) + an
+    adapter and a serial conv per output stage."""
 
-    def __init__(self, zero_up=True, **kwargs):
+    def __init__(self, zero_up: bool = True, serial: str = 'own', **kwargs):
         super().__init__(**kwargs)
-        widths = [self.num_features[i] for i in self.out_indices]
-        self.adapters, self.serial = _inserted(widths, zero_up)
+        _insert(self, [self.num_features[i] for i in self.out_indices],
+                zero_up, serial)
 
     def forward(self, x):
         return _apply(self, super().forward(x))

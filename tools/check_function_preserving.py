@@ -1,23 +1,38 @@
 """Prove that inserting modules did not change a pretrained model at step 0.
 
-Builds the model of CONFIG and of REFERENCE_CONFIG, initializes each through
-its own ``init_cfg`` (``init_weights()``), feeds both the same seeded random
-input and prints the maximum absolute difference per output. Exit status 1
-above ``--atol``, 0 otherwise.
+Builds the model of CONFIG and of REFERENCE_CONFIG (each config's
+``custom_imports`` and ``default_scope`` honoured), initializes each through
+its own ``init_cfg`` (``init_weights()``), sets eval mode, feeds both the
+same seeded random input and prints the maximum absolute difference per
+output tensor. Exit status 1 above ``--atol`` (or on NaN, or when the outputs
+differ in number or shape), 0 otherwise.
 
 Usage::
 
     python tools/check_function_preserving.py CONFIG --reference REF_CONFIG \\
-        [--module backbone] [--input-shape 1 3 64 64] [--atol 1e-6]
+        [--module backbone] [--input-shape 1 3 64 64] [--atol 1e-6] \\
+        [--seed 0] [--cfg-options model.backbone.frozen_stages=-1]
 
-The input shape comes from ``--input-shape``, else from the config
+``--module`` is what receives the input: a dotted submodule path
+(``backbone``, ``backbone.layer1``) or a method of the model such as
+``extract_feat`` (backbone + neck). Default: ``backbone`` when the model has
+one, else ``extract_feat`` when it has one, else the model itself.
+The input shape comes from ``--input-shape``, else from CONFIG
 (``crop_size``, the data preprocessor's ``size``, or the first ``Resize`` of
-the test pipeline), else 1x3x224x224. ``--module`` names the submodule to
-run (default: ``backbone`` when the model has one, else the whole model).
+the test pipeline), else 1x3x224x224. ``--cfg-options`` apply to both
+configs. Parts that neither model takes from a checkpoint must be inserted,
+function-preserving ones: anything else random makes the check fail.
+
+Example:
+    >>> main(['inserted.py', '--reference', 'stock.py', '--atol', '1e-6'])
+    output 0 (1, 64, 16, 16): max abs difference 0.000e+00
+    ...
+    function preserved: max 0.000e+00 (atol 1e-06) on input (1, 3, 64, 64)
+    0
 """
 import argparse
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,7 +44,7 @@ def input_shape_from_cfg(cfg: Config) -> Tuple[int, ...]:
     """(1, 3, H, W) from the config, or 1x3x224x224.
 
     Example:
-        >>> input_shape_from_cfg(Config(dict(crop_size=(64, 32))))
+        >>> input_shape_from_cfg(Config(dict(model={}, crop_size=(64, 32))))
         (1, 3, 64, 32)
     """
     size = cfg.get('crop_size') or cfg.model.get('data_preprocessor',
@@ -43,64 +58,92 @@ def input_shape_from_cfg(cfg: Config) -> Tuple[int, ...]:
     return (1, 3, *size) if size else (1, 3, 224, 224)
 
 
-def build_initialized(path: str, options: Optional[dict] = None) -> Tuple[
-        nn.Module, Config]:
-    """Build the model of a config file and run ``init_weights()``."""
-    cfg = Config.fromfile(path)
+def build_initialized(path: str,
+                      options: Optional[dict] = None,
+                      seed: int = 0) -> Tuple[nn.Module, Config]:
+    """Build the model of config file ``path`` under its ``default_scope``,
+    run ``init_weights()`` (RNG seeded with ``seed``) and set eval mode.
+
+    Example:
+        >>> model, cfg = build_initialized('configs/my_inserted.py')
+    """
+    cfg = Config.fromfile(path)  # imports cfg.custom_imports
     if options:
         cfg.merge_from_dict(options)
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    if cfg.get('default_scope'):
+        init_default_scope(cfg.default_scope)
+    torch.manual_seed(seed)
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.eval()  # not chained: mmdet's ResNet.train() returns None
     return model, cfg
 
 
-def _flatten(out) -> List[torch.Tensor]:
+def resolve_target(model: nn.Module, module: Optional[str]) -> Callable:
+    """What gets the input: ``module`` as a dotted submodule path or a method
+    name of ``model``; default backbone, else ``extract_feat``, else model.
+
+    Example:
+        >>> resolve_target(detector, 'extract_feat')  # the bound method
+    """
+    if module is None:
+        if isinstance(getattr(model, 'backbone', None), nn.Module):
+            return model.backbone
+        return getattr(model, 'extract_feat', model)
+    try:
+        return model.get_submodule(module)
+    except AttributeError:
+        method = getattr(model, module, None)
+        if callable(method) and not isinstance(method, nn.Module):
+            return method
+        raise ValueError(f'--module {module!r} is neither a submodule nor a '
+                         f'method of {type(model).__name__}') from None
+
+
+def flatten(out: Any) -> List[torch.Tensor]:
+    """The tensors of a (nested) tuple/list/dict output, in order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
         out = list(out.values())
-    return [t for item in out for t in _flatten(item)]
-
-
-def run(model: nn.Module, module: Optional[str],
-        x: torch.Tensor) -> List[torch.Tensor]:
-    """Outputs of ``module`` (dotted path; default backbone/whole model)."""
-    name = module or ('backbone' if hasattr(model, 'backbone') else '')
-    target = model.get_submodule(name) if name else model
-    with torch.no_grad():
-        return _flatten(target(x))
+    return [t for item in out for t in flatten(item)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the check; returns the exit status (0 preserved, 1 changed)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config')
-    parser.add_argument('--reference', required=True)
-    parser.add_argument('--module', default=None)
+    parser.add_argument('config', help='config with the inserted modules')
+    parser.add_argument('--reference', required=True,
+                        help='config of the unmodified model')
+    parser.add_argument('--module', default=None,
+                        help='submodule path or model method fed the input')
     parser.add_argument('--input-shape', type=int, nargs='+')
     parser.add_argument('--atol', type=float, default=1e-6)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='key=value overrides applied to both configs')
     args = parser.parse_args(argv)
 
-    model, cfg = build_initialized(args.config, args.cfg_options)
-    reference, _ = build_initialized(args.reference, args.cfg_options)
+    model, cfg = build_initialized(args.config, args.cfg_options, args.seed)
+    reference, _ = build_initialized(args.reference, args.cfg_options,
+                                     args.seed)
     shape = tuple(args.input_shape or input_shape_from_cfg(cfg))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
-    outs, refs = run(model, args.module, x), run(reference, args.module, x)
+    with torch.no_grad():
+        outs = flatten(resolve_target(model, args.module)(x))
+        refs = flatten(resolve_target(reference, args.module)(x))
     if len(outs) != len(refs):
-        print(f'different number of outputs: {len(outs)} vs {len(refs)}')
+        print(f'function CHANGED: {len(outs)} outputs vs {len(refs)} in the '
+              'reference')
         return 1
     worst = 0.0
     for i, (a, b) in enumerate(zip(outs, refs)):
         if a.shape != b.shape:
-            print(f'output {i}: shape {tuple(a.shape)} vs {tuple(b.shape)}')
+            print(f'function CHANGED: output {i} has shape {tuple(a.shape)} '
+                  f'vs {tuple(b.shape)} in the reference')
             return 1
-        diff = (a.float() - b.float()).abs().max().item()
+        diff = (a.double() - b.double()).abs().max().item()
         worst = diff if diff != diff else max(worst, diff)  # NaN sticks
-        if diff != diff:
-            print(f'output {i}: NaN in the outputs')
         print(f'output {i} {tuple(a.shape)}: max abs difference {diff:.3e}')
     ok = worst <= args.atol  # False for NaN
     verdict = 'preserved' if ok else 'CHANGED'
