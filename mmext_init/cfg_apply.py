@@ -150,7 +150,12 @@ def run_initializer(module: nn.Module,
     args = {k: v for k, v in cfg.items() if k not in _META_KEYS}
     src = InitSource(INITIALIZER, type_name(cfg), declared_by, args, note=note)
     with tracker.source(src):
-        func(module)
+        try:
+            func(module)
+        except InitConfigError:
+            raise
+        except ValueError as exc:  # e.g. Identity on an even kernel
+            raise InitConfigError(f'{label}: {exc}') from exc
 
 
 def apply_init_cfgs(module: nn.Module,
