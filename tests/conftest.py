@@ -11,6 +11,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import mmext_init  # noqa: E402,F401  (activates the plugin)
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        'markers', 'e2e: end-to-end runs of the stock mmdet/mmseg scripts '
+        '(run by default; deselect with -m "not e2e")')
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

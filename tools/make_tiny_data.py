@@ -12,10 +12,14 @@ configs use: no downloads.
 
 Usage::
 
-    python tools/make_tiny_data.py [--out-dir .] [--only det|seg|ckpt] [--force]
+    python tools/make_tiny_data.py [--out-dir .] [--only det|seg|ckpt]
+                                   [--force]
 
 Everything lands under ``--out-dir`` (the directory you train from), and what
-exists is kept unless ``--force``.
+exists is kept unless ``--force``. ``--only ckpt`` also writes the data the
+stock runs need if it is missing. Data and checkpoints are written to a
+temporary name first, so an interrupted run never leaves a half-written
+directory that a later run would skip. Seeded: the same files every time.
 """
 import argparse
 import json
@@ -24,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -32,12 +36,12 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = {1: (220, 20, 60), 2: (20, 220, 60)}  # category id -> RGB
 STOCK_RUNS = {  # checkpoint name -> (library, stock config)
-    'retinanet_r18_stock_tiny.pth': ('mmdet',
-                                     'configs/mmdet/retinanet_r18_stock_tiny.py'),
+    'retinanet_r18_stock_tiny.pth':
+    ('mmdet', 'configs/mmdet/retinanet_r18_stock_tiny.py'),
     'retinanet_swin_stock_tiny.pth':
     ('mmdet', 'configs/mmdet/retinanet_swin_stock_tiny.py'),
-    'segformer_mit_stock_tiny.pth': ('mmseg',
-                                     'configs/mmseg/segformer_mit_stock_tiny.py'),
+    'segformer_mit_stock_tiny.pth':
+    ('mmseg', 'configs/mmseg/segformer_mit_stock_tiny.py'),
 }
 
 
@@ -116,17 +120,44 @@ def train_script(library: str) -> str:
 
 
 def make_checkpoint(out_dir: str, name: str) -> None:
-    """Train the stock tiny config a few iterations; keep its checkpoint."""
+    """Train the stock tiny config a few iterations (installed train.py, no
+    plugin); keep its last checkpoint as ``out_dir/checkpoints/name``.
+
+    Example:
+        >>> make_checkpoint('.', 'retinanet_r18_stock_tiny.pth')
+    """
     library, config = STOCK_RUNS[name]
     with tempfile.TemporaryDirectory() as work_dir:
-        subprocess.run([
+        proc = subprocess.run([
             sys.executable, train_script(library),
             os.path.join(REPO, config), '--work-dir', work_dir
-        ], cwd=out_dir, check=True, stdout=subprocess.DEVNULL)
+        ], cwd=out_dir, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout[-5000:])
+            raise SystemExit(f'[make_tiny_data] stock run of {config} failed')
+        if 'mmext_init:' in proc.stdout:  # must be stock MMEngine alone
+            raise SystemExit(f'[make_tiny_data] mmext_init was active in '
+                             f'the stock run of {config}')
         with open(os.path.join(work_dir, 'last_checkpoint')) as f:
             last = f.read().strip()
-        os.makedirs(os.path.join(out_dir, 'checkpoints'), exist_ok=True)
-        shutil.copy(last, os.path.join(out_dir, 'checkpoints', name))
+        target = os.path.join(out_dir, 'checkpoints', name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(last, target + '.tmp')
+        os.replace(target + '.tmp', target)
+
+
+def write_atomically(root: str, writer: Callable[[str], None]) -> None:
+    """Run ``writer`` on ``root + '.tmp'``, then move it to ``root``.
+
+    Example:
+        >>> write_atomically('data/tiny_coco', make_detection)
+    """
+    tmp = root + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer(tmp)
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(tmp, root)
 
 
 def main(argv=None) -> int:
@@ -141,17 +172,21 @@ def main(argv=None) -> int:
         return (args.only in (None, kind)
                 and (args.force or not os.path.exists(path)))
 
-    det_root = os.path.join(out, 'data', 'tiny_coco')
-    seg_root = os.path.join(out, 'data', 'tiny_seg')
-    if wanted('det', det_root):
-        make_detection(det_root)
-        print(f'[make_tiny_data] wrote {det_root}')
-    if wanted('seg', seg_root):
-        make_segmentation(seg_root)
-        print(f'[make_tiny_data] wrote {seg_root}')
-    for name in STOCK_RUNS:
+    datasets = {  # --only kind -> (directory, writer); library -> kind
+        'det': (os.path.join(out, 'data', 'tiny_coco'), make_detection),
+        'seg': (os.path.join(out, 'data', 'tiny_seg'), make_segmentation),
+    }
+    for kind, (root, writer) in datasets.items():
+        if wanted(kind, root):
+            write_atomically(root, writer)
+            print(f'[make_tiny_data] wrote {root}')
+    for name, (library, _) in STOCK_RUNS.items():
         path = os.path.join(out, 'checkpoints', name)
         if wanted('ckpt', path):
+            root, writer = datasets['det' if library == 'mmdet' else 'seg']
+            if not os.path.exists(root):  # the stock run trains on it
+                write_atomically(root, writer)
+                print(f'[make_tiny_data] wrote {root}')
             make_checkpoint(out, name)
             print(f'[make_tiny_data] wrote {path} (stock Runner run)')
     return 0

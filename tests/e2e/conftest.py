@@ -1,5 +1,6 @@
-"""End-to-end fixtures: tiny data and stock checkpoints generated once, and a
-runner for the *unchanged* mmdet/mmseg train scripts as subprocesses."""
+"""End-to-end fixtures: tiny data and stock checkpoints generated once per
+session, and a runner for the *unchanged* mmdet/mmseg train scripts as
+subprocesses (each run once per session, shared by the tests)."""
 import glob
 import json
 import os
@@ -7,7 +8,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
@@ -19,14 +20,25 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 def library_script(library: str, name: str) -> str:
-    """``tools/<name>.py`` shipped inside the installed mmdet/mmseg."""
+    """``tools/<name>.py`` shipped inside the installed mmdet/mmseg.
+
+    Example:
+        >>> library_script('mmdet', 'train')  # .../mmdet/.mim/tools/train.py
+    """
     module = __import__(library)
     return os.path.join(os.path.dirname(module.__file__), '.mim', 'tools',
                         f'{name}.py')
 
 
+def subprocess_env() -> Dict[str, str]:
+    """Environment for the scripts: the hook module importable, 1 thread."""
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
+        [HERE, os.environ.get('PYTHONPATH', '')]))
+
+
 @pytest.fixture(scope='session')
 def tiny_dir(tmp_path_factory) -> str:
+    """Tiny data and stock Runner checkpoints (tools/make_tiny_data.py)."""
     out = str(tmp_path_factory.mktemp('tiny'))
     subprocess.run([sys.executable, os.path.join(REPO, 'tools',
                                                  'make_tiny_data.py'),
@@ -36,16 +48,19 @@ def tiny_dir(tmp_path_factory) -> str:
 
 @dataclass
 class Run:
-    """What a train run left behind."""
+    """What a train run left behind (``*_rank<R>`` files listed by rank)."""
+    config: str  # the derived config that was trained
     work_dir: str
-    log: str
+    log: str  # rank 0's log file
     snapshots: List[Dict[str, torch.Tensor]]
-    provenance_files: List[str]
+    provenance_files: List[str]  # every init_provenance.json on disk
+    provenance_writes: List[List[str]]  # per rank: files opened for writing
 
     @property
     def provenance(self) -> dict:
         assert len(self.provenance_files) == 1, self.provenance_files
-        return json.load(open(self.provenance_files[0]))
+        with open(self.provenance_files[0]) as f:
+            return json.load(f)
 
 
 def _free_port() -> int:
@@ -54,51 +69,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _derived_config(tiny_dir: str, config: str, name: str, nproc: int,
+                    extra_hooks: str) -> str:
+    """``config`` + the snapshot hook (+ CPU DDP wrapper settings)."""
+    derived = os.path.join(tiny_dir, f'{name}.py')
+    with open(derived, 'w') as f:
+        f.write(f"_base_ = {os.path.join(REPO, config)!r}\n"
+                "custom_imports = dict(imports=['mmext_init', "
+                "'mmext_examples', 'snapshot_hook'], "
+                'allow_failed_imports=False)\n'
+                f"custom_hooks = [{extra_hooks}"
+                "dict(type='WeightSnapshotHook')]\n")
+        if nproc > 1:  # CPU DDP: MMEngine's default is device_ids=[rank]
+            f.write("model_wrapper_cfg = dict(type='MMDistributedDataParallel'"
+                    ', device_ids=None, broadcast_buffers=False)\n')
+    return derived
+
+
 @pytest.fixture(scope='session')
-def train(tiny_dir):
-    """``train(config, library, nproc=1)`` runs the library's own train.py on
-    ``config`` plus the snapshot hook; returns a :class:`Run`."""
+def train(tiny_dir) -> Callable[..., Run]:
+    """``train(config, library, nproc=1, extra_hooks='')`` runs the library's
+    own train.py on ``config`` plus the snapshot hook (``torchrun`` when
+    ``nproc > 1``); returns a :class:`Run`. Each distinct call runs once."""
+    done: Dict[Tuple[str, str, int, str], Run] = {}
 
     def _train(config: str, library: str, nproc: int = 1,
                extra_hooks: str = '') -> Run:
-        name = os.path.splitext(os.path.basename(config))[0] + f'_{nproc}'
-        derived = os.path.join(tiny_dir, f'{name}.py')
-        with open(derived, 'w') as f:
-            f.write(f"_base_ = {os.path.join(REPO, config)!r}\n"
-                    "custom_imports = dict(imports=['mmext_init', "
-                    "'mmext_examples', 'snapshot_hook'], "
-                    'allow_failed_imports=False)\n'
-                    f"custom_hooks = [{extra_hooks}"
-                    "dict(type='WeightSnapshotHook')]\n")
-            if nproc > 1:  # CPU DDP: MMEngine's default device_ids=[rank]
-                f.write("model_wrapper_cfg = dict(type='MMDistributedData"
-                        "Parallel', device_ids=None, broadcast_buffers=False)"
-                        '\n')
+        key = (config, library, nproc, extra_hooks)
+        if key in done:
+            return done[key]
+        name = f'{os.path.splitext(os.path.basename(config))[0]}_{nproc}' + \
+            f'_{len(done)}'
+        derived = _derived_config(tiny_dir, config, name, nproc, extra_hooks)
         work_dir = os.path.join(tiny_dir, 'work_dirs', name)
         script = library_script(library, 'train')
-        if nproc == 1:
-            cmd = [sys.executable, script, derived, '--work-dir', work_dir]
-        else:
-            cmd = [sys.executable, '-m', 'torch.distributed.run',
-                   f'--nproc_per_node={nproc}', f'--master_port={_free_port()}',
-                   script, derived, '--work-dir', work_dir,
-                   '--launcher', 'pytorch']
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [HERE, os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-        proc = subprocess.run(cmd, cwd=tiny_dir, env=env, text=True,
-                              capture_output=True)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        cmd = [sys.executable, script, derived, '--work-dir', work_dir]
+        if nproc > 1:
+            cmd[1:2] = ['-m', 'torch.distributed.run',
+                        f'--nproc_per_node={nproc}',
+                        f'--master_port={_free_port()}', script]
+            cmd += ['--launcher', 'pytorch']
+        proc = subprocess.run(cmd, cwd=tiny_dir, env=subprocess_env(),
+                              text=True, capture_output=True)
+        assert proc.returncode == 0, '\n'.join(
+            [' '.join(cmd), proc.stdout[-3000:], proc.stderr[-5000:]])
         logs = sorted(glob.glob(os.path.join(work_dir, '*', '*.log')))
-        snapshots = [torch.load(p) for p in sorted(
-            glob.glob(os.path.join(work_dir, 'snapshot_rank*.pth')))]
-        return Run(work_dir, open(logs[-1]).read(), snapshots,
-                   glob.glob(os.path.join(work_dir, '**',
-                                          'init_provenance.json'),
-                             recursive=True))
+        assert len(logs) == 1, logs  # rank 0 only
+        with open(logs[0]) as f:
+            log = f.read()
+        writes = []
+        for rank in range(nproc):
+            with open(os.path.join(
+                    work_dir, f'provenance_writes_rank{rank}.json')) as f:
+                writes.append(json.load(f))
+        done[key] = Run(
+            derived, work_dir, log,
+            [torch.load(os.path.join(work_dir, f'snapshot_rank{r}.pth'))
+             for r in range(nproc)],
+            glob.glob(os.path.join(work_dir, '**', 'init_provenance.json'),
+                      recursive=True), writes)
+        return done[key]
 
     return _train
 
 
-def checkpoint_state(tiny_dir: str, name: str) -> Dict[str, torch.Tensor]:
-    ckpt, _ = read_checkpoint(os.path.join(tiny_dir, 'checkpoints', name))
+def checkpoint_state(path: str) -> Dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Runner checkpoint (stock ``torch.load`` can't
+    read those under torch >= 2.6; mmext_init's reader can)."""
+    ckpt, _ = read_checkpoint(path)
     return ckpt['state_dict']

@@ -1,12 +1,23 @@
-"""Test-only hook: snapshot the model weights right before the first
-training iteration (after ``init_weights``), one file per rank.
+"""Test-only hook (imported through the derived config's ``custom_imports``).
+
+* ``WeightSnapshotHook`` saves the model weights right before the first
+  training iteration (``before_train``, after ``init_weights`` and after any
+  other ``before_train`` hook such as LSUV) to
+  ``<work_dir>/snapshot_rank<R>.pth``, and at the end of the run lists every
+  file named ``init_provenance.json`` this process opened for writing in
+  ``<work_dir>/provenance_writes_rank<R>.json``. All ranks share one log dir,
+  so counting files on disk could not tell whether rank 1 wrote too; the
+  Python audit hook (:func:`sys.addaudithook`, ``open`` events) can.
 
 Importing it also works around an MMEngine 0.10.7 limitation that is not
-ours: ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` even with the
-gloo backend, which fails on a CPU-only torch build; the CPU-only CI needs it
-to be a no-op to run ``torchrun ... --launcher pytorch``.
+mmext_init's: ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` even
+with the gloo backend, which fails on a CPU-only torch build; the CPU-only CI
+needs it to be a no-op to run ``torchrun ... --launcher pytorch``.
 """
+import json
 import os
+import sys
+from typing import List
 
 import torch
 from mmengine.dist import get_rank
@@ -17,10 +28,32 @@ from mmengine.registry import HOOKS
 if not torch.cuda.is_available():
     torch.cuda.set_device = lambda device: None
 
+PROVENANCE_WRITES: List[str] = []
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event != 'open' or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    path, mode, flags = os.fsdecode(args[0]), args[1], args[2]
+    writes = (any(c in mode for c in 'wax+') if isinstance(mode, str) else
+              bool((flags or 0) & _WRITE_FLAGS))
+    if writes and os.path.basename(path) == 'init_provenance.json':
+        PROVENANCE_WRITES.append(os.path.abspath(path))
+
+
+sys.addaudithook(_audit)
+
 
 @HOOKS.register_module(force=True)
 class WeightSnapshotHook(Hook):
-    """Saves ``{name: tensor}`` to ``<work_dir>/snapshot_rank<R>.pth``."""
+    """Saves ``{name: tensor}`` at ``before_train`` and the provenance writes
+    of this process at ``after_run`` (see the module docstring).
+
+    Example (derived config)::
+
+        custom_hooks = [dict(type='WeightSnapshotHook')]
+    """
     priority = 'VERY_LOW'
 
     def before_train(self, runner) -> None:
@@ -29,3 +62,9 @@ class WeightSnapshotHook(Hook):
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         torch.save(state, os.path.join(runner.work_dir,
                                        f'snapshot_rank{get_rank()}.pth'))
+
+    def after_run(self, runner) -> None:
+        path = os.path.join(runner.work_dir,
+                            f'provenance_writes_rank{get_rank()}.json')
+        with open(path, 'w') as f:
+            json.dump(PROVENANCE_WRITES, f)

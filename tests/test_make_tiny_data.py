@@ -1,0 +1,82 @@
+"""tools/make_tiny_data.py: the data part (seeded, valid, idempotent). The
+checkpoint part (stock Runner runs) is exercised by tests/e2e."""
+import filecmp
+import importlib.util
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    'make_tiny_data', os.path.join(REPO, 'tools', 'make_tiny_data.py'))
+make_tiny_data = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_tiny_data)
+
+
+def _same_tree(a: str, b: str) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files,
+                                           shallow=False)
+    return not mismatch and not errors and all(
+        _same_tree(os.path.join(a, d), os.path.join(b, d))
+        for d in cmp.common_dirs)
+
+
+def test_detection_set_is_seeded_and_valid_coco(tmp_path):
+    make_tiny_data.make_detection(str(tmp_path / 'a'))
+    make_tiny_data.make_detection(str(tmp_path / 'b'))
+    assert _same_tree(str(tmp_path / 'a'), str(tmp_path / 'b'))
+    for split in ('train', 'val'):
+        with open(tmp_path / 'a' / 'annotations' / f'{split}.json') as f:
+            coco = json.load(f)
+        categories = {c['id'] for c in coco['categories']}
+        images = {i['id']: i for i in coco['images']}
+        assert categories == {1, 2} and len(images) >= 4
+        annotated = {a['image_id'] for a in coco['annotations']}
+        assert annotated == set(images)  # no image without a box
+        for ann in coco['annotations']:
+            img = images[ann['image_id']]
+            x, y, w, h = ann['bbox']
+            assert ann['category_id'] in categories
+            assert w > 0 and h > 0 and x >= 0 and y >= 0
+            assert x + w <= img['width'] and y + h <= img['height']
+        for img in images.values():
+            with Image.open(tmp_path / 'a' / split / img['file_name']) as im:
+                assert im.size == (img['width'], img['height'])
+
+
+def test_segmentation_set_is_seeded_and_labels_match(tmp_path):
+    make_tiny_data.make_segmentation(str(tmp_path / 'a'))
+    make_tiny_data.make_segmentation(str(tmp_path / 'b'))
+    assert _same_tree(str(tmp_path / 'a'), str(tmp_path / 'b'))
+    for split in ('train', 'val'):
+        names = sorted(os.listdir(tmp_path / 'a' / 'img_dir' / split))
+        assert names == sorted(os.listdir(tmp_path / 'a' / 'ann_dir' / split))
+        for name in names:
+            img = np.array(Image.open(tmp_path / 'a' / 'img_dir' / split /
+                                      name))
+            label = np.array(Image.open(tmp_path / 'a' / 'ann_dir' / split /
+                                        name))
+            assert img.shape[:2] == label.shape
+            assert set(np.unique(label)) == {0, 1}
+            shape = np.all(img == make_tiny_data.COLORS[1], axis=-1)
+            assert np.array_equal(shape, label == 1)
+
+
+def test_cli_is_idempotent_and_force_rewrites(tmp_path):
+    out = str(tmp_path)
+    assert make_tiny_data.main(['--out-dir', out, '--only', 'det']) == 0
+    root = tmp_path / 'data' / 'tiny_coco'
+    marker = root / 'annotations' / 'train.json'
+    stamp = os.stat(marker).st_mtime_ns
+    assert not (tmp_path / 'data' / 'tiny_seg').exists()  # --only det
+    assert not (tmp_path / 'data' / 'tiny_coco.tmp').exists()
+    make_tiny_data.main(['--out-dir', out, '--only', 'det'])
+    assert os.stat(marker).st_mtime_ns == stamp  # kept
+    (root / 'stale.txt').write_text('x')
+    make_tiny_data.main(['--out-dir', out, '--only', 'det', '--force'])
+    assert not (root / 'stale.txt').exists()  # rewritten from scratch
