@@ -3,19 +3,12 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 from runner_utils import ToyModel, run_runner
 from safetensors.torch import save_file
+from test_safe_load import _trunk_sd as _sd
 from toy_models import Trunk
 
 from mmext_init import CheckpointError, get_provenance, read_checkpoint
-
-
-def _sd():
-    trunk = Trunk()
-    for p in trunk.parameters():
-        nn.init.normal_(p)
-    return {k: v.detach().clone() for k, v in trunk.state_dict().items()}
 
 
 def _load(path, **kwargs):

@@ -12,17 +12,33 @@ import match_checkpoint as tool  # noqa: E402
 from test_contract import _resnet_detector  # noqa: E402
 
 
-def _config(tmp_path, ckpt, prefix):
-    path = tmp_path / f'cfg_{prefix or "none"}.py'
+def _write(tmp_path, name, model):
+    """A RetinaNet config inheriting mmdet's, with ``model`` merged in."""
+    path = tmp_path / f'{name}.py'
     path.write_text(
         "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
         "custom_imports = dict(imports=['mmext_init'], "
         'allow_failed_imports=False)\n'
-        'model = dict(backbone=dict(depth=18, init_cfg=dict('
+        f'model = {model}\n')
+    return str(path)
+
+
+def _config(tmp_path, ckpt, prefix):
+    return _write(
+        tmp_path, f'cfg_{prefix or "none"}',
+        'dict(backbone=dict(depth=18, init_cfg=dict('
         f"type='Pretrained', checkpoint={ckpt!r}, prefix={prefix!r})),"
         ' neck=dict(in_channels=[64, 128, 256, 512]),'
-        ' bbox_head=dict(num_classes=2))\n')
-    return str(path)
+        ' bbox_head=dict(num_classes=2))')
+
+
+def _four_channels(tmp_path, ckpt, mode):
+    return _write(
+        tmp_path, f'four_channels_{mode}',
+        'dict(backbone=dict(depth=18, in_channels=4, init_cfg=dict('
+        f"type='Pretrained', checkpoint={ckpt!r}, prefix='backbone.', "
+        "adapt=[dict(type='InputChannels', keys='conv1.weight', "
+        f"mode={mode!r})])), neck=dict(in_channels=[64, 128, 256, 512]))")
 
 
 def test_dry_run_groups_json_and_exit_status(tmp_path, capsys):
@@ -50,16 +66,8 @@ def test_dry_run_groups_json_and_exit_status(tmp_path, capsys):
 def test_dry_run_lists_adapted_tensors(tmp_path, capsys):
     ckpt = str(tmp_path / 'det.pth')
     torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
-    path = tmp_path / 'four_channels.py'
-    path.write_text(
-        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
-        "custom_imports = dict(imports=['mmext_init'], "
-        'allow_failed_imports=False)\n'
-        'model = dict(backbone=dict(depth=18, in_channels=4, init_cfg=dict('
-        f"type='Pretrained', checkpoint={ckpt!r}, prefix='backbone.', "
-        "adapt=[dict(type='InputChannels', keys='conv1.weight', "
-        "mode='copy')])), neck=dict(in_channels=[64, 128, 256, 512]))\n")
-    assert tool.main([str(path), '--json']) == 0
+    path = _four_channels(tmp_path, ckpt, 'copy')
+    assert tool.main([path, '--json']) == 0
     res = json.loads(capsys.readouterr().out)
     assert res['adapted'] == [dict(
         key='conv1.weight', transform='InputChannels', partial=True,
@@ -72,16 +80,8 @@ def test_dry_run_refuses_a_transform_that_cannot_apply(tmp_path, capsys):
     and the real load fails before any initializer ran."""
     ckpt = str(tmp_path / 'det.pth')
     torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
-    path = tmp_path / 'sum_to_four.py'
-    path.write_text(
-        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
-        "custom_imports = dict(imports=['mmext_init'], "
-        'allow_failed_imports=False)\n'
-        'model = dict(backbone=dict(depth=18, in_channels=4, init_cfg=dict('
-        f"type='Pretrained', checkpoint={ckpt!r}, prefix='backbone.', "
-        "adapt=[dict(type='InputChannels', keys='conv1.weight', "
-        "mode='sum')])), neck=dict(in_channels=[64, 128, 256, 512]))\n")
-    assert tool.main([str(path)]) == 2
+    path = _four_channels(tmp_path, ckpt, 'sum')
+    assert tool.main([path]) == 2
     err = capsys.readouterr().err
     assert "error: init_cfg of 'backbone' (Pretrained): InputChannels on " \
         'conv1.weight: checkpoint (64, 3, 7, 7) -> model (64, 4, 7, 7)' in err
@@ -91,18 +91,15 @@ def test_dry_run_classes_on_equal_shapes(tmp_path, capsys):
     """Replacing one class of three keeps the shapes: still adapted."""
     ckpt = str(tmp_path / 'det.pth')
     torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
-    path = tmp_path / 'classes.py'
-    path.write_text(
-        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
-        "custom_imports = dict(imports=['mmext_init'], "
-        'allow_failed_imports=False)\n'
-        'model = dict(bbox_head=dict(num_classes=3, in_channels=32, '
+    path = _write(
+        tmp_path, 'classes',
+        'dict(bbox_head=dict(num_classes=3, in_channels=32, '
         'stacked_convs=1, feat_channels=32, anchor_generator=dict('
         'scales_per_octave=1, ratios=[1.0]), init_cfg=dict('
         f"type='Pretrained', checkpoint={ckpt!r}, prefix='bbox_head.', "
         "adapt=[dict(type='Classes', keys=r'retina_cls\\.(weight|bias)', "
-        "old_classes=['a', 'b', 'c'], new_classes=['c', 'b', 'z'])])))\n")
-    assert tool.main([str(path), '--module', 'bbox_head', '--json']) == 0
+        "old_classes=['a', 'b', 'c'], new_classes=['c', 'b', 'z'])])))")
+    assert tool.main([path, '--module', 'bbox_head', '--json']) == 0
     res = json.loads(capsys.readouterr().out)
     assert [a['key'] for a in res['adapted']] == [
         'retina_cls.weight', 'retina_cls.bias']
