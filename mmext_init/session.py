@@ -13,7 +13,6 @@
    report.
 """
 import contextlib
-import itertools
 import logging
 from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
@@ -30,6 +29,7 @@ from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, LoadRecord,
 from .pretrained import (LoadPlan, PretrainedInit, build_pretrained,
                          is_pretrained_cfg, plan_load)
 from .report import emit_report, fold_names
+from .code_loads import tracking_code_loads
 from .tracking import InitSource, WriteTracker
 
 _SESSIONS: List['InitSession'] = []
@@ -358,7 +358,7 @@ class InitSession:
     def active(self) -> Iterator['InitSession']:
         _SESSIONS.append(self)
         try:
-            with _tracking_code_loads():
+            with tracking_code_loads(current_session):
                 yield self
         finally:
             _SESSIONS.remove(self)
@@ -387,39 +387,3 @@ def run_pretrained_alone(module: nn.Module, entry: PretrainedInit) -> None:
         apply_init_cfgs(module, entry.init_missing, '', session.root_name,
                         session.tracker, _INIT_MISSING_NOTE)
     session.finish()
-
-
-@contextlib.contextmanager
-def _tracking_code_loads() -> Iterator[None]:
-    """Attribute ``load_state_dict`` calls made by init code to a checkpoint."""
-    original = nn.Module._load_from_state_dict
-    if getattr(original, '_mmext_wrapped', False):
-        yield
-        return
-
-    def _load_from_state_dict(module, state_dict, prefix, *args, **kwargs):
-        session = current_session()
-        tracker = session.tracker if session else None
-        if tracker is None or tracker.current is None:
-            return original(module, state_dict, prefix, *args, **kwargs)
-        keys = {}
-        persistent = itertools.chain(
-            module._parameters.items(),
-            ((k, v) for k, v in module._buffers.items()
-             if k not in module._non_persistent_buffers_set))
-        for local, tensor in persistent:
-            name = tracker.name_of(tensor) if tensor is not None else None
-            if name is not None and prefix + local in state_dict:
-                keys[name] = prefix + local
-        owner = session._overrides[-1] if session._overrides else module
-        src = InitSource(CHECKPOINT, session.override_checkpoint(),
-                         session.path_of(owner), keys=keys)
-        with tracker.source(src):
-            return original(module, state_dict, prefix, *args, **kwargs)
-
-    _load_from_state_dict._mmext_wrapped = True
-    nn.Module._load_from_state_dict = _load_from_state_dict
-    try:
-        yield
-    finally:
-        nn.Module._load_from_state_dict = original
