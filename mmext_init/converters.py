@@ -154,6 +154,11 @@ def convert_source(source: CheckpointTensors,
                                         for k in source.keys()})
         return cache['state'][key]
 
+    def release(key: str, tensor: torch.Tensor) -> None:
+        if key in origins:  # a renamed tensor is the file's own
+            source.release(origins[key], tensor)
+
     return CheckpointTensors(source.path,
                              {k: tuple(v.shape) for k, v in out.items()},
-                             get, origins, {k: v.dtype for k, v in out.items()})
+                             get, origins, {k: v.dtype for k, v in out.items()},
+                             release)

@@ -24,6 +24,7 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
 import torch
 
 from .errors import CheckpointError
+from .page_release import MappedFile
 from .safe_load import extract_state_dict, read_checkpoint
 
 Shape = Tuple[int, ...]
@@ -54,12 +55,15 @@ class CheckpointTensors:
                  getter: Callable[[str], torch.Tensor],
                  origins: Optional[Dict[str, str]] = None,
                  dtypes: Union[None, Mapping[str, torch.dtype],
-                               Callable[[str], torch.dtype]] = None) -> None:
+                               Callable[[str], torch.dtype]] = None,
+                 release: Optional[Callable[[str, torch.Tensor],
+                                            Any]] = None) -> None:
         self.path = path
         self._shapes = shapes
         self._get = getter
         self._origins = origins or {}
         self._dtypes = dtypes
+        self._release = release
 
     def origin(self, key: str) -> str:
         """The key as written in the file (before a converter renamed it)."""
@@ -88,8 +92,19 @@ class CheckpointTensors:
         """Materialize one tensor (CPU)."""
         return self._get(key)
 
+    def release(self, key: str, tensor: torch.Tensor) -> None:
+        """``tensor`` (from :meth:`get`) was copied: give its memory-mapped
+        pages back (see :mod:`mmext_init.page_release`)."""
+        if self._release is not None:
+            self._release(key, tensor)
+
     def __len__(self) -> int:
         return len(self._shapes)
+
+
+def _releaser(path: str) -> Callable[[str, torch.Tensor], Any]:
+    pages = MappedFile(path)
+    return lambda key, tensor: pages.release(tensor)
 
 
 class _LazyShapes(Mapping):
@@ -147,7 +162,8 @@ def _open_torch(path: str, map_location: Any, trust: bool, label: str,
                                     for k, v in state.items()},
                              state.__getitem__,
                              dtypes={k: v.dtype
-                                     for k, v in state.items()})
+                                     for k, v in state.items()},
+                             release=_releaser(path))
 
 
 def _open_safetensors(path: str, label: str) -> CheckpointTensors:
@@ -170,7 +186,8 @@ def _open_safetensors(path: str, label: str) -> CheckpointTensors:
             f'({type(exc).__name__}: {exc})') from exc
     if not shapes:
         raise CheckpointError(f'{label}: {path} holds an empty state dict')
-    return CheckpointTensors(path, shapes, handle.get_tensor, dtypes=dtypes)
+    return CheckpointTensors(path, shapes, handle.get_tensor, dtypes=dtypes,
+                             release=_releaser(path))
 
 
 def _open_index(path: str, map_location: Any, trust: bool,
@@ -209,7 +226,8 @@ def _open_index(path: str, map_location: Any, trust: bool,
 
     shapes = _LazyShapes(list(weight_map), lambda k: shard_of(k).shape(k))
     return CheckpointTensors(path, shapes, lambda k: shard_of(k).get(k),
-                             dtypes=lambda k: shard_of(k).dtype(k))
+                             dtypes=lambda k: shard_of(k).dtype(k),
+                             release=lambda k, t: shard_of(k).release(k, t))
 
 
 def open_checkpoint(path: str,

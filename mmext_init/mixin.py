@@ -88,6 +88,8 @@ def install() -> None:
         'local': load_from_safe_local,
     })
     wrap_overrides(BaseModule)
+    from . import deferred  # deferred constructor init + its safety net
+    deferred.install()
 
 
 @contextlib.contextmanager

@@ -276,6 +276,8 @@ class InitSession:
                 plan.record.cast.append((name, str(src.dtype),
                                          str(dst.dtype)))
             dst.copy_(src)
+            if adapted is None:  # the file's own tensor: done with its pages
+                plan.source.release(plan.copies[name], src)
         args = {'prefix': plan.entry.prefix} if plan.entry.prefix else None
         self.tracker.record(
             name,

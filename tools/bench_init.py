@@ -1,156 +1,246 @@
 """Benchmark: config to initialized, pretrained model -- stock MMEngine vs
 mmext_init vs the floor, measured side by side in one run.
 
-Each configuration runs in its own fresh process (interleaved over repeats):
+Each configuration runs in its own fresh process, interleaved over repeats:
 
-* ``stock``: ``mmext_init.stock_mmengine()`` (plugin disabled): build, then
-  ``init_weights()`` with ``Pretrained``;
-* ``plugin``: the same with mmext_init active;
-* ``floor``: allocate the parameters (no init), read the checkpoint through a
-  memory map, copy it in.
+* ``stock``: inside ``mmext_init.stock_mmengine()`` (plugin and deferred
+  construction off): ``MODELS.build(cfg)``, then ``init_weights()`` with
+  ``Pretrained``;
+* ``plugin``: the same with mmext_init active (deferred constructor init,
+  memory-mapped checkpoint, initializer work on loaded tensors skipped);
+* ``floor``: allocate the parameters without init (meta device, then
+  ``to_empty``), read the checkpoint through a memory map, copy it in.
 
-Models are ViT-style stacks of ``BaseModule`` blocks with TruncNormal/Constant
-``init_cfg``s and small inserted adapters (zero-init up projection):
-``vit-b`` (~86M parameters), ``vit-l`` (~304M), ``vit-h`` (~630M).
+Models: ViT-style stacks of ``BaseModule`` blocks with TruncNormal/Constant
+``init_cfg``s and small inserted adapters (Kaiming, zero-init up projection),
+``Pretrained`` from a checkpoint without the adapters: ``vit-b`` (~86M
+parameters), ``vit-l`` (~304M), ``vit-h`` (~632M); plus ``swin-l``, mmdet's
+``SwinTransformer`` (Swin-L, ~197M), which loads in its own ``init_weights``.
 
 Usage::
 
-    python tools/bench_init.py [--sizes vit-b vit-l] [--repeats 3] [--json]
+    python tools/bench_init.py [--sizes vit-b vit-l vit-h swin-l] [--repeats 3] [--json]
 
-Prints the median wall time of build + ``init_weights`` and the peak RSS of
-each configuration, and the ratios stock/plugin, plugin/floor and
-plugin RSS / stock RSS.
+Prints the median wall time of build + ``init_weights`` and the median peak
+RSS (``ru_maxrss`` of the child, imports included) per configuration, and
+the ratios stock/plugin, plugin/floor and plugin RSS / stock RSS.
 """
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-SIZES = {'vit-b': (768, 12), 'vit-l': (1024, 24), 'vit-h': (1280, 32)}
+SIZES = {'vit-b': (768, 12), 'vit-l': (1024, 24), 'vit-h': (1280, 32),
+         'swin-l': (192, 0)}
 MODES = ('stock', 'plugin', 'floor')
+SWIN_L = dict(type='mmdet.SwinTransformer', pretrain_img_size=384,
+              embed_dims=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
+              window_size=12)
 
 
-def build(dim: int, depth: int, init_cfg=None) -> nn.Module:
-    """The benchmark model (imports mmengine lazily)."""
+def _register() -> None:
+    """Register ``BenchViT`` in MMEngine's root ``MODELS`` (once)."""
     from mmengine.model import BaseModule
+    from mmengine.registry import MODELS
+    if 'BenchViT' in MODELS.module_dict:
+        return
 
     class Block(BaseModule):
 
-        def __init__(self):
+        def __init__(self, dim: int) -> None:
             super().__init__(init_cfg=[
                 dict(type='TruncNormal', std=0.02, layer='Linear'),
                 dict(type='Constant', val=1, layer='LayerNorm')])
             self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
             self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-            self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim,
-                                                                    dim)
+            self.fc1 = nn.Linear(dim, 4 * dim)
+            self.fc2 = nn.Linear(4 * dim, dim)
 
     class Adapter(BaseModule):
 
-        def __init__(self):
+        def __init__(self, dim: int) -> None:
             super().__init__(init_cfg=[
                 dict(type='Kaiming', layer='Linear'),
                 dict(type='Constant', val=0, override=dict(name='up'))])
             self.down, self.up = nn.Linear(dim, 64), nn.Linear(64, dim)
 
-    class ViT(BaseModule):
+    @MODELS.register_module()
+    class BenchViT(BaseModule):
 
-        def __init__(self):
+        def __init__(self, dim: int, depth: int, init_cfg=None) -> None:
             super().__init__(init_cfg=init_cfg)
             self.patch_embed = nn.Conv2d(3, dim, 16, 16)
-            self.blocks = nn.ModuleList([Block() for _ in range(depth)])
-            self.adapters = nn.ModuleList([Adapter() for _ in range(depth)])
+            self.blocks = nn.ModuleList([Block(dim) for _ in range(depth)])
+            self.adapters = nn.ModuleList(
+                [Adapter(dim) for _ in range(depth)])
             self.norm = nn.LayerNorm(dim)
 
-    return ViT()
+
+def model_cfg(size: str, ckpt: Optional[str] = None) -> Dict[str, Any]:
+    """Config of the benchmark model ``size`` (``Pretrained`` from ``ckpt``)."""
+    dim, depth = SIZES[size]
+    cfg = dict(SWIN_L) if size == 'swin-l' else dict(type='BenchViT',
+                                                     dim=dim, depth=depth)
+    if ckpt is not None:
+        cfg['init_cfg'] = dict(type='Pretrained', checkpoint=ckpt)
+    from mmengine.config import ConfigDict
+    return ConfigDict(cfg)  # as from a config file (Swin reads attributes)
+
+
+def build(size: str, ckpt: Optional[str] = None) -> nn.Module:
+    """``MODELS.build`` of the benchmark model (imports lazily)."""
+    from mmengine.registry import MODELS
+    _register()
+    if size == 'swin-l':
+        import mmdet.models  # noqa: F401  (registers SwinTransformer)
+    return MODELS.build(model_cfg(size, ckpt))
+
+
+class NoInit(TorchDispatchMode):
+    """Allocate without init: in-place ops writing a parameter are dropped
+    (the floor where the meta device cannot build the model, e.g. Swin)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if (isinstance(args[0] if args else None, nn.Parameter)
+                and func._schema.name.endswith('_')
+                and func._schema.arguments[0].alias_info is not None):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def allocate(size: str) -> nn.Module:
+    """The model with uninitialized parameters (buffers as built)."""
+    if size == 'swin-l':
+        with NoInit():
+            return build(size)
+    with torch.device('meta'):
+        model = build(size)
+    return model.to_empty(device='cpu')
 
 
 def write_checkpoint(size: str, folder: str) -> str:
     """A checkpoint of the model without adapters (fresh process memory)."""
-    dim, depth = SIZES[size]
     path = os.path.join(folder, f'{size}.pth')
-    model = build(dim, depth)
-    state = {k: v for k, v in model.state_dict().items()
+    state = {k: torch.randn(v.shape) * 0.02 if v.is_floating_point() else v
+             for k, v in allocate(size).state_dict().items()
              if not k.startswith('adapters.')}
+    if size == 'swin-l':  # Swin reads a detector checkpoint ('backbone.')
+        state = {f'backbone.{k}': v for k, v in state.items()}
     torch.save({'state_dict': state, 'meta': {'size': size}}, path)
     return path
 
 
 def child(mode: str, size: str, ckpt: str) -> Dict[str, float]:
     """One measurement in this (fresh) process."""
-    dim, depth = SIZES[size]
-    cfg = dict(type='Pretrained', checkpoint=ckpt)
+    import mmengine.model  # noqa: F401  (same imports everywhere)
+    if size == 'swin-l':
+        import mmdet.models  # noqa: F401
+    if mode != 'floor':
+        import mmext_init
+        from mmengine.logging import MMLogger
+        MMLogger.get_current_instance()  # logger creation not timed
+    _register()
+    start = time.perf_counter()
     if mode == 'floor':
-        import mmengine.model  # noqa: F401  (same imports as the others)
-        start = time.perf_counter()
-        with torch.device('meta'):
-            model = build(dim, depth)
-        model.to_empty(device='cpu')
+        model = allocate(size)
         state = torch.load(ckpt, mmap=True, weights_only=True)['state_dict']
         with torch.no_grad():
             targets = model.state_dict(keep_vars=True)
             for key, value in state.items():
-                targets[key].copy_(value)
+                targets[key.replace('backbone.', '', 1)].copy_(value)
+    elif mode == 'stock':
+        with mmext_init.stock_mmengine():
+            build(size, ckpt).init_weights()
     else:
-        import mmext_init
-        start = time.perf_counter()
-        if mode == 'stock':
-            with mmext_init.stock_mmengine():
-                build(dim, depth, cfg).init_weights()
-        else:
-            cfg['on_missing'] = 'ignore'
-            build(dim, depth, cfg).init_weights()
+        build(size, ckpt).init_weights()
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(seconds=seconds, rss_mb=rss_mb)
 
 
-def run(sizes: List[str], repeats: int) -> Dict[str, Dict[str, Dict]]:
-    results: Dict[str, Dict[str, Dict]] = {}
+def _sub(*args: str) -> str:
+    env = dict(os.environ, PYTHONWARNINGS='ignore')
+    out = subprocess.run([sys.executable, __file__, *args], check=True,
+                         capture_output=True, text=True, env=env)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def available(size: str) -> bool:
+    if size != 'swin-l':
+        return True
+    try:
+        import mmdet  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def run(sizes: List[str], repeats: int) -> Dict[str, Dict[str, Any]]:
+    results: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for size in sizes:
-            ckpt = subprocess.run(
-                [sys.executable, __file__, '--write', size, folder],
-                check=True, capture_output=True, text=True).stdout.strip()
+            ckpt = _sub('--write', size, folder)
             runs: Dict[str, List[Dict]] = {m: [] for m in MODES}
             for _ in range(repeats):  # interleaved
                 for mode in MODES:
-                    out = subprocess.run(
-                        [sys.executable, __file__, '--child', mode, size,
-                         ckpt], check=True, capture_output=True, text=True)
-                    runs[mode].append(json.loads(out.stdout.splitlines()[-1]))
-            results[size] = {
+                    runs[mode].append(
+                        json.loads(_sub('--child', mode, size, ckpt)))
+            row: Dict[str, Any] = {
                 m: dict(seconds=statistics.median(r['seconds'] for r in rs),
-                        rss_mb=statistics.median(r['rss_mb'] for r in rs))
+                        rss_mb=statistics.median(r['rss_mb'] for r in rs),
+                        runs=rs)
                 for m, rs in runs.items()
             }
+            s, p, f = (row[m]['seconds'] for m in MODES)
+            row['ratios'] = dict(stock_over_plugin=s / p,
+                                 plugin_over_floor=p / f,
+                                 rss_plugin_over_stock=row['plugin']['rss_mb']
+                                 / row['stock']['rss_mb'])
+            row['checkpoint_mb'] = os.path.getsize(ckpt) / 2**20
+            results[size] = row
             os.remove(ckpt)
     return results
 
 
-def table(results: Dict[str, Dict[str, Dict]]) -> str:
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f
+                       if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return (f'{os.cpu_count()} cores {cpu}, torch {torch.__version__}, '
+            f'Python {platform.python_version()}')
+
+
+def table(results: Dict[str, Dict[str, Any]]) -> str:
     lines = [f'{"model":<7}{"stock s":>9}{"plugin s":>10}{"floor s":>9}'
              f'{"stock/plugin":>14}{"plugin/floor":>14}{"stock MB":>10}'
              f'{"plugin MB":>11}{"floor MB":>10}{"RSS plugin/stock":>18}']
     for size, r in results.items():
         s, p, f = (r[m]['seconds'] for m in MODES)
         rs, rp, rf = (r[m]['rss_mb'] for m in MODES)
-        lines.append(f'{size:<7}{s:>9.2f}{p:>10.2f}{f:>9.2f}{s / p:>14.2f}'
-                     f'{p / f:>14.2f}{rs:>10.0f}{rp:>11.0f}{rf:>10.0f}'
-                     f'{rp / rs:>18.2f}')
+        q = r['ratios']
+        lines.append(f'{size:<7}{s:>9.2f}{p:>10.2f}{f:>9.2f}'
+                     f'{q["stock_over_plugin"]:>14.2f}'
+                     f'{q["plugin_over_floor"]:>14.2f}{rs:>10.0f}{rp:>11.0f}'
+                     f'{rf:>10.0f}{q["rss_plugin_over_stock"]:>18.2f}')
     return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == '--child':
@@ -160,13 +250,18 @@ def main(argv=None) -> int:
         print(write_checkpoint(argv[1], argv[2]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--sizes', nargs='+', default=['vit-b', 'vit-l'],
-                        choices=sorted(SIZES))
+    parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES),
+                        default=['vit-b', 'vit-l', 'vit-h', 'swin-l'])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
-    results = run(args.sizes, args.repeats)
-    print(json.dumps(results, indent=1) if args.json else table(results))
+    sizes = [s for s in args.sizes if available(s)]
+    results = run(sizes, args.repeats)
+    if args.json:
+        print(json.dumps(dict(machine=machine(), results=results), indent=1))
+    else:
+        print(f'# {machine()}, median of {args.repeats}')
+        print(table(results))
     return 0
 
 

@@ -1,0 +1,476 @@
+"""Deferred constructor init (issue 6): nothing uninitialized ever escapes,
+loaded values stay bit-exact, the rest matches the non-deferred path.
+
+Uninitialized memory is made visible: ``torch.empty`` returns NaN under
+``fill_uninitialized_memory`` (fixture ``nan_empty``), so any pending tensor
+reaching a checked place shows up as NaN.
+"""
+import copy
+import gc
+import io
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.utils.deterministic
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+
+import mmext_init
+from mmext_init import deferred, get_provenance, stock_mmengine
+
+
+class Block(BaseModule):
+
+    def __init__(self, dim):
+        super().__init__(init_cfg=[
+            dict(type='TruncNormal', std=0.02, layer='Linear'),
+            dict(type='Constant', val=1, layer='LayerNorm')])
+        self.norm, self.fc = nn.LayerNorm(dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+class Adapter(BaseModule):
+
+    def __init__(self, dim):
+        super().__init__(init_cfg=[
+            dict(type='Kaiming', layer='Linear'),
+            dict(type='Constant', val=0, override=dict(name='up'))])
+        self.down, self.up = nn.Linear(dim, 8), nn.Linear(8, dim)
+
+    def forward(self, x):
+        return self.up(self.down(x))
+
+
+@MODELS.register_module(force=True)
+class DeferToyViT(BaseModule):
+    """A ViT with every construction pattern the mode must get right."""
+
+    def __init__(self, dim=32, depth=2, init_cfg=None):
+        super().__init__(init_cfg)
+        self.patch_embed = nn.Conv2d(3, dim, 4, 4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.empty(1, 5, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)  # uniform_, erfinv_...
+        self.register_buffer('noise', torch.randn(dim))  # eager draw
+        self.embed = nn.Embedding(10, dim, padding_idx=0)  # partial write
+        self.head = nn.Linear(dim, 3)  # no declared init: constructor
+        self.head_copy = nn.Parameter(self.head.weight.detach().clone())
+        self.offsets = nn.Linear(dim, 4)
+        self.offsets.bias.data = torch.arange(4.)  # like mmcv's MSDA
+        # reads above replay what came before them (draw order); below,
+        # nothing is read: all of it stays pending
+        self.blocks = nn.ModuleList([Block(dim) for _ in range(depth)])
+        self.adapters = nn.ModuleList([Adapter(dim) for _ in range(depth)])
+        self.gamma = nn.Parameter(torch.ones(dim))
+        with torch.no_grad():
+            self.gamma.mul_(0.1)  # depends on the value before
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)
+        x = x + self.pos_embed
+        for block, adapter in zip(self.blocks, self.adapters):
+            x = block(x) + adapter(x)
+        x = x * self.gamma + self.embed.weight[1]
+        return (self.head(x[:, 0]) + self.offsets(x[:, 0]).sum() +
+                self.head_copy.sum())
+
+
+VIT_IN = (2, 3, 8, 8)
+
+
+def rand(*shape, dtype=torch.float32):
+    """Inputs from their own generator: a draw from the global one between
+    build and replay would shift the replayed values (documented)."""
+    return torch.rand(*shape, dtype=dtype,
+                      generator=torch.Generator().manual_seed(1))
+
+
+def retinanet_cfg(**init):
+    return dict(
+        type='RetinaNet',
+        data_preprocessor=dict(type='DetDataPreprocessor'),
+        backbone=dict(type='ResNet', depth=18, num_stages=4,
+                      out_indices=(1, 2, 3), norm_eval=False, **init),
+        neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=32,
+                  start_level=0, add_extra_convs='on_input', num_outs=3),
+        bbox_head=dict(
+            type='RetinaHead', num_classes=3, in_channels=32,
+            stacked_convs=1, feat_channels=32,
+            anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                  scales_per_octave=1, ratios=[1.0],
+                                  strides=[8, 16, 32]),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+            loss_cls=dict(type='FocalLoss', use_sigmoid=True),
+            loss_bbox=dict(type='L1Loss')))
+
+
+def build_retinanet(**init):
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    return DET_MODELS.build(retinanet_cfg(**init))
+
+
+def retinanet_forward(model):
+    return model(rand(1, 3, 64, 64), mode='tensor')
+
+
+@pytest.fixture
+def nan_empty():
+    """``torch.empty`` gives NaN while the test runs."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_pending():
+    yield
+    deferred.materialize()
+    gc.collect()
+    assert deferred.pending_count() == 0 and not deferred._HOOKS
+
+
+def own_pending(model):
+    return [n for n, p in model.named_parameters() if deferred.is_pending(p)]
+
+
+def assert_all_finite(tensors):
+    bad = [n for n, t in tensors.items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    assert not bad, f'not finite: {bad}'
+
+
+def build_pair(build, seed=0, monkeypatch=None):
+    """(deferred, reference) builds with the same seed; the reference with
+    deferral off (``MMEXT_INIT_DEFER=0``), built first: nothing may draw
+    from the global generator between a deferred build and its replay."""
+    monkeypatch.setenv(deferred.ENV_VAR, '0')
+    torch.manual_seed(seed)
+    reference = build()
+    monkeypatch.delenv(deferred.ENV_VAR)
+    assert not own_pending(reference)
+    torch.manual_seed(seed)
+    model = build()
+    assert own_pending(model), 'nothing deferred: the test would prove nothing'
+    return model, reference
+
+
+def vit_ckpt(save_ckpt, dim=32):
+    """A trunk checkpoint: no adapters, head or offsets."""
+    torch.manual_seed(123)
+    with stock_mmengine():
+        source = MODELS.build(dict(type='DeferToyViT', dim=dim))
+    state = {k: v for k, v in source.state_dict().items()
+             if not k.startswith(('adapters.', 'head', 'offsets.'))}
+    return save_ckpt(state), state
+
+
+# (a) init_weights with Pretrained --------------------------------------------
+def test_vit_pretrained_loads_bit_exact_and_inits_the_rest(nan_empty,
+                                                           save_ckpt):
+    path, state = vit_ckpt(save_ckpt)
+    model = MODELS.build(dict(type='DeferToyViT', init_cfg=dict(
+        type='Pretrained', checkpoint=path, on_missing='ignore')))
+    assert torch.isnan(model.blocks[0].fc.weight).all()  # really empty
+    model.init_weights()
+    values = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(values[key], value), key
+    assert_all_finite(values)
+    assert torch.count_nonzero(model.adapters[0].up.weight) == 0
+    down = model.adapters[1].down.weight  # Kaiming(fan_out): std sqrt(2/8)
+    assert abs(down.std().item() - math.sqrt(2 / 8)) < 0.1
+    bound = 1 / math.sqrt(32)  # constructor default: kaiming_uniform(a=5**.5)
+    assert model.head.weight.abs().max() <= bound
+    assert torch.equal(model.offsets.bias, torch.arange(4.))
+    ledger = get_provenance(model)
+    assert ledger.entries['head.weight'].kind == 'constructor'
+    assert ledger.entries['blocks.0.fc.weight'].kind == 'checkpoint'
+    assert torch.isfinite(model(rand(*VIT_IN))).all()
+
+
+def test_retinanet_pretrained_backbone_bit_exact(nan_empty, save_ckpt):
+    with stock_mmengine():
+        source = build_retinanet()
+    state = {f'backbone.{k}': v for k, v in
+             source.backbone.state_dict().items()}
+    path = save_ckpt(state)
+    model = build_retinanet(init_cfg=dict(
+        type='Pretrained', checkpoint=path, prefix='backbone.'))
+    assert torch.isnan(model.backbone.conv1.weight).all()
+    model.init_weights()
+    values = model.backbone.state_dict()
+    for key, value in state.items():
+        assert torch.equal(values[key[len('backbone.'):]], value), key
+    assert_all_finite(model.state_dict())
+    cls = model.bbox_head.retina_cls  # Normal(std=0.01, bias_prob=0.01)
+    assert abs(cls.weight.std().item() - 0.01) < 0.003
+    assert torch.allclose(cls.bias, torch.full_like(cls.bias,
+                                                    -math.log(99)))
+    assert all(torch.isfinite(t).all() for t in retinanet_forward(model)[0])
+
+
+# (b) no init_weights: a forward computes the constructor values ------------
+@pytest.mark.parametrize('which', ['vit', 'retinanet'])
+def test_forward_without_init_gives_the_constructor_values(
+        which, nan_empty, monkeypatch):
+    if which == 'vit':
+        build = lambda: MODELS.build(dict(type='DeferToyViT'))  # noqa: E731
+        forward = lambda m: m(rand(*VIT_IN))  # noqa: E731
+    else:
+        build, forward = build_retinanet, retinanet_forward
+    model, reference = build_pair(build, monkeypatch=monkeypatch)
+    out = forward(model.eval())  # eval: BN statistics stay as built
+    outs = out if isinstance(out, tuple) else (out, )
+    assert all(torch.isfinite(t).all() for o in outs
+               for t in (o if isinstance(o, (list, tuple)) else [o]))
+    assert not own_pending(model)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    for key in theirs:  # same seed, same draw order: bit-identical
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+# (c) load_checkpoint / init_detector, then forward -------------------------
+def test_load_checkpoint_then_forward_keeps_loaded_values(nan_empty,
+                                                          save_ckpt):
+    from mmengine.runner import load_checkpoint
+    with stock_mmengine():
+        source = build_retinanet()
+    state = {k: v for k, v in source.state_dict().items()
+             if not k.startswith('bbox_head.retina_cls')}
+    path = save_ckpt(state)
+    model = build_retinanet()
+    load_checkpoint(model, path, map_location='cpu')
+    assert own_pending(model) == ['bbox_head.retina_cls.weight',
+                                  'bbox_head.retina_cls.bias']
+    retinanet_forward(model.eval())
+    values = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(values[key], value), key
+    assert_all_finite(values)
+
+
+def test_init_detector_then_forward(nan_empty, save_ckpt):
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+    with stock_mmengine():
+        source = build_retinanet()
+    state = {k: v for k, v in source.state_dict().items()
+             if not k.startswith('bbox_head.retina_cls')}
+    model = init_detector(Config(dict(model=retinanet_cfg())),
+                          save_ckpt(state), palette='random', device='cpu')
+    assert own_pending(model) == ['bbox_head.retina_cls.weight',
+                                  'bbox_head.retina_cls.bias']
+    outs = retinanet_forward(model)  # init_detector set eval()
+    assert all(torch.isfinite(t).all() for level in outs for t in level)
+    values = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(values[key], value), key
+    assert_all_finite(values)
+
+
+# (d) deep copies before init (EMAHook deep-copies the model) ---------------
+def test_deepcopy_before_init_copies_computed_values(nan_empty, monkeypatch):
+    model, reference = build_pair(lambda: MODELS.build(dict(
+        type='DeferToyViT')), monkeypatch=monkeypatch)
+    clone = copy.deepcopy(model)
+    assert not own_pending(model) and not own_pending(clone)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(clone.state_dict()[key], value), key
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_ema_model_built_before_init_is_finite(nan_empty):
+    model = MODELS.build(dict(type='DeferToyViT'))
+    ema = MODELS.build(dict(type='ExponentialMovingAverage', momentum=0.1),
+                       default_args=dict(model=model))
+    assert not own_pending(model)
+    for (name, a), b in zip(model.named_parameters(),
+                            ema.module.parameters()):
+        assert torch.equal(a, b) and torch.isfinite(b).all(), name
+
+
+# (e) state_dict / get_state_dict / save / optimizer step before init --------
+@pytest.mark.parametrize('read', ['state_dict', 'get_state_dict', 'save',
+                                  'save_module', 'step'])
+def test_reads_before_init_see_computed_values(read, nan_empty, monkeypatch):
+    model, reference = build_pair(lambda: MODELS.build(dict(
+        type='DeferToyViT')), monkeypatch=monkeypatch)
+    if read == 'state_dict':
+        values = model.state_dict()
+    elif read == 'get_state_dict':
+        from mmengine.runner.checkpoint import get_state_dict
+        values = get_state_dict(model)
+    elif read in ('save', 'save_module'):
+        buf = io.BytesIO()
+        torch.save(model.state_dict() if read == 'save' else model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        values = loaded if read == 'save' else loaded.state_dict()
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)  # p - 0.5 * 0 reads p
+        optimizer.step()
+        values = model.state_dict()
+    assert not own_pending(model) and not deferred._HOOKS
+    for key, value in reference.state_dict().items():
+        assert torch.equal(values[key], value), key
+
+
+# values match the non-accelerated path --------------------------------------
+def test_without_pretrained_values_identical_to_no_deferral(monkeypatch):
+    """Same seed, same values, with a reseed between build and init too
+    (deferred draws use the generator state saved at the build)."""
+    for build in (lambda: MODELS.build(dict(type='DeferToyViT')),
+                  build_retinanet):
+        model, reference = build_pair(build, seed=3, monkeypatch=monkeypatch)
+        torch.manual_seed(5)
+        model.init_weights()
+        torch.manual_seed(5)
+        reference.init_weights()
+        theirs = reference.state_dict()
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, theirs[key]), key
+
+
+def test_retinanet_without_pretrained_identical_to_stock(monkeypatch):
+    """Contract 5 through a registry build (the model is stock-reachable)."""
+    model, reference = build_pair(build_retinanet, seed=3,
+                                  monkeypatch=monkeypatch)
+    torch.manual_seed(5)
+    model.init_weights()
+    torch.manual_seed(5)
+    with stock_mmengine():
+        reference.init_weights()
+    theirs = reference.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+
+
+def test_with_pretrained_same_loads_constants_and_distributions(
+        save_ckpt, monkeypatch):
+    path, _ = vit_ckpt(save_ckpt, dim=256)
+    cfg = dict(type='DeferToyViT', dim=256, init_cfg=dict(
+        type='Pretrained', checkpoint=path, on_missing='ignore'))
+
+    def build_and_init():  # one stream, as in a Runner
+        torch.manual_seed(0)
+        model = MODELS.build(cfg)
+        model.init_weights()
+        return model
+
+    monkeypatch.setenv(deferred.ENV_VAR, '0')
+    reference = build_and_init()
+    monkeypatch.delenv(deferred.ENV_VAR)
+    model = build_and_init()
+    ours, theirs = model.state_dict(), reference.state_dict()
+    ledger = get_provenance(model)
+    assert ledger.to_dict() == get_provenance(reference).to_dict()
+    # equal: loaded, constants, values computed during construction (head
+    # is read by head_copy) or replayed before any dropped draw (offsets)
+    for key, entry in ledger.entries.items():
+        if entry.kind == 'checkpoint' or key.startswith(
+                ('adapters.0.up', 'gamma', 'offsets', 'head')):
+            assert torch.equal(ours[key], theirs[key]), key
+    # the dropped (loaded) tensors drew nothing: later draws shift
+    # (documented), with the same distributions
+    for key in ('adapters.0.down.weight', 'adapters.1.down.weight'):
+        assert not torch.equal(ours[key], theirs[key])
+        a, b = ours[key], theirs[key]
+        assert abs(a.std() / b.std() - 1) < 0.15, key
+        # means of two samples: 5 standard errors apart at most
+        assert abs(a.mean() - b.mean()) < 5 * b.std() * (2 / b.numel())**.5
+
+
+# switches, guards, bookkeeping --------------------------------------------
+class EagerDrawBetween(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.register_buffer('noise', torch.randn(16))  # replays `a` first
+        self.b = nn.Linear(16, 16)
+        self.c = nn.Linear(16, 16)
+        self.c_copy = self.c.weight.detach().clone()  # replays b and c
+
+
+def test_reads_during_construction_keep_the_draw_order():
+    torch.manual_seed(0)
+    reference = EagerDrawBetween()
+    torch.manual_seed(0)
+    with deferred.deferred_construction():
+        model = EagerDrawBetween()
+        assert own_pending(model) == ['c.bias']  # drawn after c.weight
+        model.d = nn.Linear(16, 16)
+    assert own_pending(model) == ['c.bias', 'd.weight', 'd.bias']
+    assert torch.equal(model.noise, reference.noise)
+    assert torch.equal(model.c_copy, reference.c.weight)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_switches_turn_deferral_off(monkeypatch):
+    with stock_mmengine():
+        assert not own_pending(MODELS.build(dict(type='DeferToyViT')))
+    monkeypatch.setenv(deferred.ENV_VAR, '0')
+    assert not own_pending(MODELS.build(dict(type='DeferToyViT')))
+    monkeypatch.setenv(deferred.ENV_VAR, '1')
+    assert own_pending(MODELS.build(dict(type='DeferToyViT')))
+    assert not own_pending(DeferToyViT())  # a direct call is not a build
+
+
+def test_write_after_build_is_kept(nan_empty, monkeypatch):
+    model, reference = build_pair(lambda: MODELS.build(dict(
+        type='DeferToyViT')), monkeypatch=monkeypatch)
+    nn.init.zeros_(model.head.weight)  # outside any init_weights
+    model(rand(*VIT_IN))
+    assert torch.count_nonzero(model.head.weight) == 0
+    # its draws still happened: the tensors after it match the reference
+    assert torch.equal(model.offsets.weight, reference.offsets.weight)
+
+
+def test_to_dtype_before_init_keeps_deferral(nan_empty):
+    model = MODELS.build(dict(type='DeferToyViT')).double()
+    assert own_pending(model)
+    model(rand(*VIT_IN, dtype=torch.float64))
+    assert model.blocks[0].fc.weight.dtype == torch.float64
+    assert_all_finite(model.state_dict())
+    assert torch.allclose(model.gamma, torch.full_like(model.gamma, 0.1))
+
+
+def test_hooks_exist_only_while_something_is_pending():
+    from torch.nn.modules.module import _global_forward_pre_hooks
+    from torch.optim.optimizer import _global_optimizer_pre_hooks
+    forward, step = len(_global_forward_pre_hooks), len(
+        _global_optimizer_pre_hooks)
+    model = MODELS.build(dict(type='DeferToyViT'))
+    assert len(_global_forward_pre_hooks) == forward + 1
+    assert len(_global_optimizer_pre_hooks) == step + 1
+    del model
+    gc.collect()  # the registry holds models weakly
+    assert deferred.pending_count() == 0
+    assert len(_global_forward_pre_hooks) == forward
+    assert len(_global_optimizer_pre_hooks) == step
+
+
+def test_partial_load_state_dict_drops_only_what_it_overwrote(nan_empty):
+    model = MODELS.build(dict(type='DeferToyViT'))
+    head = {'weight': torch.ones(3, 32)}
+    model.head.load_state_dict(head, strict=False)
+    assert not deferred.is_pending(model.head.weight)
+    assert deferred.is_pending(model.head.bias)
+    model(rand(*VIT_IN))
+    assert torch.equal(model.head.weight, head['weight'])
+    assert torch.isfinite(model.head.bias).all()
