@@ -8,7 +8,9 @@ stay bit-identical for the same seed), plus:
   error suggesting the close match; a real class name matching nothing stays
   silent, as configs rely on;
 * every initializer runs as a tracked *source*, so its writes are recorded
-  exactly and skipped on tensors the checkpoint provides.
+  exactly and skipped on tensors the checkpoint provides; one of MMEngine's
+  value initializers whose every ``weight``/``bias`` in reach comes from the
+  checkpoint is not run at all (it could only write those).
 
 Example:
     >>> apply_init_cfgs(head, [dict(type='Normal', std=0.01, layer='Conv2d')],
@@ -18,7 +20,9 @@ import copy
 import difflib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
+import torch
 import torch.nn as nn
+from mmengine.model import weight_init
 from mmengine.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
 from .errors import InitConfigError, entry_label
@@ -26,6 +30,12 @@ from .provenance import INITIALIZER
 from .tracking import InitSource, WriteTracker
 
 _META_KEYS = ('type', 'layer', 'override', 'name')
+# initializers that only write ``module.weight``/``module.bias`` (exact types)
+_WEIGHT_BIAS_ONLY = (weight_init.ConstantInit, weight_init.XavierInit,
+                     weight_init.NormalInit, weight_init.TruncNormalInit,
+                     weight_init.UniformInit, weight_init.KaimingInit,
+                     weight_init.Caffe2XavierInit)
+_CLASS_NAMES: Set[str] = set()
 
 
 def as_cfg_list(init_cfg: Any) -> List[Dict[str, Any]]:
@@ -75,11 +85,13 @@ def check_layer_names(cfg: Dict[str, Any], label: str) -> None:
     if layers is None:
         return
     layers = [layers] if isinstance(layers, str) else list(layers)
-    known = None
     for layer in layers:
         if not isinstance(layer, str):
             raise InitConfigError(f'{label}: layer must be a str, got {layer!r}')
-        known = known or _all_module_class_names()
+        if layer in _CLASS_NAMES:
+            continue
+        known = _all_module_class_names()  # classes defined since: look again
+        _CLASS_NAMES.update(known)
         if layer not in known:
             close = _close(layer, known)
             hint = f'; did you mean {close}?' if close else ''
@@ -146,6 +158,9 @@ def run_initializer(module: nn.Module,
     """Build one initializer and run it on ``module`` as a tracked source."""
     check_layer_names(cfg, label)
     func = _build(cfg, label)
+    if type(func) in _WEIGHT_BIAS_ONLY and _all_provided(module, tracker):
+        tracker.skipped_calls += 1
+        return
     func.wholemodule = wholemodule
     args = {k: v for k, v in cfg.items() if k not in _META_KEYS}
     src = InitSource(INITIALIZER, type_name(cfg), declared_by, args, note=note)
@@ -156,6 +171,18 @@ def run_initializer(module: nn.Module,
             raise
         except ValueError as exc:  # e.g. Identity on an even kernel
             raise InitConfigError(f'{label}: {exc}') from exc
+
+
+def _all_provided(module: nn.Module, tracker: WriteTracker) -> bool:
+    """Whether every ``weight``/``bias`` tensor in ``module``'s subtree
+    comes from the checkpoint."""
+    for sub in module.modules():
+        for attr in ('weight', 'bias'):
+            t = getattr(sub, attr, None)
+            if isinstance(t, torch.Tensor) and \
+                    tracker.name_of(t) not in tracker.protected:
+                return False
+    return True
 
 
 def apply_init_cfgs(module: nn.Module,

@@ -88,8 +88,8 @@ def install() -> None:
         'local': load_from_safe_local,
     })
     wrap_overrides(BaseModule)
-    from . import deferred  # deferred constructor init + its safety net
-    deferred.install()
+    from . import deferred_guards  # deferred constructor init's safety net
+    deferred_guards.install()
 
 
 @contextlib.contextmanager

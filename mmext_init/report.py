@@ -105,7 +105,8 @@ def _limited(lines: List[str], more: str) -> List[str]:
     return lines[:MAX_LINES] + [f'  ... {len(lines) - MAX_LINES} more {more}']
 
 
-def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0) -> str:
+def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
+                  skipped_calls: int = 0) -> str:
     """The grouped summary text of ``ledger``."""
     total = sum(ledger.numel.values()) or 1
     lines = [
@@ -117,9 +118,9 @@ def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0) -> str:
         elems = sum(ledger.numel.get(n, 0) for n in names)
         lines.append(f'  {kind:<13}{len(names):>6} tensors {_human(elems):>8} '
                      f'elements  ({elems / total:.1%})')
-    if skipped_ops:
-        lines.append(f'  initializer ops skipped on tensors the checkpoint '
-                     f'provides: {skipped_ops}')
+    if skipped_ops or skipped_calls:
+        lines.append(f'  initializer work skipped on tensors the checkpoint '
+                     f'provides: {skipped_ops} ops, {skipped_calls} calls')
     for record in ledger.loads:
         where = record.module or '<root>'
         prefix = f' [prefix={record.prefix!r}]' if record.prefix else ''
@@ -166,10 +167,11 @@ def runner_log_dir() -> Optional[str]:
     return None
 
 
-def emit_report(ledger: ProvenanceLedger, skipped_ops: int = 0) -> None:
+def emit_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
+                skipped_calls: int = 0) -> None:
     """Log the summary (INFO), the ledger (DEBUG) and write the JSON file."""
     print_log(
-        format_report(ledger, skipped_ops), logger='current',
+        format_report(ledger, skipped_ops, skipped_calls), logger='current',
         level=logging.INFO)
     logger = MMLogger.get_current_instance()
     if logger.isEnabledFor(logging.DEBUG):

@@ -86,6 +86,7 @@ class InitSession:
         # (callable(session, module, since), module, tracker sequence) run
         # after the checkpoint copy: initializers that read loaded values
         self.after_loads: List[Tuple[Callable, nn.Module, int]] = []
+        self.dropped: List[deferred.Dropped] = []  # see refill_on_error
 
     # -- helpers -----------------------------------------------------------
     def path_of(self, module: nn.Module) -> str:
@@ -132,8 +133,19 @@ class InitSession:
     def settle_deferred(self) -> None:
         """Constructor init skipped at build time: replay it now for every
         tensor the checkpoint will not provide (before any declared init)."""
-        deferred.settle(self.root.state_dict(keep_vars=True),
-                        self.tracker.protected)
+        self.dropped.append(deferred.settle(
+            self.root.state_dict(keep_vars=True), self.tracker.protected))
+
+    @contextlib.contextmanager
+    def refill_on_error(self) -> Iterator[None]:
+        """If the session fails, tensors whose constructor init was dropped
+        for a copy that never came get that init after all."""
+        try:
+            yield
+        except BaseException:
+            for dropped in self.dropped:
+                dropped.refill()
+            raise
 
     # -- 2. initialize -------------------------------------------------------
     def init_module(self, module: nn.Module) -> None:
@@ -353,7 +365,8 @@ class InitSession:
         ledger.loads += self.code_load_records(tensors, ledger)
         self.enforce_on_missing(ledger)
         attach_ledger(self.root, ledger)
-        emit_report(ledger, self.tracker.skipped_ops)
+        emit_report(ledger, self.tracker.skipped_ops,
+                    self.tracker.skipped_calls)
         return ledger
 
     @contextlib.contextmanager
@@ -369,10 +382,11 @@ class InitSession:
 def run_init_weights(root: nn.Module) -> ProvenanceLedger:
     """``root.init_weights()`` under the contract; returns the ledger."""
     session = InitSession(root)
-    with session.active():
-        session.plan_all()
-        session.call_init_weights(root)
-    return session.finish()
+    with session.refill_on_error():
+        with session.active():
+            session.plan_all()
+            session.call_init_weights(root)
+        return session.finish()
 
 
 def run_pretrained_alone(module: nn.Module, entry: PretrainedInit) -> None:
@@ -382,10 +396,11 @@ def run_pretrained_alone(module: nn.Module, entry: PretrainedInit) -> None:
         session.add_plan(module, entry)
         return
     session = InitSession(module)
-    with session.active():
-        session.add_plan(module, entry)
-        session.settle_deferred()
-        session.handled.add(id(module))
-        apply_init_cfgs(module, entry.init_missing, '', session.root_name,
-                        session.tracker, _INIT_MISSING_NOTE)
-    session.finish()
+    with session.refill_on_error():
+        with session.active():
+            session.add_plan(module, entry)
+            session.settle_deferred()
+            session.handled.add(id(module))
+            apply_init_cfgs(module, entry.init_missing, '', session.root_name,
+                            session.tracker, _INIT_MISSING_NOTE)
+        session.finish()

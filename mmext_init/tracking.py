@@ -88,7 +88,8 @@ class WriteTracker(TorchDispatchMode):
         self.protected: Set[str] = set()
         self.written: Dict[str, Provenance] = {}
         self.loaded_by_code: Dict[str, InitSource] = {}
-        self.skipped_ops = 0
+        self.skipped_ops = 0  # writes skipped: the checkpoint provides them
+        self.skipped_calls = 0  # initializer calls not run at all, same cause
         self.sequence = 0  # number of records so far
         self.written_at: Dict[str, int] = {}  # name -> sequence of its record
         self._pending_notes: Dict[str, List[str]] = {}

@@ -1,14 +1,19 @@
-"""Shared fixtures: the plugin imported, seeded RNG, checkpoint writers."""
+"""Shared fixtures: the plugin imported, seeded RNG, checkpoint writers,
+uninitialized memory made visible, no deferred init left behind."""
 import os
 import sys
 from typing import Dict
 
+import gc
+
 import pytest
 import torch
+import torch.utils.deterministic
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 import mmext_init  # noqa: E402,F401  (activates the plugin)
+from mmext_init import deferred  # noqa: E402
 
 
 def pytest_configure(config) -> None:
@@ -49,3 +54,25 @@ def runner_ckpt(tmp_path_factory):
     with mmext_init.stock_mmengine():
         run_runner(str(work_dir), ToyModel())
     return str(work_dir / 'iter_2.pth')
+
+
+@pytest.fixture
+def nan_empty():
+    """``torch.empty`` gives NaN while the test runs."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_pending():
+    """Whatever a test leaves pending computes, and the hooks go away."""
+    yield
+    deferred.materialize()
+    gc.collect()
+    assert deferred.pending_count() == 0 and not deferred._HOOKS

@@ -23,7 +23,9 @@ Usage::
 
 Prints the median wall time of build + ``init_weights`` and the median peak
 RSS (``ru_maxrss`` of the child, imports included) per configuration, and
-the ratios stock/plugin, plugin/floor and plugin RSS / stock RSS.
+the ratios stock/plugin, plugin/floor, plugin RSS / stock RSS and the same
+for the growth of RSS over the start (peak minus the RSS after imports:
+what the model and its checkpoint cost, without the ~300 MB interpreter).
 """
 import argparse
 import json
@@ -151,6 +153,7 @@ def child(mode: str, size: str, ckpt: str) -> Dict[str, float]:
         from mmengine.logging import MMLogger
         MMLogger.get_current_instance()  # logger creation not timed
     _register()
+    base_mb = _current_rss_mb()
     start = time.perf_counter()
     if mode == 'floor':
         model = allocate(size)
@@ -166,7 +169,18 @@ def child(mode: str, size: str, ckpt: str) -> Dict[str, float]:
         build(size, ckpt).init_weights()
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(seconds=seconds, rss_mb=rss_mb)
+    return dict(seconds=seconds, rss_mb=rss_mb, base_mb=base_mb)
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now (the interpreter and its imports, before the
+    timed part); peak RSS minus this is what building the model cost."""
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) for line in f
+                        if line.startswith('VmRSS:')) / 1024
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def _sub(*args: str) -> str:
@@ -199,14 +213,18 @@ def run(sizes: List[str], repeats: int) -> Dict[str, Dict[str, Any]]:
             row: Dict[str, Any] = {
                 m: dict(seconds=statistics.median(r['seconds'] for r in rs),
                         rss_mb=statistics.median(r['rss_mb'] for r in rs),
+                        base_mb=statistics.median(r['base_mb'] for r in rs),
                         runs=rs)
                 for m, rs in runs.items()
             }
             s, p, f = (row[m]['seconds'] for m in MODES)
+            grown = {m: row[m]['rss_mb'] - row[m]['base_mb'] for m in MODES}
             row['ratios'] = dict(stock_over_plugin=s / p,
                                  plugin_over_floor=p / f,
                                  rss_plugin_over_stock=row['plugin']['rss_mb']
-                                 / row['stock']['rss_mb'])
+                                 / row['stock']['rss_mb'],
+                                 grown_plugin_over_stock=grown['plugin'] /
+                                 grown['stock'])
             row['checkpoint_mb'] = os.path.getsize(ckpt) / 2**20
             results[size] = row
             os.remove(ckpt)
@@ -228,7 +246,8 @@ def machine() -> str:
 def table(results: Dict[str, Dict[str, Any]]) -> str:
     lines = [f'{"model":<7}{"stock s":>9}{"plugin s":>10}{"floor s":>9}'
              f'{"stock/plugin":>14}{"plugin/floor":>14}{"stock MB":>10}'
-             f'{"plugin MB":>11}{"floor MB":>10}{"RSS plugin/stock":>18}']
+             f'{"plugin MB":>11}{"floor MB":>10}{"RSS plugin/stock":>18}'
+             f'{"growth plugin/stock":>21}']
     for size, r in results.items():
         s, p, f = (r[m]['seconds'] for m in MODES)
         rs, rp, rf = (r[m]['rss_mb'] for m in MODES)
@@ -236,7 +255,8 @@ def table(results: Dict[str, Dict[str, Any]]) -> str:
         lines.append(f'{size:<7}{s:>9.2f}{p:>10.2f}{f:>9.2f}'
                      f'{q["stock_over_plugin"]:>14.2f}'
                      f'{q["plugin_over_floor"]:>14.2f}{rs:>10.0f}{rp:>11.0f}'
-                     f'{rf:>10.0f}{q["rss_plugin_over_stock"]:>18.2f}')
+                     f'{rf:>10.0f}{q["rss_plugin_over_stock"]:>18.2f}'
+                     f'{q["grown_plugin_over_stock"]:>21.2f}')
     return '\n'.join(lines)
 
 

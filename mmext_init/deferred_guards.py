@@ -1,0 +1,186 @@
+"""The safety net of deferred constructor init (see :mod:`.deferred`).
+
+While a parameter is pending, the places that could read or lose it without
+a torch function call on it are wrapped:
+
+* ``Registry.build`` of a model registry: the outermost build is deferred;
+* ``Module._load_from_state_dict``: a pending tensor the state dict
+  overwrites is dropped; a pending source is computed first;
+* ``Module._apply`` (``.to()``, ``.double()``): pending stays pending on the
+  converted tensor;
+* ``state_dict``/``_save_to_state_dict`` (MMEngine's ``get_state_dict``),
+  ``__deepcopy__`` (``EMAHook``), ``__reduce_ex__`` (``torch.save``) and
+  ``DistributedDataParallel.__init__`` (rank 0's broadcast) compute all
+  pending values first.
+
+Example:
+    >>> install()        # done by ``import mmext_init``
+"""
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .deferred import deferred_construction, enabled
+from .deferred_ops import storage_ptr
+from .deferred_replay import (_BY_STORAGE, _PENDING, _STATE, _Entry,
+                              _entry_of, _forget, _mark, _materialize,
+                              _materialize_all, _sync_hooks, _unmark,
+                              is_pending, materialize)
+
+
+def _wrap_load(original: Callable) -> Callable:
+    """``_load_from_state_dict``: a pending tensor copied in is dropped, a
+    pending source is computed first."""
+
+    def _load_from_state_dict(module, state_dict, prefix, *args, **kwargs):
+        if not _PENDING:
+            return original(module, state_dict, prefix, *args, **kwargs)
+        watch = []
+        for name, p in module._parameters.items():
+            src = state_dict.get(prefix + name)
+            if src is None:
+                continue
+            if id(p) in _PENDING:
+                watch.append((name, p, p._version))
+            entry = _entry_of(src) if isinstance(src, torch.Tensor) else None
+            if entry is not None:
+                _materialize([id(entry.ref())], check_version=True)
+        _STATE['loading'] += 1
+        try:
+            out = original(module, state_dict, prefix, *args, **kwargs)
+        finally:
+            _STATE['loading'] -= 1
+        for name, p, version in watch:
+            if module._parameters.get(name) is p and p._version != version:
+                _forget(id(p))
+        _sync_hooks()
+        return out
+
+    return _load_from_state_dict
+
+
+def _wrap_apply(original: Callable) -> Callable:
+    """``_apply`` (``.to()``, ``.half()``...): pending stays pending on the
+    converted tensor (same parameter object or a new one)."""
+
+    def _apply(self, *args, **kwargs):
+        if not _PENDING or _STATE['applying']:
+            return original(self, *args, **kwargs)
+        before = [(m, n, p) for m in self.modules()
+                  for n, p in m._parameters.items() if id(p) in _PENDING]
+        _STATE['applying'] += 1
+        try:
+            out = original(self, *args, **kwargs)
+        finally:
+            _STATE['applying'] -= 1
+        for module, name, p in before:
+            new, entry = module._parameters.get(name), _PENDING.get(id(p))
+            if entry is None:
+                continue
+            if new is None or storage_ptr(new) is None:  # e.g. to meta
+                _forget(id(p))
+                continue
+            del _PENDING[id(p)]
+            _BY_STORAGE.pop(entry.ptr, None)
+            if new is not p:
+                _unmark(p)
+            moved = _Entry(new, storage_ptr(new))  # type: ignore[arg-type]
+            moved.ops = entry.ops
+            _PENDING[id(new)], _BY_STORAGE[moved.ptr] = moved, id(new)
+            _mark(new)
+        return out
+
+    return _apply
+
+
+def _wrap_read(original: Callable) -> Callable:
+    """``__deepcopy__``/``__reduce_ex__`` of a pending tensor."""
+
+    def wrapper(self, *args, **kwargs):
+        if _PENDING and is_pending(self):
+            _materialize_all()
+        return original(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _wrap_state_dict(original: Callable) -> Callable:
+
+    def state_dict(self, *args, **kwargs):
+        if _PENDING and not kwargs.get('keep_vars', args[2:3] == (True, )):
+            _materialize_all()
+        return original(self, *args, **kwargs)
+
+    return state_dict
+
+
+def _wrap_save(original: Callable) -> Callable:
+    """``_save_to_state_dict``: MMEngine's ``get_state_dict`` calls it."""
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars, *a, **k):
+        if _PENDING and not keep_vars and any(
+                id(p) in _PENDING for p in self._parameters.values()):
+            _materialize_all()
+        return original(self, destination, prefix, keep_vars, *a, **k)
+
+    return _save_to_state_dict
+
+
+def _wrap_ddp_init(original: Callable) -> Callable:
+    """``DistributedDataParallel.__init__`` broadcasts rank 0's values: they
+    must be computed first."""
+
+    def __init__(self, module, *args, **kwargs):
+        if _PENDING and isinstance(module, nn.Module):
+            materialize(module)
+        return original(self, module, *args, **kwargs)
+
+    return __init__
+
+
+def _wrap_build(original: Callable) -> Callable:
+    """``Registry.build``: the outermost model build runs deferred."""
+
+    def build(self, cfg, *args, **kwargs):
+        if _STATE['depth'] or not enabled() or not _is_model_registry(self):
+            return original(self, cfg, *args, **kwargs)
+        with deferred_construction():
+            return original(self, cfg, *args, **kwargs)
+
+    return build
+
+
+def _is_model_registry(registry: Any) -> bool:
+    from mmengine.registry import MODELS
+    while registry is not None:
+        if registry is MODELS:
+            return True
+        registry = getattr(registry, 'parent', None)
+    return False
+
+
+_MARK = '_mmext_deferred_original'
+
+
+def _patch(owner: type, name: str, wrap: Callable[[Callable], Callable]):
+    current = owner.__dict__[name]
+    original = getattr(current, _MARK, current)
+    wrapper = wrap(original)
+    setattr(wrapper, _MARK, original)
+    setattr(owner, name, wrapper)
+
+
+def install() -> None:
+    """Install the registry hook and the guards (idempotent, reload-safe)."""
+    from mmengine.registry import Registry
+    _patch(Registry, 'build', _wrap_build)
+    _patch(nn.Module, '_load_from_state_dict', _wrap_load)
+    _patch(nn.Module, '_apply', _wrap_apply)
+    _patch(nn.Module, 'state_dict', _wrap_state_dict)
+    _patch(nn.Module, '_save_to_state_dict', _wrap_save)
+    for cls in (torch.Tensor, nn.Parameter):
+        _patch(cls, '__deepcopy__', _wrap_read)
+        _patch(cls, '__reduce_ex__', _wrap_read)
+    from torch.nn.parallel import DistributedDataParallel
+    _patch(DistributedDataParallel, '__init__', _wrap_ddp_init)

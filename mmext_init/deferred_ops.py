@@ -1,0 +1,91 @@
+"""What an ATen op does to its arguments, for deferred construction-time init.
+
+``op_info(func)`` tells (from the op's schema, cached) which one argument an
+op writes, whether it may be deferred (a whole-tensor in-place write that
+reads nothing else), whether it only looks at metadata or makes a view, and
+whether it draws random numbers (and from which ``Generator`` argument).
+
+Example:
+    >>> info = op_info(torch.ops.aten.uniform_.default)
+    >>> info.write, info.deferrable, info.seeded
+    ((0, 'self'), True, True)
+"""
+import itertools
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
+
+import torch
+
+_NEVER = frozenset({'resize_', 'resize_as_', 'set_', 'set_data', 'copy_',
+                    'detach_', 'requires_grad_', 'share_memory_'})
+_NO_READ = frozenset({'new_empty', 'new_empty_strided', 'new_zeros',
+                      'new_ones', 'new_full', 'empty_like', 'zeros_like',
+                      'ones_like', 'full_like', 'is_same_size', 'sym_size',
+                      'sym_stride', 'sym_numel', 'sym_storage_offset'})
+_DATA = (torch.Tensor, torch.UntypedStorage)
+
+
+class OpInfo(NamedTuple):
+    write: Optional[Tuple[int, str]]  # the one argument it writes
+    deferrable: bool
+    no_read: bool  # a view or metadata: nothing to replay first
+    gen: Optional[Tuple[int, str]]  # its Generator argument
+    seeded: bool  # draws random numbers
+
+
+_INFO: Dict[Any, OpInfo] = {}
+
+
+def op_info(func: Any) -> OpInfo:
+    """What ``func`` (an ``OpOverload``) writes, reads and draws."""
+    info = _INFO.get(func)
+    if info is None:
+        schema, name = func._schema, func._schema.name.split('::')[-1]
+        args = list(enumerate(schema.arguments))
+        writes = [(i, a.name) for i, a in args
+                  if a.alias_info is not None and a.alias_info.is_write]
+        gens = [(i, a.name) for i, a in args if 'Generator' in str(a.type)]
+        view = not writes and bool(schema.returns) and all(
+            r.alias_info is not None for r in schema.returns)
+        info = _INFO[func] = OpInfo(
+            writes[0] if len(writes) == 1 else None,
+            len(writes) == 1 and func.namespace == 'aten'
+            and name not in _NEVER and torch.Tag.inplace_view not in func.tags,
+            view or name in _NO_READ, gens[0] if gens else None,
+            bool(gens) or torch.Tag.nondeterministic_seeded in func.tags)
+    return info
+
+
+def arg(args: Tuple, kwargs: Dict, where: Tuple[int, str]) -> Any:
+    return args[where[0]] if where[0] < len(args) else kwargs.get(where[1])
+
+
+def leaves(args: Tuple, kwargs: Dict) -> Iterator[Any]:
+    """Tensors and storages among ATen arguments (flat, or in lists)."""
+    for x in itertools.chain(args, kwargs.values()):
+        if isinstance(x, (list, tuple)):
+            yield from (y for y in x if isinstance(y, _DATA))
+        elif isinstance(x, _DATA):
+            yield x
+
+
+def storage_ptr(x: Any) -> Optional[int]:
+    try:
+        if isinstance(x, torch.Tensor):
+            return x.untyped_storage().data_ptr() or None
+        if isinstance(x, torch.UntypedStorage):
+            return x.data_ptr() or None
+    except (RuntimeError, NotImplementedError, TypeError):
+        pass
+    return None
+
+
+def generator_of(info: OpInfo, args: Tuple, kwargs: Dict,
+               device: Any) -> Tuple[Any, Optional[torch.Generator]]:
+    """(key, generator object) of a random op; the object is None where its
+    state is not saved (default generators of other devices)."""
+    gen = arg(args, kwargs, info.gen) if info.gen else None
+    if gen is not None:
+        return id(gen), gen
+    kind = torch.device(device or 'cpu').type
+    return ('default', kind), torch.default_generator if kind == 'cpu' \
+        else None

@@ -1,0 +1,328 @@
+"""The engine of deferred constructor init (see :mod:`.deferred`): the
+registry of pending parameters, recording an op instead of running it,
+replaying records in draw order, :class:`PendingParameter` (replays on any
+read) and the global forward / optimizer-step hooks that exist while
+anything is pending.
+
+Example:
+    >>> is_pending(model.fc.weight), pending_count()
+    (True, 2)
+    >>> materialize(model)          # the values it would have had
+"""
+import itertools
+import weakref
+from typing import (Any, Dict, Iterable, Iterator, List, NamedTuple, Optional,
+                    Tuple)
+
+import torch
+import torch.nn as nn
+
+from .deferred_ops import OpInfo, arg, generator_of, leaves, storage_ptr
+
+class _Op(NamedTuple):
+    seq: int
+    func: Any
+    args: Tuple[Any, ...]  # the target's slot holds None
+    kwargs: Dict[str, Any]
+    where: Tuple[int, str]
+    gen: Any  # generator key of a random op, else None
+
+
+class _Entry:
+    """The record of one pending parameter (held weakly)."""
+    __slots__ = ('ref', 'ptr', 'version', 'ops', 'like')
+
+    def __init__(self, param: nn.Parameter, ptr: int) -> None:
+        self.ref = weakref.ref(param,
+                               lambda r, pid=id(param): _on_dead(pid, r))
+        self.ptr, self.version = ptr, param._version  # None while recording
+        self.ops: List[_Op] = []
+        self.like = (param.shape, param.dtype, param.device)
+
+
+_PENDING: Dict[int, _Entry] = {}  # id(param) -> entry
+_BY_STORAGE: Dict[int, int] = {}  # storage data_ptr -> id(param)
+_RANDOM: Dict[Any, int] = {}  # generator key -> pending random ops
+_CURSOR: Dict[Any, Tuple[torch.Generator, torch.Tensor]] = {}  # key -> state
+_SEQ = itertools.count()
+_HOOKS: Dict[str, Any] = {}
+_STATE = {'depth': 0, 'replaying': 0, 'in_step': 0, 'applying': 0,
+          'loading': 0}
+# torch functions that read no values of a pending parameter
+_METADATA = frozenset({
+    'dim', 'size', 'numel', 'nelement', 'ndimension', 'stride',
+    'storage_offset', 'is_contiguous', 'element_size', 'is_floating_point',
+    'is_complex', 'get_device', '__len__', 'requires_grad_', 'is_shared',
+    'is_pinned', 'data_ptr', 'untyped_storage', '_is_view', 'has_names',
+    'shape', 'dtype', 'device', 'requires_grad', 'grad', 'is_leaf', 'ndim',
+    'names', 'layout', 'is_cuda', 'is_cpu', 'is_sparse', 'is_quantized',
+    'is_meta', 'is_mkldnn', 'is_nested', '_version', 'grad_fn', 'output_nr',
+    'itemsize', 'nbytes', '_base', '__class__'})
+
+
+def _entry_of(x: Any) -> Optional[_Entry]:
+    entry = _PENDING.get(id(x))
+    if entry is None and _BY_STORAGE:
+        entry = _PENDING.get(_BY_STORAGE.get(storage_ptr(x)))  # type: ignore
+    return entry
+
+
+def is_pending(t: torch.Tensor) -> bool:
+    """Whether ``t`` (or the parameter it aliases) awaits its deferred init."""
+    return _entry_of(t) is not None
+
+
+def pending_count() -> int:
+    """Number of pending parameters (all models)."""
+    return len(_PENDING)
+
+
+class PendingParameter(nn.Parameter):
+    """The class of a parameter while its constructor init is deferred.
+
+    Any torch function given it, outside the build, ``_apply`` and
+    ``load_state_dict``, replays its init first (then it is an
+    ``nn.Parameter`` again); metadata and addresses (``shape``,
+    ``data_ptr()``) read no values and replay nothing.
+
+    Example:
+        >>> type(model.fc.weight).__name__        # built, init deferred
+        'PendingParameter'
+        >>> print(model.fc.weight.sum())           # replays: real values
+        >>> type(model.fc.weight).__name__
+        'Parameter'
+    """
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not (_STATE['depth'] or _STATE['replaying'] or _STATE['applying']
+                or _STATE['loading']) and _function_name(func) not in _METADATA:
+            pids = [id(x) for x in _nested(args, kwargs)
+                    if type(x) is PendingParameter]
+            if pids:
+                _materialize(pids, check_version=True)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def _function_name(func: Any) -> str:
+    name = getattr(func, '__name__', '')
+    if name in ('__get__', '__set__'):  # a property: its own name
+        return getattr(getattr(func, '__self__', None), '__name__', name)
+    return name
+
+
+def _nested(args: Tuple, kwargs: Dict) -> Iterator[Any]:
+    todo = list(args) + list(kwargs.values())
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (list, tuple)):
+            todo.extend(x)
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        else:
+            yield x
+
+
+def _mark(param: Any) -> None:
+    if type(param) is nn.Parameter:
+        param.__class__ = PendingParameter
+
+
+def _unmark(param: Any) -> None:
+    if type(param) is PendingParameter:
+        param.__class__ = nn.Parameter
+
+
+def _on_dead(pid: int, ref: weakref.ref) -> None:
+    entry = _PENDING.get(pid)
+    if entry is not None and entry.ref is ref:
+        _forget(pid)
+    try:
+        _sync_hooks()
+    except Exception:  # pragma: no cover - interpreter shutdown
+        pass
+
+
+def _forget(pid: int) -> None:
+    entry = _PENDING.pop(pid, None)
+    if entry is None:
+        return
+    if _BY_STORAGE.get(entry.ptr) == pid:
+        del _BY_STORAGE[entry.ptr]
+    _unmark(entry.ref())
+    for op in entry.ops:
+        if op.gen is not None:
+            _RANDOM[op.gen] -= 1
+
+
+def _registrable(t: torch.Tensor) -> bool:
+    return (type(t) in (nn.Parameter, PendingParameter)  # not subclasses
+            and t.layout == torch.strided and t.device.type != 'meta'
+            and t.numel() > 0 and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+
+
+def _try_defer(func: Any, info: OpInfo, args: Tuple, kwargs: Dict) -> bool:
+    """Record ``func`` instead of running it if it writes a whole parameter
+    and reads no other tensor."""
+    target = arg(args, kwargs, info.write)
+    if not isinstance(target, torch.Tensor) or sum(
+            1 for _ in leaves(args, kwargs)) != 1:
+        return False
+    ptr = storage_ptr(target)
+    pid = _BY_STORAGE.get(ptr) if ptr else None
+    if pid is not None and storage_ptr(_PENDING[pid].ref()) != ptr:
+        del _BY_STORAGE[ptr]  # stale: its parameter has other storage now
+        pid = None
+    if pid is None:
+        if ptr is None or not _registrable(target):
+            return False
+        pid, _PENDING[id(target)] = id(target), _Entry(target, ptr)
+        _BY_STORAGE[ptr] = pid
+        _mark(target)
+        _sync_hooks()
+    entry = _PENDING[pid]
+    param = entry.ref()
+    if param is None or (target.data_ptr(), target.shape, target.stride(),
+                         target.dtype) != (param.data_ptr(), param.shape,
+                                           param.stride(), param.dtype):
+        return False  # part of it: the caller replays, then runs it
+    key = None
+    if info.seeded:
+        key, gen = generator_of(info, args, kwargs, target.device)
+        if not _RANDOM.get(key):  # the state this first draw would see
+            _RANDOM[key] = 0
+            _CURSOR.pop(key, None)
+            if gen is not None:
+                _CURSOR[key] = (gen, gen.get_state())
+        _RANDOM[key] += 1
+    args, kwargs = list(args), dict(kwargs)
+    if info.write[0] < len(args):
+        args[info.write[0]] = None
+    else:
+        kwargs[info.write[1]] = None
+    entry.ops.append(_Op(next(_SEQ), func, tuple(args), kwargs, info.write,
+                         key))
+    entry.version = None  # bumped after this handler: read when the build ends
+    return True
+
+
+def _closure(todo: Dict[int, _Entry]) -> None:
+    """Add the entries whose random ops precede, on the same generator, a
+    random op of ``todo``: a replay always covers a prefix of the draws."""
+    while True:
+        last: Dict[Any, int] = {}
+        for entry in todo.values():
+            for op in entry.ops:
+                if op.gen is not None:
+                    last[op.gen] = max(last.get(op.gen, -1), op.seq)
+        added = [pid for pid, entry in _PENDING.items() if pid not in todo
+                 and any(op.seq < last.get(op.gen, -1) for op in entry.ops)]
+        if not added:
+            return
+        todo.update((pid, _PENDING[pid]) for pid in added)
+
+
+def _materialize(pids: Iterable[int], check_version: bool) -> None:
+    """Replay the records of ``pids`` in record order, then forget them.
+
+    A parameter whose storage was replaced (``.data = x``), or (with
+    ``check_version``) that something wrote outside the record, keeps that
+    value; its random ops still draw, into a scratch tensor."""
+    todo = {pid: _PENDING[pid] for pid in pids if pid in _PENDING}
+    if not todo:
+        return
+    if len(todo) < len(_PENDING):
+        _closure(todo)
+    ops: List[Tuple[_Op, torch.Tensor]] = []
+    for pid, entry in todo.items():
+        _forget(pid)
+        target = entry.ref()
+        if (target is None or storage_ptr(target) != entry.ptr
+                or (check_version and entry.version is not None
+                    and target._version != entry.version)):
+            if all(op.gen is None for op in entry.ops):
+                continue
+            shape, dtype, device = entry.like
+            target = torch.empty(shape, dtype=dtype, device=device)
+        ops.extend((op, target) for op in entry.ops)
+    ops.sort(key=lambda item: item[0].seq)
+    keys = {op.gen for op, _ in ops if op.gen in _CURSOR}
+    saved = {key: _CURSOR[key][0].get_state() for key in keys}
+    for key in keys:
+        _CURSOR[key][0].set_state(_CURSOR[key][1])
+    try:
+        _run(ops)
+    finally:
+        for key in keys:  # nothing drew since the cursor: go on from here
+            gen, cursor = _CURSOR.pop(key)
+            after = gen.get_state()
+            if _RANDOM.get(key):
+                _CURSOR[key] = (gen, after)
+            if not torch.equal(saved[key], cursor):
+                gen.set_state(saved[key])
+        _sync_hooks()
+
+
+def _run(ops: List[Tuple[_Op, torch.Tensor]]) -> None:
+    """Run recorded ops, each on its target."""
+    _STATE['replaying'] += 1
+    try:
+        with torch.no_grad():
+            for op, target in ops:
+                args, kwargs = list(op.args), dict(op.kwargs)
+                if op.where[0] < len(args):
+                    args[op.where[0]] = target
+                else:
+                    kwargs[op.where[1]] = target
+                op.func(*args, **kwargs)
+    finally:
+        _STATE['replaying'] -= 1
+
+
+def materialize(module: Optional[nn.Module] = None) -> None:
+    """Replay the deferred init of ``module``'s pending parameters (of all
+    pending parameters if None) now, e.g. before reading raw memory.
+
+    Example:
+        >>> materialize(model)
+        >>> model.fc.weight.numpy()   # .numpy()/data_ptr() are not guarded
+    """
+    pids = list(_PENDING) if module is None else [
+        id(p) for p in module.parameters() if id(p) in _PENDING]
+    _materialize(pids, check_version=True)
+
+
+def _materialize_all(*_: Any) -> None:
+    if _PENDING:
+        _materialize(list(_PENDING), check_version=True)
+
+
+# -- safety net --------------------------------------------------------------
+def _on_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    _STATE['in_step'] += 1
+    try:
+        _materialize_all()
+    finally:
+        _STATE['in_step'] -= 1
+
+
+def _sync_hooks() -> None:
+    """The global hooks exist exactly while something is pending."""
+    if not _PENDING:
+        _RANDOM.clear()
+        _CURSOR.clear()
+    if _PENDING and not _HOOKS:
+        from torch.nn.modules.module import register_module_forward_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+        _HOOKS['forward'] = register_module_forward_pre_hook(_materialize_all)
+        _HOOKS['step'] = register_optimizer_step_pre_hook(_on_step)
+    elif not _PENDING and _HOOKS:
+        if 'forward' in _HOOKS:  # iterated over a copy: safe in the hook
+            _HOOKS.pop('forward').remove()
+        from torch.optim.optimizer import _global_optimizer_pre_hooks as live
+        step = _HOOKS['step']  # iterated live: in the hook, only if last
+        if not _STATE['in_step'] or next(reversed(live), None) == step.id:
+            _HOOKS.pop('step').remove()

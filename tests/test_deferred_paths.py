@@ -1,0 +1,146 @@
+"""Deferred constructor init on the remaining paths: arbitrary reads after
+the build, stock MMEngine's ``init_weights``, DDP, a failing session, and a
+real ``Runner`` (built from a config dict, ``EMAHook``, ``Pretrained``).
+
+``nan_empty`` (conftest) makes uninitialized memory NaN.
+"""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS
+from test_deferred import (VIT_IN, assert_all_finite, build_pair, own_pending,
+                           rand, vit_ckpt)
+
+import mmext_init
+from mmext_init import CheckpointError, deferred
+
+
+def build_vit():
+    return MODELS.build(dict(type='DeferToyViT'))
+
+
+READS = {
+    'sum': lambda p: p.sum(),
+    'count_nonzero': torch.count_nonzero,
+    'str': lambda p: str(p),
+    'functional': lambda p: F.linear(torch.ones(1, p.shape[1]), p),
+    'numpy': lambda p: p.detach().numpy().copy(),
+    'clone': lambda p: p.clone(),
+    'data': lambda p: p.data.sum(),
+    'stack': lambda p: torch.stack([p, p]),
+}
+
+
+@pytest.mark.parametrize('read', sorted(READS))
+def test_any_read_after_the_build_computes_the_values_first(
+        read, nan_empty, monkeypatch):
+    model, reference = build_pair(build_vit, monkeypatch=monkeypatch)
+    weight = model.blocks[1].fc.weight
+    assert type(weight) is deferred.PendingParameter
+    assert weight.shape == (32, 32) and weight.dtype == torch.float32
+    assert deferred.is_pending(weight)  # metadata reads nothing
+    READS[read](weight)
+    assert type(weight) is nn.Parameter and not deferred.is_pending(weight)
+    assert torch.equal(weight, reference.blocks[1].fc.weight)
+    # replay covers a prefix of the draws: everything drawn before it too
+    assert torch.equal(model.blocks[0].fc.weight,
+                       reference.blocks[0].fc.weight)
+
+
+def test_stock_init_weights_after_a_deferred_build(nan_empty, monkeypatch):
+    """Stock MMEngine never initializes adapters held in a plain ModuleList:
+    they keep (real) constructor values, never raw memory."""
+    model, reference = build_pair(build_vit, monkeypatch=monkeypatch)
+    with mmext_init.stock_mmengine():
+        model.init_weights()
+        reference.init_weights()
+    assert not own_pending(model)
+    assert_all_finite(model.state_dict())
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg',
+                            rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_ddp_wrap_computes_the_values_it_broadcasts(nan_empty, monkeypatch,
+                                                    process_group):
+    from mmengine.model import MMDistributedDataParallel
+    model, reference = build_pair(build_vit, monkeypatch=monkeypatch)
+    wrapped = MMDistributedDataParallel(module=model)
+    assert not own_pending(wrapped.module)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_failed_session_leaves_no_raw_memory(nan_empty, save_ckpt):
+    """The copy fails on a NaN tensor after the loaded tensors' constructor
+    init was dropped: they get it after all."""
+    path, state = vit_ckpt(save_ckpt)
+    state['blocks.1.fc.weight'] = torch.full_like(state['blocks.1.fc.weight'],
+                                                  float('nan'))
+    bad = save_ckpt(state)
+    model = MODELS.build(dict(type='DeferToyViT', init_cfg=dict(
+        type='Pretrained', checkpoint=bad, on_missing='ignore')))
+    assert deferred.is_pending(model.blocks[1].fc.weight)
+    with pytest.raises(CheckpointError, match='NaN or Inf'):
+        model.init_weights()
+    assert not own_pending(model)
+    assert_all_finite(model.state_dict())
+
+
+@MODELS.register_module(force=True)
+class DeferToyTrainee(BaseModel):
+    """``DeferToyViT`` as a Runner-trainable model."""
+
+    def __init__(self, backbone, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.backbone = MODELS.build(backbone)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        out = self.backbone(inputs)
+        return {'loss': out.pow(2).mean()} if mode == 'loss' else out
+
+
+def test_runner_built_model_with_ema_and_pretrained(nan_empty, save_ckpt,
+                                                    tmp_path):
+    """The Runner builds the model (deferred), moves it (``.to``), EMAHook
+    deep-copies it before ``init_weights``; lr=0 keeps values to check."""
+    from mmengine.runner import Runner
+    from torch.utils.data import DataLoader
+    path, state = vit_ckpt(save_ckpt)
+    data = [{'inputs': rand(*VIT_IN[1:])} for _ in range(4)]
+    runner = Runner(
+        model=dict(type='DeferToyTrainee', backbone=dict(
+            type='DeferToyViT', init_cfg=dict(
+                type='Pretrained', checkpoint=path, on_missing='ignore'))),
+        work_dir=str(tmp_path / 'work'),
+        train_dataloader=DataLoader(data, batch_size=2),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
+        train_cfg=dict(by_epoch=False, max_iters=2),
+        custom_hooks=[dict(type='EMAHook', momentum=0.5)],
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           interval=2, by_epoch=False)),
+        default_scope='mmengine',
+        experiment_name=f'defer_{os.getpid()}_{id(tmp_path)}')
+    assert own_pending(runner.model)  # built from the dict: deferred
+    runner.train()
+    values = runner.model.backbone.state_dict()
+    for key, value in state.items():
+        assert torch.equal(values[key], value), key
+    assert_all_finite(runner.model.state_dict())
+    ema = runner.hooks[[type(h).__name__ for h in runner.hooks].index(
+        'EMAHook')].ema_model
+    assert_all_finite(ema.state_dict())
+    saved = torch.load(tmp_path / 'work' / 'iter_2.pth', weights_only=False)
+    assert_all_finite(saved['state_dict'])
