@@ -6,11 +6,15 @@ Activate it from any config::
 
 Importing registers the extended ``Pretrained`` init type (and the new ones)
 in MMEngine's root ``WEIGHT_INITIALIZERS`` and patches ``BaseModule`` with
-:class:`InitWeightsMixin`. Importing twice or reloading is harmless.
+:class:`InitWeightsMixin`; models built through a registry defer PyTorch's
+constructor init until ``init_weights`` knows what the checkpoint provides
+(:func:`materialize` computes pending values at once). Importing twice or
+reloading is harmless.
 """
 from .adapt import ADAPT_TRANSFORMS
 from .converters import CHECKPOINT_CONVERTERS
 from .copy_from import CopyFromInit, copy_from
+from .deferred import materialize
 from .errors import CheckpointError, InitConfigError
 from .formats import open_checkpoint
 from .initializers import (identity_init, lora_init, orthogonal_init,
@@ -31,7 +35,7 @@ __all__ = [
     'CheckpointError', 'InitConfigError', 'install', 'CopyFromInit',
     'copy_from', 'LSUVInitHook', 'zero_init', 'identity_init',
     'orthogonal_init', 'lora_init', 'ADAPT_TRANSFORMS', 'CHECKPOINT_CONVERTERS',
-    'open_checkpoint'
+    'open_checkpoint', 'materialize'
 ]
 
 install()

@@ -9,9 +9,10 @@ a torch function call on it are wrapped:
 * ``Module._apply`` (``.to()``, ``.double()``): pending stays pending on the
   converted tensor;
 * ``state_dict``/``_save_to_state_dict`` (MMEngine's ``get_state_dict``),
-  ``__deepcopy__`` (``EMAHook``), ``__reduce_ex__`` (``torch.save``) and
-  ``DistributedDataParallel.__init__`` (rank 0's broadcast) compute all
-  pending values first.
+  ``__deepcopy__`` (``EMAHook``) and ``__reduce_ex__`` (``torch.save``)
+  compute all pending values first;
+* ``DistributedDataParallel.__init__``: rank 0's broadcast of raw memory does
+  not count as a write; pending parameters stay pending on every rank.
 
 Example:
     >>> install()        # done by ``import mmext_init``
@@ -128,13 +129,24 @@ def _wrap_save(original: Callable) -> Callable:
 
 
 def _wrap_ddp_init(original: Callable) -> Callable:
-    """``DistributedDataParallel.__init__`` broadcasts rank 0's values: they
-    must be computed first."""
+    """``DistributedDataParallel.__init__`` broadcasts rank 0's memory into
+    the other ranks' parameters: pending ones stay pending on every rank
+    (each replays the same records from the same seed, and MMEngine's Runner
+    broadcasts again after ``init_weights``)."""
 
     def __init__(self, module, *args, **kwargs):
-        if _PENDING and isinstance(module, nn.Module):
-            materialize(module)
-        return original(self, module, *args, **kwargs)
+        pending = [(p, _PENDING[id(p)]) for p in module.parameters()
+                   if id(p) in _PENDING] if isinstance(module,
+                                                       nn.Module) else []
+        _STATE['wrapping'] += 1
+        try:
+            out = original(self, module, *args, **kwargs)
+        finally:
+            _STATE['wrapping'] -= 1
+        for p, entry in pending:
+            if _PENDING.get(id(p)) is entry:  # the broadcast is no outside
+                entry.version = p._version  # write: its values get replaced
+        return out
 
     return __init__
 

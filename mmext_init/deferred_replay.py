@@ -46,8 +46,10 @@ _RANDOM: Dict[Any, int] = {}  # generator key -> pending random ops
 _CURSOR: Dict[Any, Tuple[torch.Generator, torch.Tensor]] = {}  # key -> state
 _SEQ = itertools.count()
 _HOOKS: Dict[str, Any] = {}
+# depth: builds in progress; replaying/applying/loading/wrapping: inside a
+# replay, ``Module._apply``, ``_load_from_state_dict``, DDP's constructor
 _STATE = {'depth': 0, 'replaying': 0, 'in_step': 0, 'applying': 0,
-          'loading': 0}
+          'loading': 0, 'wrapping': 0}
 # torch functions that read no values of a pending parameter
 _METADATA = frozenset({
     'dim', 'size', 'numel', 'nelement', 'ndimension', 'stride',
@@ -80,8 +82,8 @@ def pending_count() -> int:
 class PendingParameter(nn.Parameter):
     """The class of a parameter while its constructor init is deferred.
 
-    Any torch function given it, outside the build, ``_apply`` and
-    ``load_state_dict``, replays its init first (then it is an
+    Any torch function given it, outside the build, ``_apply``,
+    ``load_state_dict`` and DDP's constructor, replays its init first (then it is an
     ``nn.Parameter`` again); metadata and addresses (``shape``,
     ``data_ptr()``) read no values and replay nothing.
 
@@ -97,7 +99,8 @@ class PendingParameter(nn.Parameter):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not (_STATE['depth'] or _STATE['replaying'] or _STATE['applying']
-                or _STATE['loading']) and _function_name(func) not in _METADATA:
+                or _STATE['loading'] or _STATE['wrapping']
+                ) and _function_name(func) not in _METADATA:
             pids = [id(x) for x in _nested(args, kwargs)
                     if type(x) is PendingParameter]
             if pids:
@@ -288,7 +291,7 @@ def materialize(module: Optional[nn.Module] = None) -> None:
 
     Example:
         >>> materialize(model)
-        >>> model.fc.weight.numpy()   # .numpy()/data_ptr() are not guarded
+        >>> ptr = model.fc.weight.data_ptr()   # raw memory is not guarded
     """
     pids = list(_PENDING) if module is None else [
         id(p) for p in module.parameters() if id(p) in _PENDING]

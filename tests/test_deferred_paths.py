@@ -73,12 +73,19 @@ def process_group(tmp_path):
     dist.destroy_process_group()
 
 
-def test_ddp_wrap_computes_the_values_it_broadcasts(nan_empty, monkeypatch,
-                                                    process_group):
+def test_ddp_wrap_keeps_pending_and_values_come_right(
+        nan_empty, monkeypatch, process_group):
+    """DDP's broadcast at wrap time does not count as a write: the
+    parameters stay pending (no constructor init on any rank) and compute
+    the reference values at the first forward."""
     from mmengine.model import MMDistributedDataParallel
     model, reference = build_pair(build_vit, monkeypatch=monkeypatch)
+    before = own_pending(model)
     wrapped = MMDistributedDataParallel(module=model)
-    assert not own_pending(wrapped.module)
+    assert own_pending(wrapped.module) == before
+    with torch.no_grad():
+        wrapped.module(rand(*VIT_IN))
+    assert not own_pending(model)
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
