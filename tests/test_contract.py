@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModule, initialize
-from toy_models import Adapter, Model, SelfInit, Trunk, TrunkWithAdapters
+from toy_models import (Adapter, Model, SelfInit, Trunk, TrunkWithAdapters,
+                        tiny_retinanet_cfg)
 
 import mmext_init
 from mmext_init import InitConfigError, get_provenance, stock_mmengine
@@ -172,23 +173,7 @@ def _resnet_detector():
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    cfg = dict(
-        type='RetinaNet',
-        data_preprocessor=dict(type='DetDataPreprocessor'),
-        backbone=dict(type='ResNet', depth=18, num_stages=4,
-                      out_indices=(1, 2, 3), norm_eval=False,
-                      zero_init_residual=True),
-        neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=32,
-                  start_level=0, add_extra_convs='on_input', num_outs=3),
-        bbox_head=dict(
-            type='RetinaHead', num_classes=3, in_channels=32,
-            stacked_convs=1, feat_channels=32,
-            anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
-                                  scales_per_octave=1, ratios=[1.0],
-                                  strides=[8, 16, 32]),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
-            loss_cls=dict(type='FocalLoss', use_sigmoid=True),
-            loss_bbox=dict(type='L1Loss')))
+    cfg = tiny_retinanet_cfg(zero_init_residual=True)
     return MODELS.build(cfg)
 
 

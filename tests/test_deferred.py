@@ -19,6 +19,7 @@ from mmengine.registry import MODELS
 
 import mmext_init
 from mmext_init import deferred, get_provenance, stock_mmengine
+from toy_models import tiny_retinanet_cfg as retinanet_cfg
 
 
 class Block(BaseModule):
@@ -88,25 +89,6 @@ def rand(*shape, dtype=torch.float32):
     build and replay would shift the replayed values (documented)."""
     return torch.rand(*shape, dtype=dtype,
                       generator=torch.Generator().manual_seed(1))
-
-
-def retinanet_cfg(**init):
-    return dict(
-        type='RetinaNet',
-        data_preprocessor=dict(type='DetDataPreprocessor'),
-        backbone=dict(type='ResNet', depth=18, num_stages=4,
-                      out_indices=(1, 2, 3), norm_eval=False, **init),
-        neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=32,
-                  start_level=0, add_extra_convs='on_input', num_outs=3),
-        bbox_head=dict(
-            type='RetinaHead', num_classes=3, in_channels=32,
-            stacked_convs=1, feat_channels=32,
-            anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
-                                  scales_per_octave=1, ratios=[1.0],
-                                  strides=[8, 16, 32]),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
-            loss_cls=dict(type='FocalLoss', use_sigmoid=True),
-            loss_bbox=dict(type='L1Loss')))
 
 
 def build_retinanet(**init):

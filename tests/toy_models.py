@@ -59,3 +59,24 @@ class SelfInit(BaseModule):
     def init_weights(self):
         nn.init.constant_(self.fc.weight, 3.0)
         self.fc.bias.data.fill_(-1.0)  # through .data: must still be tracked
+
+
+def tiny_retinanet_cfg(**backbone):
+    """A small mmdet RetinaNet (ResNet-18, 3 classes); ``backbone`` adds to
+    the backbone's config (e.g. ``init_cfg``)."""
+    return dict(
+        type='RetinaNet',
+        data_preprocessor=dict(type='DetDataPreprocessor'),
+        backbone=dict(type='ResNet', depth=18, num_stages=4,
+                      out_indices=(1, 2, 3), norm_eval=False, **backbone),
+        neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=32,
+                  start_level=0, add_extra_convs='on_input', num_outs=3),
+        bbox_head=dict(
+            type='RetinaHead', num_classes=3, in_channels=32,
+            stacked_convs=1, feat_channels=32,
+            anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                  scales_per_octave=1, ratios=[1.0],
+                                  strides=[8, 16, 32]),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+            loss_cls=dict(type='FocalLoss', use_sigmoid=True),
+            loss_bbox=dict(type='L1Loss')))
