@@ -4,7 +4,9 @@ While an init session runs, ``nn.Module._load_from_state_dict`` is wrapped:
 a ``load_state_dict``/``load_checkpoint`` called by init code (mmdet/mmseg
 Swin, mmseg ViT) becomes a tracked *checkpoint* source, so the tensors it
 writes get ``checkpoint`` provenance (with their keys) and are protected from
-later initializers.
+later initializers. Once copied, the source tensors give their pages back
+when they were read through a map of that checkpoint (see
+:mod:`.page_release`).
 
 Example:
     >>> with tracking_code_loads(current_session):
@@ -14,6 +16,7 @@ import contextlib
 import itertools
 from typing import Any, Callable, Iterator
 
+import torch
 import torch.nn as nn
 
 from .provenance import CHECKPOINT
@@ -46,7 +49,12 @@ def tracking_code_loads(current_session: Callable[[], Any]) -> Iterator[None]:
         src = InitSource(CHECKPOINT, session.override_checkpoint(),
                          session.path_of(owner), keys=keys)
         with tracker.source(src):
-            return original(module, state_dict, prefix, *args, **kwargs)
+            out = original(module, state_dict, prefix, *args, **kwargs)
+        pages = session.mapped_file(src.source)
+        for key in keys.values():
+            if isinstance(state_dict.get(key), torch.Tensor):
+                pages.release(state_dict[key])
+        return out
 
     _load_from_state_dict._mmext_wrapped = True
     nn.Module._load_from_state_dict = _load_from_state_dict

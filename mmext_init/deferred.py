@@ -48,8 +48,8 @@ from .deferred_ops import arg, generator_of, leaves, op_info, storage_ptr
 from .deferred_replay import _HOOKS  # noqa: F401  (tests look at it)
 from .deferred_replay import (_BY_STORAGE, _PENDING, _STATE, _Op,
                               PendingParameter, _forget, _materialize, _run,
-                              _sync_hooks, _try_defer, is_pending,
-                              materialize, pending_count)
+                              _sync_hooks, _try_defer, _unsequence,
+                              is_pending, materialize, pending_count)
 
 __all__ = ['deferred_construction', 'settle', 'materialize', 'pending_count',
            'is_pending', 'enabled', 'PendingParameter', 'Dropped', 'ENV_VAR']
@@ -152,9 +152,12 @@ class Dropped:
 
 
 def settle(tensors: Mapping[str, torch.Tensor],
-           protected: Set[str]) -> Dropped:
+           protected: Set[str],
+           later: Set[str] = frozenset()) -> Dropped:
     """Drop the pending ``tensors`` named in ``protected`` (the checkpoint
-    copy overwrites them); replay the other pending ones now.
+    copy overwrites them); replay the other pending ones now, except those
+    named in ``later`` (below a module whose own ``init_weights`` may load
+    them): they stay pending, and draw when they are replayed.
 
     Example:
         >>> dropped = settle(model.state_dict(keep_vars=True), {'fc.weight'})
@@ -167,7 +170,10 @@ def settle(tensors: Mapping[str, torch.Tensor],
         if entry is not None:
             dropped.items.append((entry.ref, t._version, entry.ops))
             _forget(id(t))
-    _materialize([id(t) for t in tensors.values() if id(t) in _PENDING],
+        elif name in later and id(t) in _PENDING:
+            _unsequence(id(t))
+    _materialize([id(t) for name, t in tensors.items()
+                  if id(t) in _PENDING and name not in later],
                  check_version=True)
     _sync_hooks()
     return dropped

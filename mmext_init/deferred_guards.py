@@ -27,7 +27,7 @@ from .deferred_ops import storage_ptr
 from .deferred_replay import (_BY_STORAGE, _PENDING, _STATE, _Entry,
                               _entry_of, _forget, _mark, _materialize,
                               _materialize_all, _sync_hooks, _unmark,
-                              is_pending, materialize)
+                              alias, is_pending)
 
 
 def _wrap_load(original: Callable) -> Callable:
@@ -106,10 +106,16 @@ def _wrap_read(original: Callable) -> Callable:
     return wrapper
 
 
+def _in_session() -> bool:
+    from .session import current_session
+    return current_session() is not None
+
+
 def _wrap_state_dict(original: Callable) -> Callable:
 
     def state_dict(self, *args, **kwargs):
-        if _PENDING and not kwargs.get('keep_vars', args[2:3] == (True, )):
+        if _PENDING and not kwargs.get('keep_vars', args[2:3] == (
+                True, )) and not _in_session():
             _materialize_all()
         return original(self, *args, **kwargs)
 
@@ -117,13 +123,24 @@ def _wrap_state_dict(original: Callable) -> Callable:
 
 
 def _wrap_save(original: Callable) -> Callable:
-    """``_save_to_state_dict``: MMEngine's ``get_state_dict`` calls it."""
+    """``_save_to_state_dict`` (MMEngine's ``get_state_dict`` calls it): all
+    pending values are computed first; inside an init session (a backbone's
+    own ``init_weights`` reading shapes), pending parameters are given as
+    :class:`PendingAlias` instead."""
 
     def _save_to_state_dict(self, destination, prefix, keep_vars, *a, **k):
-        if _PENDING and not keep_vars and any(
+        if not _PENDING or keep_vars or not any(
                 id(p) in _PENDING for p in self._parameters.values()):
+            return original(self, destination, prefix, keep_vars, *a, **k)
+        if not _in_session():
             _materialize_all()
-        return original(self, destination, prefix, keep_vars, *a, **k)
+            return original(self, destination, prefix, keep_vars, *a, **k)
+        out = original(self, destination, prefix, True, *a, **k)
+        for owned in (self._parameters, self._buffers):
+            for name, t in owned.items():
+                if t is not None and destination.get(prefix + name) is t:
+                    destination[prefix + name] = alias(t)
+        return out
 
     return _save_to_state_dict
 

@@ -60,6 +60,7 @@ _METADATA = frozenset({
     'names', 'layout', 'is_cuda', 'is_cpu', 'is_sparse', 'is_quantized',
     'is_meta', 'is_mkldnn', 'is_nested', '_version', 'grad_fn', 'output_nr',
     'itemsize', 'nbytes', '_base', '__class__'})
+_ALIAS_METADATA = _METADATA - {'data_ptr', 'untyped_storage'}
 
 
 def _entry_of(x: Any) -> Optional[_Entry]:
@@ -107,6 +108,42 @@ class PendingParameter(nn.Parameter):
                 _materialize(pids, check_version=True)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
+
+
+class PendingAlias(torch.Tensor):
+    """What ``state_dict()`` gives for a pending parameter inside an init
+    session (a backbone's own ``init_weights`` reads shapes from it): reading
+    its values, its address included, computes the parameter first.
+
+    Example:
+        >>> current = backbone.state_dict()['layers.0.blocks.0.attn.w']
+        >>> current.shape          # no replay
+        >>> current.sum()          # replays the parameter it aliases
+    """
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            if _PENDING and not _STATE['replaying'] and _function_name(
+                    func) not in _ALIAS_METADATA:
+                pids = {_BY_STORAGE.get(storage_ptr(x))
+                        for x in _nested(args, kwargs)
+                        if type(x) is PendingAlias}
+                pids.discard(None)
+                if pids:
+                    _materialize(pids, check_version=True)
+            return func(*args, **kwargs)
+
+
+def alias(param: nn.Parameter) -> torch.Tensor:
+    """``param.detach()``; a :class:`PendingAlias` if ``param`` is pending."""
+    if id(param) not in _PENDING:
+        return param.detach()
+    with torch._C.DisableTorchFunctionSubclass():
+        out = param.detach()
+    out.__class__ = PendingAlias
+    return out
 
 
 def _function_name(func: Any) -> str:
@@ -158,6 +195,17 @@ def _forget(pid: int) -> None:
     for op in entry.ops:
         if op.gen is not None:
             _RANDOM[op.gen] -= 1
+
+
+def _unsequence(pid: int) -> None:
+    """Take a pending entry's random ops out of the draw sequence: replayed,
+    they draw from the generator as it is then (and replaying the others no
+    longer needs them)."""
+    entry = _PENDING[pid]
+    for op in entry.ops:
+        if op.gen is not None:
+            _RANDOM[op.gen] -= 1
+    entry.ops = [op._replace(gen=None) for op in entry.ops]
 
 
 def _registrable(t: torch.Tensor) -> bool:

@@ -14,7 +14,8 @@
 """
 import contextlib
 import logging
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import (Callable, Dict, Iterable, Iterator, List, Optional, Set,
+                    Tuple)
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ from .cfg_apply import apply_init_cfgs, as_cfg_list
 from .errors import CheckpointError, InitConfigError, entry_label
 from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, LoadRecord,
                          Provenance, ProvenanceLedger, attach_ledger)
+from .page_release import MappedFile
 from .pretrained import (LoadPlan, PretrainedInit, build_pretrained,
                          is_pretrained_cfg, plan_load)
 from .report import emit_report, fold_names
@@ -87,8 +89,16 @@ class InitSession:
         # after the checkpoint copy: initializers that read loaded values
         self.after_loads: List[Tuple[Callable, nn.Module, int]] = []
         self.dropped: List[deferred.Dropped] = []  # see refill_on_error
+        self.settled = False
+        self._mapped: Dict[str, MappedFile] = {}
 
     # -- helpers -----------------------------------------------------------
+    def mapped_file(self, path: str) -> MappedFile:
+        """Page releaser of the checkpoint file ``path`` (one per file)."""
+        if path not in self._mapped:
+            self._mapped[path] = MappedFile(path)
+        return self._mapped[path]
+
     def path_of(self, module: nn.Module) -> str:
         return self._paths.get(id(module), f'<{type(module).__name__}>')
 
@@ -112,15 +122,25 @@ class InitSession:
                 for entry in self.pretrained_entries(module)
             ]
             for plan in plans:
-                self.tracker.protected.update(plan.copies)
+                self.protect(plan.copies)
             self.plans[id(module)] = plans
         return self.plans[id(module)]
+
+    def protect(self, names: Iterable[str]) -> None:
+        """The checkpoint provides ``names``: initializers skip them, and
+        after settling, their pending constructor init is dropped too."""
+        names = set(names)
+        self.tracker.protected.update(names)
+        if self.settled and names:
+            tensors = self.root.state_dict(keep_vars=True)
+            self.dropped.append(deferred.settle(
+                {n: tensors[n] for n in names if n in tensors}, names))
 
     def add_plan(self, module: nn.Module, entry: PretrainedInit) -> None:
         """Plan an entry met outside any init_cfg (``initialize(m, cfg)``)."""
         path = self.path_of(module)
         plan = plan_load(module, path, entry, self.label(path, 'Pretrained'))
-        self.tracker.protected.update(plan.copies)
+        self.protect(plan.copies)
         self.plans.setdefault(id(module), []).append(plan)
 
     # -- 1. plan -------------------------------------------------------------
@@ -131,10 +151,17 @@ class InitSession:
         self.settle_deferred()
 
     def settle_deferred(self) -> None:
-        """Constructor init skipped at build time: replay it now for every
-        tensor the checkpoint will not provide (before any declared init)."""
-        self.dropped.append(deferred.settle(
-            self.root.state_dict(keep_vars=True), self.tracker.protected))
+        """Constructor init skipped at build time: dropped for the tensors
+        the checkpoint provides, replayed now for the others (before any
+        declared init), except below modules whose own ``init_weights``
+        handles a ``Pretrained`` entry (what they load is known after)."""
+        tensors = self.root.state_dict(keep_vars=True)
+        own = [self.path_of(m) for m in self.root.modules()
+               if not uses_contract(m) and self.pretrained_entries(m)]
+        later = {n for n in tensors if any(_under(n, p) for p in own)}
+        self.dropped.append(deferred.settle(tensors, self.tracker.protected,
+                                            later))
+        self.settled = True
 
     @contextlib.contextmanager
     def refill_on_error(self) -> Iterator[None]:
@@ -220,6 +247,7 @@ class InitSession:
 
     def after_override(self, module: nn.Module, path: str) -> None:
         """Finish what an ``init_weights`` override left undone."""
+        deferred.materialize(module)  # what its own loading left pending
         self.check_own_loader(module, path)
         if id(module) not in self.handled:
             for entry in self.pretrained_entries(module):
@@ -352,6 +380,7 @@ class InitSession:
             print_log(text, logger='current', level=logging.WARNING)
 
     def finish(self) -> ProvenanceLedger:
+        deferred.materialize(self.root)
         tensors = self.root.state_dict(keep_vars=True)
         self.apply_loads(tensors)
         for job, module, since in self.after_loads:

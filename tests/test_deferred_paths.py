@@ -11,13 +11,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseModel
+from mmengine.config import ConfigDict
+from mmengine.model import BaseModel, BaseModule
 from mmengine.registry import MODELS
 from test_deferred import (VIT_IN, assert_all_finite, build_pair, own_pending,
                            rand, vit_ckpt)
 
 import mmext_init
-from mmext_init import CheckpointError, deferred
+from mmext_init import CheckpointError, deferred, get_provenance
 
 
 def build_vit():
@@ -151,3 +152,75 @@ def test_runner_built_model_with_ema_and_pretrained(nan_empty, save_ckpt,
     assert_all_finite(ema.state_dict())
     saved = torch.load(tmp_path / 'work' / 'iter_2.pth', weights_only=False)
     assert_all_finite(saved['state_dict'])
+
+
+def test_backbone_loading_itself_replays_only_what_it_did_not_load(
+        nan_empty, tmp_path, monkeypatch):
+    """mmdet's Swin loads the checkpoint in its own ``init_weights`` and
+    reads ``self.state_dict()`` first: the tensors it loads are never
+    computed (their constructor init is dropped), the rest is."""
+    from mmdet.models.backbones import SwinTransformer
+    from test_backbones import (SWIN_ARGS, _randomized, _runner_like_ckpt,
+                                _swin_with_adapters)
+    from mmext_init import deferred_replay
+    sd = _randomized(SwinTransformer(**SWIN_ARGS)).state_dict()
+    left_out = 'norm1.weight'  # an output norm the checkpoint lacks
+    path = _runner_like_ckpt({k: v for k, v in sd.items() if k != left_out},
+                             tmp_path / 'det.pth')
+    with deferred.deferred_construction():
+        model = _swin_with_adapters(SwinTransformer)(**SWIN_ARGS, init_cfg=(
+            ConfigDict(type='Pretrained', checkpoint=path)))
+    params = dict(model.named_parameters())
+    loaded = {id(params[k]) for k in sd if k in params and k != left_out}
+    assert loaded & {id(p) for n, p in params.items()
+                     if deferred.is_pending(p)}, 'nothing deferred'
+    replayed = set()
+    run = deferred_replay._run
+
+    def spy(ops):
+        replayed.update(id(t) for _, t in ops)
+        return run(ops)
+
+    monkeypatch.setattr(deferred_replay, '_run', spy)
+    model.init_weights()
+    assert not replayed & loaded
+    assert id(params[left_out]) in replayed
+    state = model.state_dict()
+    for key, value in sd.items():
+        if key != left_out:
+            assert torch.equal(state[key], value), key
+    assert_all_finite(state)
+    assert not own_pending(model)
+    for adapter in model.adapters:
+        assert torch.count_nonzero(adapter.up.weight) == 0
+    assert get_provenance(model).entries[left_out].kind == 'constructor'
+
+
+@MODELS.register_module(force=True)
+class ReadsItsStateThenLoads(BaseModule):
+    """An ``init_weights`` override that reads values from
+    ``self.state_dict()`` before loading part of the checkpoint itself."""
+
+    def __init__(self, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.fc = nn.Linear(8, 8)
+
+    def init_weights(self):
+        self.seen = self.state_dict()['fc.weight'] * 1  # a read, in session
+        ckpt = torch.load(self.init_cfg['checkpoint'], weights_only=True)
+        self.load_state_dict({'fc.bias': ckpt['state_dict']['fc.bias']},
+                             strict=False)
+
+
+def test_reading_state_dict_inside_its_own_init_computes_values(
+        nan_empty, save_ckpt, monkeypatch):
+    path = save_ckpt({'fc.bias': torch.arange(8.)})
+    cfg = dict(type='ReadsItsStateThenLoads',
+               init_cfg=dict(type='Pretrained', checkpoint=path))
+    model, reference = build_pair(lambda: MODELS.build(cfg),
+                                  monkeypatch=monkeypatch)
+    assert deferred.is_pending(model.fc.weight)
+    model.init_weights()
+    assert torch.equal(model.seen, reference.fc.weight)
+    assert torch.equal(model.fc.weight, reference.fc.weight)
+    assert torch.equal(model.fc.bias, torch.arange(8.))
