@@ -80,7 +80,7 @@ def storage_ptr(x: Any) -> Optional[int]:
 
 
 def generator_of(info: OpInfo, args: Tuple, kwargs: Dict,
-               device: Any) -> Tuple[Any, Optional[torch.Generator]]:
+                 device: Any) -> Tuple[Any, Optional[torch.Generator]]:
     """(key, generator object) of a random op; the object is None where its
     state is not saved (default generators of other devices)."""
     gen = arg(args, kwargs, info.gen) if info.gen else None

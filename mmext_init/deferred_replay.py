@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from .deferred_ops import OpInfo, arg, generator_of, leaves, storage_ptr
 
+
 class _Op(NamedTuple):
     seq: int
     func: Any

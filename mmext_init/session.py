@@ -24,6 +24,7 @@ from mmengine.model import BaseModule, is_model_wrapper
 
 from . import deferred
 from .cfg_apply import apply_init_cfgs, as_cfg_list
+from .checkpoint_copy import apply_loads
 from .errors import CheckpointError, InitConfigError, entry_label
 from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, LoadRecord,
                          Provenance, ProvenanceLedger, attach_ledger)
@@ -281,49 +282,6 @@ class InitSession:
     def all_plans(self) -> List[LoadPlan]:
         return [p for plans in self.plans.values() for p in plans]
 
-    def apply_loads(self, tensors: Dict[str, torch.Tensor]) -> None:
-        final: Dict[str, LoadPlan] = {}
-        depth = lambda p: -1 if not p.module_path else p.module_path.count('.')
-        for plan in sorted(self.all_plans(), key=depth, reverse=True):
-            for name in plan.copies:
-                final[name] = plan  # outer plans come later and win
-        with torch.no_grad():
-            for name, plan in final.items():
-                self._copy(plan, name, tensors[name], partial=False)
-            for plan in self.all_plans():  # a full copy elsewhere wins
-                for name in plan.partial:
-                    if name not in final:
-                        self._copy(plan, name, tensors[name], partial=True)
-
-    def _copy(self, plan: LoadPlan, name: str, dst: torch.Tensor,
-              partial: bool) -> None:
-        """Copy one checkpoint tensor (or the checkpoint part of an adapted
-        one) into ``dst`` and record its provenance."""
-        src, adapted = plan.fetch(name, tuple(dst.shape))
-        key = plan.source.origin(plan.copies.get(name) or plan.partial[name])
-        notes: Tuple[str, ...] = ()
-        if adapted is not None:
-            notes += (adapted.description, )
-            plan.record.adapted.append((name, adapted.description))
-        if partial:
-            before = self.tracker.written.get(name)
-            rest = before.describe() if before else 'constructor default'
-            dst[adapted.region] = src[adapted.region].to(dst.dtype)
-            notes += (f'rest: {rest}', )
-        else:
-            if src.dtype != dst.dtype:
-                notes += (f'cast {src.dtype} -> {dst.dtype}', )
-                plan.record.cast.append((name, str(src.dtype),
-                                         str(dst.dtype)))
-            dst.copy_(src)
-            if adapted is None:  # the file's own tensor: done with its pages
-                plan.source.release(plan.copies[name], src)
-        args = {'prefix': plan.entry.prefix} if plan.entry.prefix else None
-        self.tracker.record(
-            name,
-            Provenance(CHECKPOINT, plan.entry.checkpoint, plan.module_path,
-                       key, args, notes))
-
     # -- 4. ledger, checks, report ----------------------------------------
     def code_load_records(self, tensors: Dict[str, torch.Tensor],
                           ledger: ProvenanceLedger) -> List[LoadRecord]:
@@ -382,7 +340,7 @@ class InitSession:
     def finish(self) -> ProvenanceLedger:
         deferred.materialize(self.root)
         tensors = self.root.state_dict(keep_vars=True)
-        self.apply_loads(tensors)
+        apply_loads(self.all_plans(), tensors, self.tracker)
         for job, module, since in self.after_loads:
             job(self, module, since)
         ledger = ProvenanceLedger(self.root_name)

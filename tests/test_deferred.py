@@ -17,9 +17,9 @@ import torch.utils.deterministic
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
-import mmext_init
-from mmext_init import deferred, get_provenance, stock_mmengine
 from toy_models import tiny_retinanet_cfg as retinanet_cfg
+
+from mmext_init import deferred, get_provenance, stock_mmengine
 
 
 class Block(BaseModule):
