@@ -217,14 +217,17 @@ class LoadPlan:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """No NaN/Inf in ``t``: ``aminmax`` propagates both and is one fast pass
-    (``isfinite(t).all()`` is ~25x slower on CPU).
+    """No NaN/Inf in ``t``: one ``sum`` (NaN and Inf propagate; about twice
+    as fast as ``aminmax``, 25x ``isfinite(t).all()``), and ``aminmax`` only
+    when the sum is not finite (it may have overflowed).
 
     Example:
         >>> all_finite(torch.tensor([1.0, float('nan')]))
         False
     """
     if not t.is_floating_point() or t.numel() == 0:
+        return True
+    if bool(torch.isfinite(t.sum())):
         return True
     lo, hi = torch.aminmax(t)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))

@@ -257,3 +257,18 @@ def test_match_suffix_and_ambiguity(save_ckpt):
     with pytest.raises(InitConfigError,
                        match=r"'a.fc1.weight' and 'b.fc1.weight' equally"):
         model.init_weights()
+
+
+@pytest.mark.parametrize('values, finite', [
+    ([1.0, -2.0], True),
+    ([3e38, 3e38, -1.0], True),  # the sum overflows, the values do not
+    ([1.0, float('nan')], False),
+    ([float('inf'), 1.0], False),
+    ([-float('inf'), float('inf')], False),  # sums to NaN
+])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_all_finite(values, finite, dtype):
+    from mmext_init.pretrained import all_finite
+    t = torch.tensor(values, dtype=torch.float64).to(dtype)
+    expected = finite and bool(torch.isfinite(t).all())  # fp16 saturates
+    assert all_finite(t) == expected
