@@ -10,7 +10,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .pretrained import LoadPlan
+from .pretrained import LoadPlan, all_finite
 from .provenance import CHECKPOINT, Provenance
 from .tracking import WriteTracker
 
@@ -42,7 +42,11 @@ def _copy(plan: LoadPlan, name: str, dst: torch.Tensor, partial: bool,
           tracker: WriteTracker) -> None:
     """Copy one checkpoint tensor (or the checkpoint part of an adapted
     one) into ``dst`` and record its provenance."""
-    src, adapted = plan.fetch(name, tuple(dst.shape))
+    # a plain copy is checked for NaN/Inf after it lands: the check then
+    # reads resident memory instead of faulting the file's pages in twice
+    late_check = (plan.entry.check_finite and not partial
+                  and name not in plan.adapted)
+    src, adapted = plan.fetch(name, tuple(dst.shape), check=not late_check)
     key = plan.source.origin(plan.copies.get(name) or plan.partial[name])
     notes: Tuple[str, ...] = ()
     if adapted is not None:
@@ -61,6 +65,8 @@ def _copy(plan: LoadPlan, name: str, dst: torch.Tensor, partial: bool,
         dst.copy_(src)
         if adapted is None:  # the file's own tensor: done with its pages
             plan.source.release(plan.copies[name], src)
+        if late_check and not all_finite(dst):
+            raise plan.non_finite(plan.copies[name], dst)
     args = {'prefix': plan.entry.prefix} if plan.entry.prefix else None
     tracker.record(
         name,

@@ -133,8 +133,9 @@ class Dropped:
     def __init__(self) -> None:
         self.items: List[Tuple[weakref.ref, int, List[_Op]]] = []
 
-    def refill(self) -> int:
-        """Run the init of those not written since; return how many.
+    def refill(self, also: Tuple[torch.Tensor, ...] = ()) -> int:
+        """Run the init of those not written since (and of those in
+        ``also``, e.g. spoiled by a failed copy); return how many.
 
         Example:
             >>> dropped = settle(tensors, protected)
@@ -144,7 +145,8 @@ class Dropped:
         ops: List[Tuple[_Op, torch.Tensor]] = []
         for ref, version, recorded in self.items:
             target = ref()
-            if target is not None and target._version == version:
+            if target is not None and (target._version == version or any(
+                    target is t for t in also)):
                 ops.extend((op, target) for op in recorded)
         self.items.clear()
         _run(sorted(ops, key=lambda item: item[0].seq))

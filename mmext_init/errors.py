@@ -12,6 +12,15 @@ class CheckpointError(RuntimeError):
     or holding objects that were not reconstructed because they could run code."""
 
 
+class NonFiniteTensorError(CheckpointError):
+    """A checkpoint tensor holds NaN or Inf (``check_finite``); ``target`` is
+    the model tensor it was already copied into, if any."""
+
+    def __init__(self, message: str, target=None) -> None:
+        super().__init__(message)
+        self.target = target
+
+
 def entry_label(module_path: str, root_name: str, cfg_type: str) -> str:
     """Human label of an ``init_cfg`` entry, e.g. ``init_cfg of 'backbone' (Pretrained)``.
 

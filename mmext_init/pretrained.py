@@ -19,7 +19,8 @@ import torch.nn as nn
 from mmengine.model.weight_init import PretrainedInit as StockPretrained
 
 from .cfg_apply import as_cfg_list
-from .errors import CheckpointError, InitConfigError
+from .errors import (CheckpointError, InitConfigError,
+                     NonFiniteTensorError)
 from .key_matching import (KeyMapping, MatchResult, match_keys,
                            suggest_mappings, top_prefixes)
 from .adapt import AdaptTransform, Adapted, build_transform, dry_run
@@ -193,18 +194,18 @@ class LoadPlan:
     adapted: Dict[str, AdaptTransform] = field(default_factory=dict)
     partial: Dict[str, str] = field(default_factory=dict)
 
-    def fetch(self, name: str,
-              model_shape: Tuple[int, ...]) -> Tuple[torch.Tensor,
-                                                     Optional[Adapted]]:
+    def fetch(self,
+              name: str,
+              model_shape: Tuple[int, ...],
+              check: bool = True) -> Tuple[torch.Tensor, Optional[Adapted]]:
         """The checkpoint tensor for model tensor ``name`` (adapted if its
         entry says so), read now and checked for NaN/Inf unless
-        ``check_finite=False``."""
+        ``check_finite=False`` (or ``check=False``: the caller checks the
+        copy, see :meth:`non_finite`)."""
         key = self.copies.get(name) or self.partial[name]
         src = self.source.get(key)
-        if self.entry.check_finite and not all_finite(src):
-            raise CheckpointError(
-                f'{self.label}: {self.entry.checkpoint}: tensor {key!r} holds '
-                'NaN or Inf values (set check_finite=False to load it anyway)')
+        if check and self.entry.check_finite and not all_finite(src):
+            raise self.non_finite(key)
         transform = self.adapted.get(name)
         if transform is None:
             return src, None
@@ -214,6 +215,15 @@ class LoadPlan:
         except ValueError as exc:
             raise InitConfigError(f'{self.label}: {exc}') from exc
         return done.tensor, done
+
+
+    def non_finite(self, key: str,
+                   target: Optional[torch.Tensor] = None) -> CheckpointError:
+        """The error for checkpoint tensor ``key`` holding NaN/Inf."""
+        return NonFiniteTensorError(
+            f'{self.label}: {self.entry.checkpoint}: tensor {key!r} holds '
+            'NaN or Inf values (set check_finite=False to load it anyway)',
+            target)
 
 
 def all_finite(t: torch.Tensor) -> bool:

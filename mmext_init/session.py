@@ -170,9 +170,10 @@ class InitSession:
         for a copy that never came get that init after all."""
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            spoiled = getattr(exc, 'target', None)  # a copy found non-finite
             for dropped in self.dropped:
-                dropped.refill()
+                dropped.refill(() if spoiled is None else (spoiled, ))
             raise
 
     # -- 2. initialize -------------------------------------------------------
