@@ -44,6 +44,7 @@ from typing import Iterator, List, Mapping, Set, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .deferred_copies import awaiting
 from .deferred_ops import arg, generator_of, leaves, op_info, storage_ptr
 from .deferred_replay import _HOOKS  # noqa: F401  (tests look at it)
 from .deferred_replay import (_BY_STORAGE, _PENDING, _STATE, _Op,
@@ -172,6 +173,7 @@ def settle(tensors: Mapping[str, torch.Tensor],
         if entry is not None:
             dropped.items.append((entry.ref, t._version, entry.ops))
             _forget(id(t))
+            awaiting(t)
         elif name in later and id(t) in _PENDING:
             _unsequence(id(t))
     _materialize([id(t) for name, t in tensors.items()

@@ -9,8 +9,11 @@ a torch function call on it are wrapped:
 * ``Module._apply`` (``.to()``, ``.double()``): pending stays pending on the
   converted tensor;
 * ``state_dict``/``_save_to_state_dict`` (MMEngine's ``get_state_dict``),
-  ``__deepcopy__`` (``EMAHook``) and ``__reduce_ex__`` (``torch.save``)
-  compute all pending values first;
+  ``__deepcopy__`` and ``__reduce_ex__`` (``torch.save``) compute all
+  pending values first;
+* ``BaseAveragedModel.__init__`` (``EMAHook`` builds it before
+  ``init_weights``): its deep copy of a pending parameter is a pending copy
+  and its ``state_dict()`` gives aliases (see :mod:`.deferred_copies`);
 * ``DistributedDataParallel.__init__``: rank 0's broadcast of raw memory does
   not count as a write; pending parameters stay pending on every rank.
 
@@ -27,7 +30,7 @@ from .deferred_ops import storage_ptr
 from .deferred_replay import (_BY_STORAGE, _PENDING, _STATE, _Entry,
                               _entry_of, _forget, _mark, _materialize,
                               _materialize_all, _sync_hooks, _unmark,
-                              alias, is_pending)
+                              alias, copy_pending, is_pending)
 
 
 def _wrap_load(original: Callable) -> Callable:
@@ -70,6 +73,10 @@ def _wrap_apply(original: Callable) -> Callable:
             return original(self, *args, **kwargs)
         before = [(m, n, p) for m in self.modules()
                   for n, p in m._parameters.items() if id(p) in _PENDING]
+        viewed = [id(p) for _, _, p in before if any(
+            ref() is not None for ref in _PENDING[id(p)].aliases)]
+        if viewed:  # an alias would be left on the old memory: compute now
+            _materialize(viewed, check_version=True)
         _STATE['applying'] += 1
         try:
             out = original(self, *args, **kwargs)
@@ -87,7 +94,8 @@ def _wrap_apply(original: Callable) -> Callable:
             if new is not p:
                 _unmark(p)
             moved = _Entry(new, storage_ptr(new))  # type: ignore[arg-type]
-            moved.ops = entry.ops
+            moved.ops, moved.source = entry.ops, entry.source
+            moved.born, moved.aliases = entry.born, entry.aliases
             _PENDING[id(new)], _BY_STORAGE[moved.ptr] = moved, id(new)
             _mark(new)
         return out
@@ -106,16 +114,47 @@ def _wrap_read(original: Callable) -> Callable:
     return wrapper
 
 
-def _in_session() -> bool:
+def _wrap_deepcopy(original: Callable) -> Callable:
+    """``Parameter.__deepcopy__``: a pending copy inside an averaged model's
+    constructor, else all pending values are computed first."""
+
+    def __deepcopy__(self, memo):
+        if (_STATE['averaging'] and id(self) in _PENDING
+                and id(self) not in memo):
+            memo[id(self)] = copy_pending(self)
+            return memo[id(self)]
+        if _PENDING and is_pending(self):
+            _materialize_all()
+        return original(self, memo)
+
+    return __deepcopy__
+
+
+def _wrap_averaged_init(original: Callable) -> Callable:
+    """``BaseAveragedModel.__init__`` (``EMAHook``'s averaged model)."""
+
+    def __init__(self, *args, **kwargs):
+        _STATE['averaging'] += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _STATE['averaging'] -= 1
+
+    return __init__
+
+
+def _aliasing() -> bool:
+    """Whether ``state_dict()`` gives pending parameters as aliases: inside
+    an init session or an averaged model's constructor."""
     from .session import current_session
-    return current_session() is not None
+    return bool(_STATE['averaging']) or current_session() is not None
 
 
 def _wrap_state_dict(original: Callable) -> Callable:
 
     def state_dict(self, *args, **kwargs):
         if _PENDING and not kwargs.get('keep_vars', args[2:3] == (
-                True, )) and not _in_session():
+                True, )) and not _aliasing():
             _materialize_all()
         return original(self, *args, **kwargs)
 
@@ -125,14 +164,14 @@ def _wrap_state_dict(original: Callable) -> Callable:
 def _wrap_save(original: Callable) -> Callable:
     """``_save_to_state_dict`` (MMEngine's ``get_state_dict`` calls it): all
     pending values are computed first; inside an init session (a backbone's
-    own ``init_weights`` reading shapes), pending parameters are given as
-    :class:`PendingAlias` instead."""
+    own ``init_weights`` reading shapes) or an averaged model's constructor,
+    pending parameters are given as :class:`PendingAlias` instead."""
 
     def _save_to_state_dict(self, destination, prefix, keep_vars, *a, **k):
         if not _PENDING or keep_vars or not any(
                 id(p) in _PENDING for p in self._parameters.values()):
             return original(self, destination, prefix, keep_vars, *a, **k)
-        if not _in_session():
+        if not _aliasing():
             _materialize_all()
             return original(self, destination, prefix, keep_vars, *a, **k)
         out = original(self, destination, prefix, True, *a, **k)
@@ -208,8 +247,11 @@ def install() -> None:
     _patch(nn.Module, '_apply', _wrap_apply)
     _patch(nn.Module, 'state_dict', _wrap_state_dict)
     _patch(nn.Module, '_save_to_state_dict', _wrap_save)
+    _patch(torch.Tensor, '__deepcopy__', _wrap_read)
+    _patch(nn.Parameter, '__deepcopy__', _wrap_deepcopy)
     for cls in (torch.Tensor, nn.Parameter):
-        _patch(cls, '__deepcopy__', _wrap_read)
         _patch(cls, '__reduce_ex__', _wrap_read)
     from torch.nn.parallel import DistributedDataParallel
     _patch(DistributedDataParallel, '__init__', _wrap_ddp_init)
+    from mmengine.model.averaged_model import BaseAveragedModel
+    _patch(BaseAveragedModel, '__init__', _wrap_averaged_init)

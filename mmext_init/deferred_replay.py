@@ -1,37 +1,30 @@
 """The engine of deferred constructor init (see :mod:`.deferred`): the
 registry of pending parameters, recording an op instead of running it,
 replaying records in draw order, :class:`PendingParameter` (replays on any
-read) and the global forward / optimizer-step hooks that exist while
-anything is pending.
+read), pending copies and aliases (:mod:`.deferred_copies`) and the global
+forward / optimizer-step hooks that exist while anything is pending.
 
 Example:
     >>> is_pending(model.fc.weight), pending_count()
     (True, 2)
     >>> materialize(model)          # the values it would have had
 """
-import itertools
 import weakref
-from typing import (Any, Dict, Iterable, Iterator, List, NamedTuple, Optional,
-                    Tuple)
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from .deferred_copies import add_sources, fill_copies, fill_views
 from .deferred_ops import OpInfo, arg, generator_of, leaves, storage_ptr
-
-
-class _Op(NamedTuple):
-    seq: int
-    func: Any
-    args: Tuple[Any, ...]  # the target's slot holds None
-    kwargs: Dict[str, Any]
-    where: Tuple[int, str]
-    gen: Any  # generator key of a random op, else None
-
+from .deferred_state import (_ALIAS_METADATA, _AWAITING, _BY_STORAGE,
+                             _CURSOR, _HOOKS, _METADATA, _PENDING, _RANDOM,
+                             _SEQ, _STATE, _Op, _run)
 
 class _Entry:
     """The record of one pending parameter (held weakly)."""
-    __slots__ = ('ref', 'ptr', 'version', 'ops', 'like')
+    __slots__ = ('ref', 'ptr', 'version', 'ops', 'like', 'source', 'born',
+                 'aliases')
 
     def __init__(self, param: nn.Parameter, ptr: int) -> None:
         self.ref = weakref.ref(param,
@@ -39,29 +32,10 @@ class _Entry:
         self.ptr, self.version = ptr, param._version  # None while recording
         self.ops: List[_Op] = []
         self.like = (param.shape, param.dtype, param.device)
-
-
-_PENDING: Dict[int, _Entry] = {}  # id(param) -> entry
-_BY_STORAGE: Dict[int, int] = {}  # storage data_ptr -> id(param)
-_RANDOM: Dict[Any, int] = {}  # generator key -> pending random ops
-_CURSOR: Dict[Any, Tuple[torch.Generator, torch.Tensor]] = {}  # key -> state
-_SEQ = itertools.count()
-_HOOKS: Dict[str, Any] = {}
-# depth: builds in progress; replaying/applying/loading/wrapping: inside a
-# replay, ``Module._apply``, ``_load_from_state_dict``, DDP's constructor
-_STATE = {'depth': 0, 'replaying': 0, 'in_step': 0, 'applying': 0,
-          'loading': 0, 'wrapping': 0}
-# torch functions that read no values of a pending parameter
-_METADATA = frozenset({
-    'dim', 'size', 'numel', 'nelement', 'ndimension', 'stride',
-    'storage_offset', 'is_contiguous', 'element_size', 'is_floating_point',
-    'is_complex', 'get_device', '__len__', 'requires_grad_', 'is_shared',
-    'is_pinned', 'data_ptr', 'untyped_storage', '_is_view', 'has_names',
-    'shape', 'dtype', 'device', 'requires_grad', 'grad', 'is_leaf', 'ndim',
-    'names', 'layout', 'is_cuda', 'is_cpu', 'is_sparse', 'is_quantized',
-    'is_meta', 'is_mkldnn', 'is_nested', '_version', 'grad_fn', 'output_nr',
-    'itemsize', 'nbytes', '_base', '__class__'})
-_ALIAS_METADATA = _METADATA - {'data_ptr', 'untyped_storage'}
+        # a pending copy (see copy_pending): the parameter it follows
+        self.source: Optional[weakref.ref] = None
+        self.born = next(_SEQ)
+        self.aliases: List[weakref.ref] = []  # PendingAlias views of it
 
 
 def _entry_of(x: Any) -> Optional[_Entry]:
@@ -138,13 +112,41 @@ class PendingAlias(torch.Tensor):
 
 
 def alias(param: nn.Parameter) -> torch.Tensor:
-    """``param.detach()``; a :class:`PendingAlias` if ``param`` is pending."""
-    if id(param) not in _PENDING:
+    """``param.detach()``; a :class:`PendingAlias` if ``param`` is pending
+    (a plain tensor again, holding the values, once they are computed)."""
+    entry = _PENDING.get(id(param))
+    if entry is None:
         return param.detach()
     with torch._C.DisableTorchFunctionSubclass():
         out = param.detach()
     out.__class__ = PendingAlias
+    entry.aliases.append(weakref.ref(out))
     return out
+
+
+def copy_pending(param: nn.Parameter) -> nn.Parameter:
+    """A pending copy of the pending ``param`` that reads nothing now: when
+    first read it takes ``param``'s values (computing them first if
+    ``param`` is still pending), or runs ``param``'s recorded init if
+    ``param`` is gone or its values are not there yet (dropped for a
+    checkpoint copy still to come).
+
+    Example:
+        >>> ema_weight = copy_pending(model.fc.weight)   # nothing computed
+        >>> ema_weight.sum()          # model.fc.weight's values, copied
+    """
+    entry = _PENDING[id(param)]
+    shape, dtype, device = entry.like  # reads nothing of ``param``
+    copy = nn.Parameter(torch.empty(shape, dtype=dtype, device=device),
+                        param.requires_grad)
+    ptr = storage_ptr(copy)
+    new = _PENDING[id(copy)] = _Entry(copy, ptr)  # type: ignore[arg-type]
+    _BY_STORAGE[ptr] = id(copy)  # type: ignore[index]
+    new.source = weakref.ref(param)
+    new.ops = [op._replace(gen=None) for op in entry.ops]  # if no source
+    _mark(copy)
+    _sync_hooks()
+    return copy
 
 
 def _function_name(func: Any) -> str:
@@ -193,6 +195,10 @@ def _forget(pid: int) -> None:
     if _BY_STORAGE.get(entry.ptr) == pid:
         del _BY_STORAGE[entry.ptr]
     _unmark(entry.ref())
+    for ref in entry.aliases:
+        view = ref()
+        if type(view) is PendingAlias:
+            view.__class__ = torch.Tensor
     for op in entry.ops:
         if op.gen is not None:
             _RANDOM[op.gen] -= 1
@@ -278,7 +284,8 @@ def _closure(todo: Dict[int, _Entry]) -> None:
 
 
 def _materialize(pids: Iterable[int], check_version: bool) -> None:
-    """Replay the records of ``pids`` in record order, then forget them.
+    """Replay the records of ``pids`` in record order, then forget them;
+    pending copies among them take their source's values after that.
 
     A parameter whose storage was replaced (``.data = x``), or (with
     ``check_version``) that something wrote outside the record, keeps that
@@ -286,12 +293,17 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
     todo = {pid: _PENDING[pid] for pid in pids if pid in _PENDING}
     if not todo:
         return
+    add_sources(todo)
     if len(todo) < len(_PENDING):
         _closure(todo)
     ops: List[Tuple[_Op, torch.Tensor]] = []
+    copies: List[Tuple[_Entry, torch.Tensor]] = []
+    views: List[Tuple[weakref.ref, torch.Tensor]] = []
     for pid, entry in todo.items():
         _forget(pid)
         target = entry.ref()
+        if target is not None:  # its aliases get the values it ends with
+            views.extend((ref, target) for ref in entry.aliases)
         if (target is None or storage_ptr(target) != entry.ptr
                 or (check_version and entry.version is not None
                     and target._version != entry.version)):
@@ -299,7 +311,10 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
                 continue
             shape, dtype, device = entry.like
             target = torch.empty(shape, dtype=dtype, device=device)
-        ops.extend((op, target) for op in entry.ops)
+        if entry.source is not None:
+            copies.append((entry, target))
+        else:
+            ops.extend((op, target) for op in entry.ops)
     ops.sort(key=lambda item: item[0].seq)
     keys = {op.gen for op, _ in ops if op.gen in _CURSOR}
     saved = {key: _CURSOR[key][0].get_state() for key in keys}
@@ -316,22 +331,8 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
             if not torch.equal(saved[key], cursor):
                 gen.set_state(saved[key])
         _sync_hooks()
-
-
-def _run(ops: List[Tuple[_Op, torch.Tensor]]) -> None:
-    """Run recorded ops, each on its target."""
-    _STATE['replaying'] += 1
-    try:
-        with torch.no_grad():
-            for op, target in ops:
-                args, kwargs = list(op.args), dict(op.kwargs)
-                if op.where[0] < len(args):
-                    args[op.where[0]] = target
-                else:
-                    kwargs[op.where[1]] = target
-                op.func(*args, **kwargs)
-    finally:
-        _STATE['replaying'] -= 1
+    fill_copies(copies)
+    fill_views(views)
 
 
 def materialize(module: Optional[nn.Module] = None) -> None:
@@ -366,6 +367,7 @@ def _sync_hooks() -> None:
     if not _PENDING:
         _RANDOM.clear()
         _CURSOR.clear()
+        _AWAITING.clear()
     if _PENDING and not _HOOKS:
         from torch.nn.modules.module import register_module_forward_pre_hook
         from torch.optim.optimizer import register_optimizer_step_pre_hook

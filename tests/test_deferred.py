@@ -252,14 +252,114 @@ def test_deepcopy_before_init_copies_computed_values(nan_empty, monkeypatch):
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def test_ema_model_built_before_init_is_finite(nan_empty):
-    model = MODELS.build(dict(type='DeferToyViT'))
-    ema = MODELS.build(dict(type='ExponentialMovingAverage', momentum=0.1),
-                       default_args=dict(model=model))
-    assert not own_pending(model)
-    for (name, a), b in zip(model.named_parameters(),
-                            ema.module.parameters()):
-        assert torch.equal(a, b) and torch.isfinite(b).all(), name
+def build_ema(model, update_buffers):
+    return MODELS.build(dict(type='ExponentialMovingAverage', momentum=0.1,
+                             update_buffers=update_buffers),
+                        default_args=dict(model=model))
+
+
+@pytest.mark.parametrize('update_buffers', [False, True])
+def test_ema_copies_stay_pending_until_read(update_buffers, nan_empty,
+                                            monkeypatch):
+    """EMAHook builds its averaged model before ``init_weights``: the copy
+    computes nothing, and reading it gives the constructor values."""
+    model, reference = build_pair(lambda: MODELS.build(dict(
+        type='DeferToyViT')), monkeypatch=monkeypatch)
+    pending = own_pending(model)
+    ema = build_ema(model, update_buffers)
+    assert own_pending(model) == pending
+    assert own_pending(ema.module) == pending
+    aliases = {k: v for k, v in ema.avg_parameters.items() if k in pending}
+    if update_buffers:  # state_dict() in the constructor: aliases
+        assert {type(v).__name__ for v in aliases.values()} == {
+            'PendingAlias'}
+    values = ema.module.state_dict()
+    assert not own_pending(model) and not own_pending(ema.module)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(values[key], value), key
+        assert torch.equal(model.state_dict()[key], value), key
+    for key, view in aliases.items():  # plain tensors again, same values
+        assert type(view) in (torch.Tensor, nn.Parameter), key
+        assert torch.equal(view, reference.state_dict()[key]), key
+
+
+def test_ema_aliases_of_a_model_moved_before_the_read(nan_empty,
+                                                      monkeypatch):
+    """``update_buffers=True`` keeps aliases from ``state_dict()``; moving
+    the copies (``.double()``) before anything is read leaves each alias
+    with the values, not with the old memory."""
+    model, reference = build_pair(lambda: MODELS.build(dict(
+        type='DeferToyViT')), monkeypatch=monkeypatch)
+    ema = build_ema(model, update_buffers=True)
+    pending = own_pending(ema.module)
+    ema.module.double()
+    for key, value in reference.state_dict().items():
+        view = ema.avg_parameters[key]
+        assert view.dtype == value.dtype and torch.equal(view, value), key
+        if key in pending:
+            assert ema.module.state_dict()[key].dtype == torch.float64
+
+
+@pytest.mark.parametrize('update_buffers', [False, True])
+def test_ema_built_before_pretrained_init_keeps_the_saving(
+        update_buffers, nan_empty, save_ckpt, monkeypatch):
+    """The tensors the checkpoint provides are never computed, in the model
+    or its EMA copy; a copy of a pending tensor then holds the model's
+    values (of the others, a copy of the value then, as without deferral)."""
+    from mmext_init import deferred_replay
+    path, state = vit_ckpt(save_ckpt)
+    model = MODELS.build(dict(type='DeferToyViT', init_cfg=dict(
+        type='Pretrained', checkpoint=path, on_missing='ignore')))
+    params = dict(model.named_parameters())
+    loaded = {id(params[k]) for k in state
+              if k in params and deferred.is_pending(params[k])}
+    assert loaded, 'nothing deferred: the test would prove nothing'
+    replayed = set()
+    run = deferred_replay._run
+
+    def spy(ops):
+        replayed.update(id(t) for _, t in ops)
+        return run(ops)
+
+    monkeypatch.setattr(deferred_replay, '_run', spy)
+    pending = own_pending(model)
+    before = {k: v.detach().clone()  # not pending: reads nothing raw
+              for k, v in model.state_dict(keep_vars=True).items()
+              if k not in pending}
+    ema = build_ema(model, update_buffers)
+    model.init_weights()
+    values = ema.module.state_dict()  # the copies are read now
+    assert not replayed & loaded
+    assert not own_pending(ema.module)
+    for key, value in model.state_dict().items():
+        expected = before.get(key, value)
+        assert torch.equal(values[key], expected), key
+    assert {k for k in state if k in pending} and all(
+        torch.equal(values[k], state[k]) for k in state if k in pending)
+    assert_all_finite(values)
+
+
+def test_copy_of_a_tensor_without_values_runs_its_init(nan_empty):
+    """A pending copy whose source was dropped for a checkpoint copy still
+    to come, or is gone, runs the source's recorded init instead."""
+    from mmext_init.deferred_replay import copy_pending
+    with deferred.deferred_construction():
+        fc = nn.Linear(64, 64)
+    awaiting = copy_pending(fc.weight)
+    deferred.settle({'weight': fc.weight, 'bias': fc.bias}, {'weight'})
+    assert not deferred.is_pending(fc.weight)  # its memory: still raw
+    with deferred.deferred_construction():
+        gone = nn.Linear(64, 64)
+    orphan = copy_pending(gone.weight)
+    del gone
+    gc.collect()
+    for copy in (awaiting, orphan):
+        assert type(copy) is nn.Parameter or deferred.is_pending(copy)
+        values = copy.detach().clone()  # a read: runs kaiming_uniform_
+        assert type(copy) is nn.Parameter
+        assert torch.isfinite(values).all()
+        assert 0 < values.abs().max() <= 1 / 8  # bound 1/sqrt(fan_in)
+    fc.weight.data.fill_(1.0)  # what the checkpoint copy would do
 
 
 # (e) state_dict / get_state_dict / save / optimizer step before init --------

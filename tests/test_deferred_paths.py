@@ -120,12 +120,18 @@ class DeferToyTrainee(BaseModel):
         return {'loss': out.pow(2).mean()} if mode == 'loss' else out
 
 
-def test_runner_built_model_with_ema_and_pretrained(nan_empty, save_ckpt,
-                                                    tmp_path):
+@pytest.mark.parametrize('update_buffers', [False, True])
+def test_runner_built_model_with_ema_and_pretrained(update_buffers, nan_empty,
+                                                    save_ckpt, tmp_path,
+                                                    monkeypatch):
     """The Runner builds the model (deferred), moves it (``.to``), EMAHook
-    deep-copies it before ``init_weights``; lr=0 keeps values to check."""
+    deep-copies it before ``init_weights``: what the checkpoint provides is
+    never computed, in the model or the EMA copy, which ends up holding the
+    loaded values (lr=0 keeps values to check)."""
     from mmengine.runner import Runner
     from torch.utils.data import DataLoader
+
+    from mmext_init import deferred_replay
     path, state = vit_ckpt(save_ckpt)
     data = [{'inputs': rand(*VIT_IN[1:])} for _ in range(4)]
     runner = Runner(
@@ -136,19 +142,37 @@ def test_runner_built_model_with_ema_and_pretrained(nan_empty, save_ckpt,
         train_dataloader=DataLoader(data, batch_size=2),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
         train_cfg=dict(by_epoch=False, max_iters=2),
-        custom_hooks=[dict(type='EMAHook', momentum=0.5)],
+        custom_hooks=[dict(type='EMAHook', momentum=0.5,
+                           update_buffers=update_buffers)],
         default_hooks=dict(checkpoint=dict(type='CheckpointHook',
                                            interval=2, by_epoch=False)),
         default_scope='mmengine',
         experiment_name=f'defer_{os.getpid()}_{id(tmp_path)}')
     assert own_pending(runner.model)  # built from the dict: deferred
+    params = dict(runner.model.backbone.named_parameters())
+    loaded = {id(params[k]) for k in state
+              if k in params and deferred.is_pending(params[k])}
+    assert loaded
+    replayed = set()
+    run = deferred_replay._run
+
+    def spy(ops):
+        replayed.update(id(t) for _, t in ops)
+        return run(ops)
+
+    monkeypatch.setattr(deferred_replay, '_run', spy)
     runner.train()
+    assert not replayed & loaded
     values = runner.model.backbone.state_dict()
     for key, value in state.items():
         assert torch.equal(values[key], value), key
     assert_all_finite(runner.model.state_dict())
     ema = runner.hooks[[type(h).__name__ for h in runner.hooks].index(
         'EMAHook')].ema_model
+    ema_values = ema.module.backbone.state_dict()
+    for key, value in state.items():
+        if key in params:  # buffers: averaged only with update_buffers
+            assert torch.equal(ema_values[key], value), key
     assert_all_finite(ema.state_dict())
     saved = torch.load(tmp_path / 'work' / 'iter_2.pth', weights_only=False)
     assert_all_finite(saved['state_dict'])

@@ -21,11 +21,16 @@ Usage::
 
     python tools/bench_init.py [--sizes vit-b vit-l vit-h swin-l] [--repeats 3] [--json]
 
+(``--sizes vit-t``: a 2-block ViT, to check that the tool runs.)
+
 Prints the median wall time of build + ``init_weights`` and the median peak
 RSS (``ru_maxrss`` of the child, imports included) per configuration, and
 the ratios stock/plugin, plugin/floor, plugin RSS / stock RSS and the same
 for the growth of RSS over the start (peak minus the RSS after imports:
-what the model and its checkpoint cost, without the ~300 MB interpreter).
+what the model and its checkpoint cost, without the ~300 MB interpreter),
+and the bytes each process copied in through read() calls (``rchar``):
+what every rank of a job reads again, where a memory map shares the page
+cache.
 """
 import argparse
 import json
@@ -44,7 +49,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SIZES = {'vit-b': (768, 12), 'vit-l': (1024, 24), 'vit-h': (1280, 32),
-         'swin-l': (192, 0)}
+         'swin-l': (192, 0), 'vit-t': (192, 2)}  # vit-t: smoke test only
 MODES = ('stock', 'plugin', 'floor')
 SWIN_L = dict(type='mmdet.SwinTransformer', pretrain_img_size=384,
               embed_dims=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
@@ -154,6 +159,7 @@ def child(mode: str, size: str, ckpt: str) -> Dict[str, float]:
         MMLogger.get_current_instance()  # logger creation not timed
     _register()
     base_mb = _current_rss_mb()
+    read_before = _read_syscall_bytes()
     start = time.perf_counter()
     if mode == 'floor':
         model = allocate(size)
@@ -169,7 +175,22 @@ def child(mode: str, size: str, ckpt: str) -> Dict[str, float]:
         build(size, ckpt).init_weights()
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(seconds=seconds, rss_mb=rss_mb, base_mb=base_mb)
+    read_mb = (_read_syscall_bytes() - read_before) / 2**20
+    return dict(seconds=seconds, rss_mb=rss_mb, base_mb=base_mb,
+                read_mb=read_mb)
+
+
+def _read_syscall_bytes() -> int:
+    """Bytes this process copied in through read() calls so far (``rchar``
+    of /proc/self/io): a checkpoint read through a memory map adds ~0 (its
+    bytes stay in the page cache, shared by every process mapping it),
+    ``torch.load`` without a map adds the whole file, per process."""
+    try:
+        with open('/proc/self/io') as f:
+            return next(int(line.split()[1]) for line in f
+                        if line.startswith('rchar:'))
+    except (OSError, StopIteration):
+        return 0
 
 
 def _current_rss_mb() -> float:
@@ -214,6 +235,7 @@ def run(sizes: List[str], repeats: int) -> Dict[str, Dict[str, Any]]:
                 m: dict(seconds=statistics.median(r['seconds'] for r in rs),
                         rss_mb=statistics.median(r['rss_mb'] for r in rs),
                         base_mb=statistics.median(r['base_mb'] for r in rs),
+                        read_mb=statistics.median(r['read_mb'] for r in rs),
                         runs=rs)
                 for m, rs in runs.items()
             }
@@ -247,7 +269,7 @@ def table(results: Dict[str, Dict[str, Any]]) -> str:
     lines = [f'{"model":<7}{"stock s":>9}{"plugin s":>10}{"floor s":>9}'
              f'{"stock/plugin":>14}{"plugin/floor":>14}{"stock MB":>10}'
              f'{"plugin MB":>11}{"floor MB":>10}{"RSS plugin/stock":>18}'
-             f'{"growth plugin/stock":>21}']
+             f'{"growth plugin/stock":>21}{"read() MB stock/plugin":>24}']
     for size, r in results.items():
         s, p, f = (r[m]['seconds'] for m in MODES)
         rs, rp, rf = (r[m]['rss_mb'] for m in MODES)
@@ -256,8 +278,13 @@ def table(results: Dict[str, Dict[str, Any]]) -> str:
                      f'{q["stock_over_plugin"]:>14.2f}'
                      f'{q["plugin_over_floor"]:>14.2f}{rs:>10.0f}{rp:>11.0f}'
                      f'{rf:>10.0f}{q["rss_plugin_over_stock"]:>18.2f}'
-                     f'{q["grown_plugin_over_stock"]:>21.2f}')
+                     f'{q["grown_plugin_over_stock"]:>21.2f}'
+                     f'{_pair(r["stock"]["read_mb"], r["plugin"]["read_mb"])}')
     return '\n'.join(lines)
+
+
+def _pair(a: float, b: float) -> str:
+    return f'{f"{a:.0f} / {b:.0f}":>24}'
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,73 @@
+"""Pending copies and aliases of pending parameters (see :mod:`.deferred`).
+
+MMEngine's averaged models (``EMAHook``) deep-copy the model before
+``init_weights``. Inside their constructor a pending parameter's copy is
+pending too (:func:`.deferred_replay.copy_pending`): it costs nothing until
+read, then takes the original's values, computed first if the original is
+still pending. If the original is gone, or its values are not there yet
+(dropped by the init session for a checkpoint copy still to come, see
+:func:`awaiting`), the copy runs the original's recorded init instead.
+
+Example:
+    >>> ema = ExponentialMovingAverage(model)   # copies stay pending
+    >>> model.init_weights()                    # checkpoint copied in
+    >>> ema.module.fc.weight.sum()              # now the loaded values
+"""
+import weakref
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .deferred_ops import storage_ptr
+from .deferred_state import _AWAITING, _PENDING, _run
+
+
+def awaiting(param: torch.Tensor) -> None:
+    """Note that ``param`` was dropped for a checkpoint copy still to come:
+    until it is written, a pending copy of it does not copy its memory.
+
+    Example:
+        >>> awaiting(model.fc.weight)    # done by deferred.settle
+    """
+    _AWAITING[id(param)] = (weakref.ref(param), param._version)
+
+
+def add_sources(todo: Dict[int, Any]) -> None:
+    """Add to ``todo`` (id -> entry) the pending sources of its copies."""
+    new = list(todo.values())
+    while new:
+        sources = [e.source() for e in new if e.source is not None]
+        found = {id(s): _PENDING[id(s)] for s in sources
+                 if s is not None and id(s) in _PENDING and id(s) not in todo}
+        todo.update(found)
+        new = list(found.values())
+
+
+def _has_values(source: Optional[torch.Tensor]) -> bool:
+    if source is None or id(source) in _PENDING:
+        return False
+    ref, version = _AWAITING.get(id(source), (None, None))
+    return not (ref is not None and ref() is source
+                and source._version == version)
+
+
+def fill_copies(copies: List[Tuple[Any, torch.Tensor]]) -> None:
+    """Pending copies (entry, target) take their source's values, oldest
+    first (a copy of a copy after its source), else run the recorded init."""
+    for entry, target in sorted(copies, key=lambda item: item[0].born):
+        source = entry.source()
+        if _has_values(source) and (source.shape, source.dtype) == (
+                target.shape, target.dtype):
+            _run([], copy=(source, target))
+        else:
+            _run([(op, target) for op in entry.ops])
+
+
+def fill_views(views: List[Tuple[weakref.ref, torch.Tensor]]) -> None:
+    """Aliases on other memory than their parameter now (it was moved or
+    replaced while pending) get its values too."""
+    for ref, target in views:
+        view = ref()
+        if (view is not None and view.shape == target.shape
+                and storage_ptr(view) != storage_ptr(target)):
+            _run([], copy=(target, view))

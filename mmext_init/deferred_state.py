@@ -1,0 +1,69 @@
+"""The shared state of deferred constructor init (see :mod:`.deferred`): the
+registries of pending parameters and recorded ops, the mode counters, and
+:func:`_run`, which replays recorded ops.
+
+Example:
+    >>> from mmext_init.deferred_state import _PENDING
+    >>> len(_PENDING)           # pending parameters, all models
+    0
+"""
+import itertools
+import weakref
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+
+_SEQ = itertools.count()  # record order (and the age of pending copies)
+
+
+class _Op(NamedTuple):
+    seq: int
+    func: Any
+    args: Tuple[Any, ...]  # the target's slot holds None
+    kwargs: Dict[str, Any]
+    where: Tuple[int, str]
+    gen: Any  # generator key of a random op, else None
+
+
+_PENDING: Dict[int, Any] = {}  # id(param) -> deferred_replay._Entry
+_BY_STORAGE: Dict[int, int] = {}  # storage data_ptr -> id(param)
+_RANDOM: Dict[Any, int] = {}  # generator key -> pending random ops
+_CURSOR: Dict[Any, Tuple[torch.Generator, torch.Tensor]] = {}  # key -> state
+_AWAITING: Dict[int, Tuple[weakref.ref, int]] = {}  # dropped, copy to come
+_HOOKS: Dict[str, Any] = {}
+# depth: builds in progress; replaying/applying/loading/wrapping/averaging:
+# inside a replay, ``Module._apply``, ``_load_from_state_dict``, DDP's
+# constructor, MMEngine's ``BaseAveragedModel`` constructor
+_STATE = {'depth': 0, 'replaying': 0, 'in_step': 0, 'applying': 0,
+          'loading': 0, 'wrapping': 0, 'averaging': 0}
+# torch functions that read no values of a pending parameter
+_METADATA = frozenset({
+    'dim', 'size', 'numel', 'nelement', 'ndimension', 'stride',
+    'storage_offset', 'is_contiguous', 'element_size', 'is_floating_point',
+    'is_complex', 'get_device', '__len__', 'requires_grad_', 'is_shared',
+    'is_pinned', 'data_ptr', 'untyped_storage', '_is_view', 'has_names',
+    'shape', 'dtype', 'device', 'requires_grad', 'grad', 'is_leaf', 'ndim',
+    'names', 'layout', 'is_cuda', 'is_cpu', 'is_sparse', 'is_quantized',
+    'is_meta', 'is_mkldnn', 'is_nested', '_version', 'grad_fn', 'output_nr',
+    'itemsize', 'nbytes', '_base', '__class__'})
+_ALIAS_METADATA = _METADATA - {'data_ptr', 'untyped_storage'}
+
+
+def _run(ops: List[Tuple[_Op, torch.Tensor]],
+         copy: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
+    """Run recorded ops, each on its target (or ``copy``: (src, dst))."""
+    _STATE['replaying'] += 1
+    try:
+        with torch.no_grad():
+            if copy is not None:
+                with torch._C.DisableTorchFunctionSubclass():
+                    copy[1].copy_(copy[0])
+            for op, target in ops:
+                args, kwargs = list(op.args), dict(op.kwargs)
+                if op.where[0] < len(args):
+                    args[op.where[0]] = target
+                else:
+                    kwargs[op.where[1]] = target
+                op.func(*args, **kwargs)
+    finally:
+        _STATE['replaying'] -= 1
