@@ -25,7 +25,10 @@ def apply_loads(plans: List[LoadPlan], tensors: Dict[str, torch.Tensor],
         ...             session.tracker)
     """
     final: Dict[str, LoadPlan] = {}
-    depth = lambda p: -1 if not p.module_path else p.module_path.count('.')
+
+    def depth(plan: LoadPlan) -> int:
+        return plan.module_path.count('.') if plan.module_path else -1
+
     for plan in sorted(plans, key=depth, reverse=True):
         for name in plan.copies:
             final[name] = plan  # outer plans come later and win

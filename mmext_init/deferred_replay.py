@@ -21,6 +21,7 @@ from .deferred_state import (_ALIAS_METADATA, _AWAITING, _BY_STORAGE,
                              _CURSOR, _HOOKS, _METADATA, _PENDING, _RANDOM,
                              _SEQ, _STATE, _Op, _run)
 
+
 class _Entry:
     """The record of one pending parameter (held weakly)."""
     __slots__ = ('ref', 'ptr', 'version', 'ops', 'like', 'source', 'born',

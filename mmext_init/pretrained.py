@@ -216,7 +216,6 @@ class LoadPlan:
             raise InitConfigError(f'{self.label}: {exc}') from exc
         return done.tensor, done
 
-
     def non_finite(self, key: str,
                    target: Optional[torch.Tensor] = None) -> CheckpointError:
         """The error for checkpoint tensor ``key`` holding NaN/Inf."""
@@ -295,10 +294,10 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
                     {_full(path, n): k for n, k in partial.items()})
 
 
-def assign_transforms(result: MatchResult, entry: PretrainedInit,
-                       model_shapes: Dict[str, Tuple[int, ...]],
-                       label: str) -> Tuple[Dict[str, AdaptTransform],
-                                            Dict[str, str]]:
+def assign_transforms(
+        result: MatchResult, entry: PretrainedInit,
+        model_shapes: Dict[str, Tuple[int, ...]],
+        label: str) -> Tuple[Dict[str, AdaptTransform], Dict[str, str]]:
     """Give each shape-mismatched tensor its ``adapt`` transform (and each
     equal-shaped one a transform that still changes it, e.g. ``Classes``
     reordering classes), checked on shapes only.

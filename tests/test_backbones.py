@@ -133,8 +133,8 @@ def test_detector_checkpoint_with_changed_classes(tmp_path):
     assert torch.allclose(cls_bias, torch.full_like(cls_bias, -4.59512))
     ledger = get_provenance(model)
     mismatched = {k: (c, m) for k, c, m in ledger.loads[0].mismatched}
-    assert mismatched['bbox_head.retina_cls.weight'] == ((45, 32, 3, 3),
-                                                          (3, 32, 3, 3))
+    assert mismatched['bbox_head.retina_cls.weight'] == (
+        (45, 32, 3, 3), (3, 32, 3, 3))
     entry = ledger.entries['bbox_head.retina_cls.bias']
     assert (entry.kind, entry.declared_by) == ('initializer', 'bbox_head')
     for key, value in ckpt.items():

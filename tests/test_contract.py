@@ -58,8 +58,8 @@ def test_owning_module_init_beats_init_missing_and_list_entries(save_ckpt):
         assert not torch.all(w == 5) and not torch.all(w == 9)  # Kaiming
     ledger = get_provenance(trunk)
     up = ledger.entries['adapters.2.up.weight']
-    assert (up.kind, up.source, up.declared_by) == ('initializer', 'Constant',
-                                                     'adapters.2')
+    assert (up.kind, up.source, up.declared_by) == (
+        'initializer', 'Constant', 'adapters.2')
     assert ledger.entries['adapters.2.down.weight'].source == 'Kaiming'
     # 2b. init_missing beats the same list's other entries
     assert torch.all(trunk.plain.weight == 5)

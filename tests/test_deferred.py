@@ -353,10 +353,10 @@ def test_copy_of_a_tensor_without_values_runs_its_init(nan_empty):
     orphan = copy_pending(gone.weight)
     del gone
     gc.collect()
-    for copy in (awaiting, orphan):
-        assert type(copy) is nn.Parameter or deferred.is_pending(copy)
-        values = copy.detach().clone()  # a read: runs kaiming_uniform_
-        assert type(copy) is nn.Parameter
+    for twin in (awaiting, orphan):
+        assert deferred.is_pending(twin)
+        values = twin.detach().clone()  # a read: runs kaiming_uniform_
+        assert type(twin) is nn.Parameter
         assert torch.isfinite(values).all()
         assert 0 < values.abs().max() <= 1 / 8  # bound 1/sqrt(fan_in)
     fc.weight.data.fill_(1.0)  # what the checkpoint copy would do
