@@ -44,10 +44,11 @@ from typing import Iterator, List, Mapping, Set, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .deferred_copies import awaiting
+from .deferred_copies import awaiting, copied_sources
 from .deferred_ops import arg, generator_of, leaves, op_info, storage_ptr
+from .deferred_state import _pid_at
 from .deferred_replay import _HOOKS  # noqa: F401  (tests look at it)
-from .deferred_replay import (_BY_STORAGE, _PENDING, _STATE, _Op,
+from .deferred_replay import (_PENDING, _STATE, _Op,
                               PendingParameter, _forget, _materialize, _run,
                               _sync_hooks, _try_defer, _unsequence,
                               is_pending, materialize, pending_count)
@@ -79,7 +80,7 @@ class _DeferMode(TorchDispatchMode):
                 func, info, args, kwargs):
             return arg(args, kwargs, info.write)
         if _PENDING and not info.no_read:
-            pids = {_BY_STORAGE.get(storage_ptr(x))
+            pids = {_pid_at(storage_ptr(x))
                     for x in leaves(args, kwargs)}
             if info.seeded:  # an eager draw: the deferred ones come first
                 target = arg(args, kwargs, info.write) if info.write else 0
@@ -168,12 +169,14 @@ def settle(tensors: Mapping[str, torch.Tensor],
     dropped = Dropped()
     if not _PENDING:
         return dropped
+    followed = copied_sources()
     for name, t in tensors.items():
         entry = _PENDING.get(id(t)) if name in protected else None
         if entry is not None:
             dropped.items.append((entry.ref, t._version, entry.ops))
             _forget(id(t))
-            awaiting(t)
+            if id(t) in followed:
+                awaiting(t)
         elif name in later and id(t) in _PENDING:
             _unsequence(id(t))
     _materialize([id(t) for name, t in tensors.items()

@@ -14,7 +14,7 @@ Example:
     >>> ema.module.fc.weight.sum()              # now the loaded values
 """
 import weakref
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 
@@ -23,13 +23,43 @@ from .deferred_state import _AWAITING, _PENDING, _run
 
 
 def awaiting(param: torch.Tensor) -> None:
-    """Note that ``param`` was dropped for a checkpoint copy still to come:
-    until it is written, a pending copy of it does not copy its memory.
+    """Note that ``param``'s memory holds no values (dropped for a checkpoint
+    copy still to come, or left behind by ``.to()``): until it is written, a
+    pending copy of it does not copy that memory.
 
     Example:
         >>> awaiting(model.fc.weight)    # done by deferred.settle
     """
-    _AWAITING[id(param)] = (weakref.ref(param), param._version)
+    key = id(param)
+
+    def gone(ref: weakref.ref) -> None:
+        if _AWAITING.get(key, (None, ))[0] is ref:
+            del _AWAITING[key]
+
+    _AWAITING[key] = (weakref.ref(param, gone), param._version)
+
+
+def copied_sources() -> Set[int]:
+    """Ids of the parameters that pending copies follow.
+
+    Example:
+        >>> id(model.fc.weight) in copied_sources()   # EMA built before
+        True
+    """
+    return {id(e.source()) for e in _PENDING.values()
+            if e.source is not None and e.source() is not None}
+
+
+def retarget(old: torch.Tensor, new: Optional[torch.Tensor]) -> None:
+    """Copies following ``old`` follow ``new`` (``.to()`` made a new
+    parameter); with no ``new``, ``old`` holds no values for them."""
+    followers = [e for e in _PENDING.values()
+                 if e.source is not None and e.source() is old]
+    for entry in followers:
+        if new is not None:
+            entry.source = weakref.ref(new)
+    if followers and new is None:
+        awaiting(old)
 
 
 def add_sources(todo: Dict[int, Any]) -> None:
@@ -53,13 +83,20 @@ def _has_values(source: Optional[torch.Tensor]) -> bool:
 
 def fill_copies(copies: List[Tuple[Any, torch.Tensor]]) -> None:
     """Pending copies (entry, target) take their source's values, oldest
-    first (a copy of a copy after its source), else run the recorded init."""
+    first (a copy of a copy after its source), else run the recorded init
+    from a generator of their own (a read draws nothing from the global
+    generators)."""
     for entry, target in sorted(copies, key=lambda item: item[0].born):
         source = entry.source()
-        if _has_values(source) and (source.shape, source.dtype) == (
-                target.shape, target.dtype):
+        if _has_values(source) and source.shape == target.shape:
             _run([], copy=(source, target))
-        else:
+            continue
+        cuda = [target.device.index or 0] if target.is_cuda else []
+        with torch.random.fork_rng(devices=cuda):
+            seed = (torch.initial_seed() + entry.born) % 2**63
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed(seed)
             _run([(op, target) for op in entry.ops])
 
 

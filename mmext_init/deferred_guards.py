@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .deferred import deferred_construction, enabled
+from .deferred_copies import retarget
 from .deferred_ops import storage_ptr
 from .deferred_replay import (_BY_STORAGE, _PENDING, _STATE, _Entry,
                               _entry_of, _forget, _mark, _materialize,
@@ -88,7 +89,10 @@ def _wrap_apply(original: Callable) -> Callable:
                 continue
             if new is None or storage_ptr(new) is None:  # e.g. to meta
                 _forget(id(p))
+                retarget(p, None)
                 continue
+            if new is not p:
+                retarget(p, new)
             del _PENDING[id(p)]
             _BY_STORAGE.pop(entry.ptr, None)
             if new is not p:
@@ -96,6 +100,7 @@ def _wrap_apply(original: Callable) -> Callable:
             moved = _Entry(new, storage_ptr(new))  # type: ignore[arg-type]
             moved.ops, moved.source = entry.ops, entry.source
             moved.born, moved.aliases = entry.born, entry.aliases
+            moved.like = entry.like  # as built: replayed so, then converted
             _PENDING[id(new)], _BY_STORAGE[moved.ptr] = moved, id(new)
             _mark(new)
         return out
@@ -120,6 +125,7 @@ def _wrap_deepcopy(original: Callable) -> Callable:
 
     def __deepcopy__(self, memo):
         if (_STATE['averaging'] and id(self) in _PENDING
+                and _PENDING[id(self)].version is not None  # built
                 and id(self) not in memo):
             memo[id(self)] = copy_pending(self)
             return memo[id(self)]

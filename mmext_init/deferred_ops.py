@@ -89,3 +89,35 @@ def generator_of(info: OpInfo, args: Tuple, kwargs: Dict,
     kind = torch.device(device or 'cpu').type
     return ('default', kind), torch.default_generator if kind == 'cpu' \
         else None
+
+
+def function_name(func: Any) -> str:
+    """Name of a torch function as ``__torch_function__`` gets it; a
+    property's getter or setter is named after the property.
+
+    Example:
+        >>> function_name(torch.Tensor.sum)
+        'sum'
+    """
+    name = getattr(func, '__name__', '')
+    if name in ('__get__', '__set__'):  # a property: its own name
+        return getattr(getattr(func, '__self__', None), '__name__', name)
+    return name
+
+
+def nested_values(args: Tuple, kwargs: Dict) -> Iterator[Any]:
+    """Everything in ``args``/``kwargs``, lists, tuples and dicts opened.
+
+    Example:
+        >>> sorted(nested_values((1, [2, (3, )]), {'k': {'j': 4}}))
+        [1, 2, 3, 4]
+    """
+    todo = list(args) + list(kwargs.values())
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (list, tuple)):
+            todo.extend(x)
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        else:
+            yield x

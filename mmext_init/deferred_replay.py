@@ -10,16 +10,17 @@ Example:
     >>> materialize(model)          # the values it would have had
 """
 import weakref
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .deferred_copies import add_sources, fill_copies, fill_views
-from .deferred_ops import OpInfo, arg, generator_of, leaves, storage_ptr
-from .deferred_state import (_ALIAS_METADATA, _AWAITING, _BY_STORAGE,
-                             _CURSOR, _HOOKS, _METADATA, _PENDING, _RANDOM,
-                             _SEQ, _STATE, _Op, _run)
+from .deferred_ops import (OpInfo, arg, function_name, generator_of, leaves,
+                           nested_values, storage_ptr)
+from .deferred_state import (_ALIAS_METADATA, _BY_STORAGE, _CURSOR, _HOOKS,
+                             _METADATA, _PENDING, _RANDOM, _SEQ, _STATE, _Op,
+                             _pid_at, _run)
 
 
 class _Entry:
@@ -42,7 +43,7 @@ class _Entry:
 def _entry_of(x: Any) -> Optional[_Entry]:
     entry = _PENDING.get(id(x))
     if entry is None and _BY_STORAGE:
-        entry = _PENDING.get(_BY_STORAGE.get(storage_ptr(x)))  # type: ignore
+        entry = _PENDING.get(_pid_at(storage_ptr(x)))  # type: ignore
     return entry
 
 
@@ -77,8 +78,8 @@ class PendingParameter(nn.Parameter):
         kwargs = kwargs or {}
         if not (_STATE['depth'] or _STATE['replaying'] or _STATE['applying']
                 or _STATE['loading'] or _STATE['wrapping']
-                ) and _function_name(func) not in _METADATA:
-            pids = [id(x) for x in _nested(args, kwargs)
+                ) and function_name(func) not in _METADATA:
+            pids = [id(x) for x in nested_values(args, kwargs)
                     if type(x) is PendingParameter]
             if pids:
                 _materialize(pids, check_version=True)
@@ -101,10 +102,10 @@ class PendingAlias(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         with torch._C.DisableTorchFunctionSubclass():
-            if _PENDING and not _STATE['replaying'] and _function_name(
+            if _PENDING and not _STATE['replaying'] and function_name(
                     func) not in _ALIAS_METADATA:
-                pids = {_BY_STORAGE.get(storage_ptr(x))
-                        for x in _nested(args, kwargs)
+                pids = {_pid_at(storage_ptr(x))
+                        for x in nested_values(args, kwargs)
                         if type(x) is PendingAlias}
                 pids.discard(None)
                 if pids:
@@ -137,7 +138,8 @@ def copy_pending(param: nn.Parameter) -> nn.Parameter:
         >>> ema_weight.sum()          # model.fc.weight's values, copied
     """
     entry = _PENDING[id(param)]
-    shape, dtype, device = entry.like  # reads nothing of ``param``
+    with torch._C.DisableTorchFunctionSubclass():  # metadata only
+        shape, dtype, device = param.shape, param.dtype, param.device
     copy = nn.Parameter(torch.empty(shape, dtype=dtype, device=device),
                         param.requires_grad)
     ptr = storage_ptr(copy)
@@ -148,25 +150,6 @@ def copy_pending(param: nn.Parameter) -> nn.Parameter:
     _mark(copy)
     _sync_hooks()
     return copy
-
-
-def _function_name(func: Any) -> str:
-    name = getattr(func, '__name__', '')
-    if name in ('__get__', '__set__'):  # a property: its own name
-        return getattr(getattr(func, '__self__', None), '__name__', name)
-    return name
-
-
-def _nested(args: Tuple, kwargs: Dict) -> Iterator[Any]:
-    todo = list(args) + list(kwargs.values())
-    while todo:
-        x = todo.pop()
-        if isinstance(x, (list, tuple)):
-            todo.extend(x)
-        elif isinstance(x, dict):
-            todo.extend(x.values())
-        else:
-            yield x
 
 
 def _mark(param: Any) -> None:
@@ -182,7 +165,10 @@ def _unmark(param: Any) -> None:
 def _on_dead(pid: int, ref: weakref.ref) -> None:
     entry = _PENDING.get(pid)
     if entry is not None and entry.ref is ref:
-        _forget(pid)
+        if any(view() is not None for view in entry.aliases):
+            _materialize([pid], check_version=False)  # into its aliases
+        else:
+            _forget(pid)
     try:
         _sync_hooks()
     except Exception:  # pragma: no cover - interpreter shutdown
@@ -230,11 +216,10 @@ def _try_defer(func: Any, info: OpInfo, args: Tuple, kwargs: Dict) -> bool:
     if not isinstance(target, torch.Tensor) or sum(
             1 for _ in leaves(args, kwargs)) != 1:
         return False
+    if info.seeded:
+        _keep_draw_order(*generator_of(info, args, kwargs, target.device))
     ptr = storage_ptr(target)
-    pid = _BY_STORAGE.get(ptr) if ptr else None
-    if pid is not None and storage_ptr(_PENDING[pid].ref()) != ptr:
-        del _BY_STORAGE[ptr]  # stale: its parameter has other storage now
-        pid = None
+    pid = _pid_at(ptr)
     if pid is None:
         if ptr is None or not _registrable(target):
             return False
@@ -244,6 +229,8 @@ def _try_defer(func: Any, info: OpInfo, args: Tuple, kwargs: Dict) -> bool:
         _sync_hooks()
     entry = _PENDING[pid]
     param = entry.ref()
+    if entry.source is not None:
+        return False  # a pending copy: the caller fills it, then runs it
     if param is None or (target.data_ptr(), target.shape, target.stride(),
                          target.dtype) != (param.data_ptr(), param.shape,
                                            param.stride(), param.dtype):
@@ -266,6 +253,17 @@ def _try_defer(func: Any, info: OpInfo, args: Tuple, kwargs: Dict) -> bool:
                          key))
     entry.version = None  # bumped after this handler: read when the build ends
     return True
+
+
+def _keep_draw_order(key: Any, gen: Optional[torch.Generator]) -> None:
+    """Recorded draws replay from the cursor as one sequence; a new one joins
+    it only if the generator has not moved since (a reseed between two
+    builds, a draw in between): else what is pending is replayed first."""
+    if _RANDOM.get(key) and gen is not None and key in _CURSOR and (
+            not torch.equal(gen.get_state(), _CURSOR[key][1])):
+        _materialize([pid for pid, e in _PENDING.items()
+                      if any(op.gen == key for op in e.ops)],
+                     check_version=True)
 
 
 def _closure(todo: Dict[int, _Entry]) -> None:
@@ -300,9 +298,13 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
     ops: List[Tuple[_Op, torch.Tensor]] = []
     copies: List[Tuple[_Entry, torch.Tensor]] = []
     views: List[Tuple[weakref.ref, torch.Tensor]] = []
+    converted: List[Tuple[torch.Tensor, torch.Tensor]] = []
     for pid, entry in todo.items():
         _forget(pid)
         target = entry.ref()
+        if target is None:  # died pending: its aliases take the values
+            target = next((v for v in (r() for r in entry.aliases)
+                           if v is not None), None)
         if target is not None:  # its aliases get the values it ends with
             views.extend((ref, target) for ref in entry.aliases)
         if (target is None or storage_ptr(target) != entry.ptr
@@ -310,8 +312,18 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
                     and target._version != entry.version)):
             if all(op.gen is None for op in entry.ops):
                 continue
-            shape, dtype, device = entry.like
-            target = torch.empty(shape, dtype=dtype, device=device)
+            target = torch.empty(entry.like[0], dtype=entry.like[1],
+                                 device=entry.like[2])
+        elif entry.source is None and (target.shape, target.dtype,
+                                       target.device) != entry.like:
+            # converted while pending (.double(), .cuda()): computed as
+            # built, then converted, as without deferral (ops such as mul_
+            # start from its values, converted back)
+            scratch = torch.empty(entry.like[0], dtype=entry.like[1],
+                                  device=entry.like[2])
+            _run([], copy=(target, scratch))
+            converted.append((scratch, target))
+            target = scratch
         if entry.source is not None:
             copies.append((entry, target))
         else:
@@ -323,6 +335,10 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
         _CURSOR[key][0].set_state(_CURSOR[key][1])
     try:
         _run(ops)
+        for scratch, target in converted:
+            _run([], copy=(scratch, target))
+        fill_copies(copies)
+        fill_views(views)
     finally:
         for key in keys:  # nothing drew since the cursor: go on from here
             gen, cursor = _CURSOR.pop(key)
@@ -332,8 +348,6 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
             if not torch.equal(saved[key], cursor):
                 gen.set_state(saved[key])
         _sync_hooks()
-    fill_copies(copies)
-    fill_views(views)
 
 
 def materialize(module: Optional[nn.Module] = None) -> None:
@@ -368,7 +382,6 @@ def _sync_hooks() -> None:
     if not _PENDING:
         _RANDOM.clear()
         _CURSOR.clear()
-        _AWAITING.clear()
     if _PENDING and not _HOOKS:
         from torch.nn.modules.module import register_module_forward_pre_hook
         from torch.optim.optimizer import register_optimizer_step_pre_hook

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from .deferred_ops import storage_ptr
+
 _SEQ = itertools.count()  # record order (and the age of pending copies)
 
 
@@ -47,6 +49,25 @@ _METADATA = frozenset({
     'is_meta', 'is_mkldnn', 'is_nested', '_version', 'grad_fn', 'output_nr',
     'itemsize', 'nbytes', '_base', '__class__'})
 _ALIAS_METADATA = _METADATA - {'data_ptr', 'untyped_storage'}
+
+
+def _pid_at(ptr: Optional[int]) -> Optional[int]:
+    """Id of the pending parameter whose memory is at ``ptr``. The mapping
+    of one that has other memory now (``p.data = t`` runs no op) is dropped:
+    its old address may already be a new, unrelated tensor's.
+
+    Example:
+        >>> _pid_at(storage_ptr(model.fc.weight)) == id(model.fc.weight)
+        True
+    """
+    pid = _BY_STORAGE.get(ptr) if ptr else None
+    if pid is None:
+        return None
+    entry = _PENDING.get(pid)
+    if entry is None or storage_ptr(entry.ref()) != ptr:
+        del _BY_STORAGE[ptr]  # type: ignore[arg-type]
+        return None
+    return pid
 
 
 def _run(ops: List[Tuple[_Op, torch.Tensor]],

@@ -24,9 +24,10 @@ import os
 import pickle
 import types
 import zipfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import CheckpointError
 
@@ -217,6 +218,39 @@ def read_checkpoint(path: str,
 
 
 _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_state_dict')
+_FILE_KEYS = WeakIdKeyDictionary()  # tensor read -> its key in the file
+
+
+def _unwrap(ckpt: Any) -> Any:
+    """The object under ``state_dict`` / ``model`` / ... (two levels)."""
+    sd = ckpt
+    for _ in range(2):  # e.g. {'model': {'state_dict': ...}} is seen in the wild
+        if isinstance(sd, dict):
+            for key in _WRAPPER_KEYS:
+                if isinstance(sd.get(key), dict):
+                    sd = sd[key]
+                    break
+    return sd
+
+
+def file_key(tensor: Any) -> Optional[str]:
+    """The key ``tensor`` had in the checkpoint file it was read from by
+    :func:`load_from_safe_local` (None if it was made since, e.g. resized).
+
+    Example:
+        >>> ckpt = load_from_safe_local('det.pth')
+        >>> file_key(ckpt['state_dict']['backbone.conv1.weight'])
+        'backbone.conv1.weight'
+    """
+    return _FILE_KEYS.get(tensor) if isinstance(tensor, torch.Tensor) else None
+
+
+def _stamp_file_keys(ckpt: Any) -> None:
+    sd = _unwrap(ckpt)
+    if isinstance(sd, dict):
+        for key, value in sd.items():
+            if isinstance(value, torch.Tensor) and isinstance(key, str):
+                _FILE_KEYS[value] = key
 
 
 def extract_state_dict(ckpt: Any,
@@ -233,13 +267,7 @@ def extract_state_dict(ckpt: Any,
         >>> extract_state_dict({'state_dict': {'module.fc.weight': w}}, 'x.pth')
         {'fc.weight': w}
     """
-    sd = ckpt
-    for _ in range(2):  # e.g. {'model': {'state_dict': ...}} is seen in the wild
-        if isinstance(sd, dict):
-            for key in _WRAPPER_KEYS:
-                if isinstance(sd.get(key), dict):
-                    sd = sd[key]
-                    break
+    sd = _unwrap(ckpt)
     if isinstance(sd, UnreconstructedObject):
         raise CheckpointError(
             f'{label}: {path} holds a {sd.qualname} object instead of a state '
@@ -281,6 +309,7 @@ def load_from_safe_local(filename: str, map_location: Any = None) -> Any:
     """
     path = os.path.expanduser(filename)
     obj, skipped = read_checkpoint(path, map_location)
+    _stamp_file_keys(obj)  # the ledger names a backbone's own loads by them
     if skipped:
         from mmengine.logging import print_log
         print_log(

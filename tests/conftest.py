@@ -1,5 +1,6 @@
 """Shared fixtures: the plugin imported, seeded RNG, checkpoint writers,
-uninitialized memory made visible, no deferred init left behind."""
+uninitialized memory made visible, no deferred init left behind, the
+default scope restored after each test."""
 import os
 import sys
 from typing import Dict
@@ -67,6 +68,17 @@ def nan_empty():
     yield
     torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
+@pytest.fixture(autouse=True)
+def _default_scope_restored():
+    """``init_default_scope``, ``register_all_modules`` and Runners make a
+    global ``DefaultScope`` current; later tests must not resolve types
+    under it."""
+    from mmengine.registry import DefaultScope
+    saved = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict = saved
 
 
 @pytest.fixture(autouse=True)

@@ -26,16 +26,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _restore_default_scope():
-    """init_default_scope (here and in the tool) makes a global DefaultScope
-    current; later tests must not resolve types under it."""
-    from mmengine.registry import DefaultScope
-    saved = DefaultScope._instance_dict.copy()
-    yield
-    DefaultScope._instance_dict = saved
-
-
 def _write(tmp_path, name, scope, model):
     path = tmp_path / f'{name}.py'
     path.write_text(

@@ -502,6 +502,25 @@ def test_write_after_build_is_kept(nan_empty, monkeypatch):
     assert torch.equal(model.offsets.weight, reference.offsets.weight)
 
 
+def test_memory_left_by_a_data_swap_is_not_the_parameter(nan_empty):
+    """``p.data = t`` in a constructor gives a pending parameter other memory
+    without running an op: a tensor on its old memory (freed, the address of
+    the next allocation) is not the parameter: reading it during a build
+    computes nothing pending."""
+    model = MODELS.build(dict(type='DeferToyViT'))
+    bias = model.blocks[0].fc.bias
+    old = bias.untyped_storage()
+    with deferred.deferred_construction():  # as in the constructor
+        bias.data = torch.zeros(bias.shape)
+        pending = own_pending(model)
+        assert 'blocks.0.fc.bias' in pending
+        torch.empty(0).set_(old).sum()
+    assert own_pending(model) == pending
+    model(rand(*VIT_IN))  # the swapped values stay, the rest is computed
+    assert torch.count_nonzero(model.blocks[0].fc.bias) == 0
+    assert_all_finite(model.state_dict())
+
+
 def test_to_dtype_before_init_keeps_deferral(nan_empty):
     model = MODELS.build(dict(type='DeferToyViT')).double()
     assert own_pending(model)

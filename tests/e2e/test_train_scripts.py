@@ -27,11 +27,11 @@ CASES = [  # config, library, stock checkpoint, number of adapters
 
 
 def _file_value(ckpt: Dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    """The checkpoint tensor a ledger ``key`` names: the file's key, or the
-    key after the ``backbone.`` prefix was stripped (Swin loads that way)."""
-    found = [k for k in (key, 'backbone.' + key) if k in ckpt]
-    assert len(found) == 1, (key, found)
-    return ckpt[found[0]]
+    """The checkpoint tensor a ledger ``key`` names: the key as written in
+    the file, also where Swin loads the checkpoint itself (and strips
+    ``backbone.``)."""
+    assert key in ckpt, key
+    return ckpt[key]
 
 
 def _check_adapters(weights: Dict[str, torch.Tensor], entries: dict,
