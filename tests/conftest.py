@@ -81,6 +81,26 @@ def _default_scope_restored():
     DefaultScope._instance_dict = saved
 
 
+@pytest.fixture
+def spy_replays(monkeypatch):
+    """``spy_replays()`` starts recording the tensors deferred init computes
+    (replays); it returns the set of their ids, filled from then on."""
+    from mmext_init import deferred_replay
+    run = deferred_replay._run
+
+    def start():
+        replayed = set()
+
+        def spy(ops, *args, **kwargs):
+            replayed.update(id(t) for _, t in ops)
+            return run(ops, *args, **kwargs)
+
+        monkeypatch.setattr(deferred_replay, '_run', spy)
+        return replayed
+
+    return start
+
+
 @pytest.fixture(autouse=True)
 def _nothing_left_pending():
     """Whatever a test leaves pending computes, and the hooks go away."""

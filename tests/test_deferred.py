@@ -302,11 +302,10 @@ def test_ema_aliases_of_a_model_moved_before_the_read(nan_empty,
 
 @pytest.mark.parametrize('update_buffers', [False, True])
 def test_ema_built_before_pretrained_init_keeps_the_saving(
-        update_buffers, nan_empty, save_ckpt, monkeypatch):
+        update_buffers, nan_empty, save_ckpt, spy_replays):
     """The tensors the checkpoint provides are never computed, in the model
     or its EMA copy; a copy of a pending tensor then holds the model's
     values (of the others, a copy of the value then, as without deferral)."""
-    from mmext_init import deferred_replay
     path, state = vit_ckpt(save_ckpt)
     model = MODELS.build(dict(type='DeferToyViT', init_cfg=dict(
         type='Pretrained', checkpoint=path, on_missing='ignore')))
@@ -314,14 +313,7 @@ def test_ema_built_before_pretrained_init_keeps_the_saving(
     loaded = {id(params[k]) for k in state
               if k in params and deferred.is_pending(params[k])}
     assert loaded, 'nothing deferred: the test would prove nothing'
-    replayed = set()
-    run = deferred_replay._run
-
-    def spy(ops):
-        replayed.update(id(t) for _, t in ops)
-        return run(ops)
-
-    monkeypatch.setattr(deferred_replay, '_run', spy)
+    replayed = spy_replays()
     pending = own_pending(model)
     before = {k: v.detach().clone()  # not pending: reads nothing raw
               for k, v in model.state_dict(keep_vars=True).items()

@@ -123,7 +123,7 @@ class DeferToyTrainee(BaseModel):
 @pytest.mark.parametrize('update_buffers', [False, True])
 def test_runner_built_model_with_ema_and_pretrained(update_buffers, nan_empty,
                                                     save_ckpt, tmp_path,
-                                                    monkeypatch):
+                                                    spy_replays):
     """The Runner builds the model (deferred), moves it (``.to``), EMAHook
     deep-copies it before ``init_weights``: what the checkpoint provides is
     never computed, in the model or the EMA copy, which ends up holding the
@@ -131,7 +131,6 @@ def test_runner_built_model_with_ema_and_pretrained(update_buffers, nan_empty,
     from mmengine.runner import Runner
     from torch.utils.data import DataLoader
 
-    from mmext_init import deferred_replay
     path, state = vit_ckpt(save_ckpt)
     data = [{'inputs': rand(*VIT_IN[1:])} for _ in range(4)]
     runner = Runner(
@@ -153,14 +152,7 @@ def test_runner_built_model_with_ema_and_pretrained(update_buffers, nan_empty,
     loaded = {id(params[k]) for k in state
               if k in params and deferred.is_pending(params[k])}
     assert loaded
-    replayed = set()
-    run = deferred_replay._run
-
-    def spy(ops):
-        replayed.update(id(t) for _, t in ops)
-        return run(ops)
-
-    monkeypatch.setattr(deferred_replay, '_run', spy)
+    replayed = spy_replays()
     runner.train()
     assert not replayed & loaded
     values = runner.model.backbone.state_dict()
@@ -179,14 +171,13 @@ def test_runner_built_model_with_ema_and_pretrained(update_buffers, nan_empty,
 
 
 def test_backbone_loading_itself_replays_only_what_it_did_not_load(
-        nan_empty, tmp_path, monkeypatch):
+        nan_empty, tmp_path, spy_replays):
     """mmdet's Swin loads the checkpoint in its own ``init_weights`` and
     reads ``self.state_dict()`` first: the tensors it loads are never
     computed (their constructor init is dropped), the rest is."""
     from mmdet.models.backbones import SwinTransformer
     from test_backbones import (SWIN_ARGS, _randomized, _runner_like_ckpt,
                                 _swin_with_adapters)
-    from mmext_init import deferred_replay
     sd = _randomized(SwinTransformer(**SWIN_ARGS)).state_dict()
     left_out = 'norm1.weight'  # an output norm the checkpoint lacks
     path = _runner_like_ckpt({k: v for k, v in sd.items() if k != left_out},
@@ -198,14 +189,7 @@ def test_backbone_loading_itself_replays_only_what_it_did_not_load(
     loaded = {id(params[k]) for k in sd if k in params and k != left_out}
     assert loaded & {id(p) for n, p in params.items()
                      if deferred.is_pending(p)}, 'nothing deferred'
-    replayed = set()
-    run = deferred_replay._run
-
-    def spy(ops):
-        replayed.update(id(t) for _, t in ops)
-        return run(ops)
-
-    monkeypatch.setattr(deferred_replay, '_run', spy)
+    replayed = spy_replays()
     model.init_weights()
     assert not replayed & loaded
     assert id(params[left_out]) in replayed
