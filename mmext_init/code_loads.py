@@ -7,7 +7,10 @@ writes get ``checkpoint`` provenance (with their keys as written in the
 file, where the tensor is still the one read from it) and are protected from
 later initializers. Once copied, the source tensors give their pages back
 when they were read through a map of that checkpoint (see
-:mod:`.page_release`).
+:mod:`.page_release`). What the load left out (keys the module did not take,
+shapes that did not fit) is collected too, so that :func:`code_load_records`
+reports it and enforces ``strict``, ``on_mismatch`` and ``min_loaded`` as for
+mmext_init's own loads.
 
 Example:
     >>> with tracking_code_loads(current_session):
@@ -15,14 +18,61 @@ Example:
 """
 import contextlib
 import itertools
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn as nn
+from torch.nn.parameter import is_lazy
 
-from .provenance import CHECKPOINT
+from .errors import CheckpointError
+from .load_checks import check_load_options, is_counter
+from .provenance import CHECKPOINT, LoadRecord, ProvenanceLedger
 from .safe_load import file_key
 from .tracking import InitSource
+
+
+@dataclass
+class CodeLoadFindings:
+    """What the loads of one ``init_weights`` override left out: keys no
+    module took, and (key, checkpoint shape, model shape) not copied."""
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(
+        default_factory=list)
+
+
+def override_owner(module: nn.Module) -> str:
+    """Name of the class whose ``init_weights`` a module runs.
+
+    Example:
+        >>> override_owner(SwinTransformer(...))
+        'SwinTransformer'
+    """
+    for cls in type(module).__mro__:
+        if 'init_weights' in cls.__dict__:
+            return cls.__name__
+    return type(module).__name__
+
+
+def is_under(name: str, path: str) -> bool:
+    """Whether the dotted ``name`` is ``path`` or below it ('' is the root).
+
+    Example:
+        >>> is_under('backbone.conv1.weight', 'backbone'), is_under('b2', 'b')
+        (True, False)
+    """
+    return not path or name == path or name.startswith(path + '.')
+
+
+def _shape_mismatch(value: Any, tensor: torch.Tensor) -> bool:
+    """Whether torch's ``_load_from_state_dict`` refuses ``value`` for
+    ``tensor`` on shape (lazy tensors take any; a 0-d one takes ``[x]``)."""
+    if not isinstance(value, torch.Tensor) or is_lazy(tensor):
+        return False
+    shape = value.shape
+    if tensor.dim() == 0 and value.dim() == 1:
+        shape = value.shape[1:]
+    return shape != tensor.shape
 
 
 @contextlib.contextmanager
@@ -38,6 +88,9 @@ def tracking_code_loads(current_session: Callable[[], Any]) -> Iterator[None]:
         tracker = session.tracker if session else None
         if tracker is None or tracker.current is None:
             return original(module, state_dict, prefix, *args, **kwargs)
+        owner = session._overrides[-1] if session._overrides else module
+        found = session.code_findings.setdefault(session.path_of(owner),
+                                                 CodeLoadFindings())
         keys, file_keys = {}, {}
         persistent = itertools.chain(
             module._parameters.items(),
@@ -48,11 +101,22 @@ def tracking_code_loads(current_session: Callable[[], Any]) -> Iterator[None]:
             if name is not None and prefix + local in state_dict:
                 keys[name] = key = prefix + local
                 file_keys[name] = file_key(state_dict[key]) or key
-        owner = session._overrides[-1] if session._overrides else module
+                if _shape_mismatch(state_dict[key], tensor):
+                    found.mismatched.append(
+                        (file_keys[name], tuple(state_dict[key].shape),
+                         tuple(tensor.shape)))
+        # torch's signature: (state_dict, prefix, local_metadata, strict,
+        # missing_keys, unexpected_keys, error_msgs)
+        unexpected = kwargs.get('unexpected_keys',
+                                args[3] if len(args) > 3 else None)
+        before = len(unexpected) if isinstance(unexpected, list) else 0
         src = InitSource(CHECKPOINT, session.override_checkpoint(),
                          session.path_of(owner), keys=file_keys)
         with tracker.source(src):
             out = original(module, state_dict, prefix, *args, **kwargs)
+        if isinstance(unexpected, list):
+            found.unexpected += [file_key(state_dict.get(k)) or k
+                                 for k in unexpected[before:]]
         pages = session.mapped_file(src.source)
         for key in keys.values():
             if isinstance(state_dict.get(key), torch.Tensor):
@@ -65,3 +129,39 @@ def tracking_code_loads(current_session: Callable[[], Any]) -> Iterator[None]:
         yield
     finally:
         nn.Module._load_from_state_dict = original
+
+
+def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
+                      ledger: ProvenanceLedger) -> List[LoadRecord]:
+    """One record per ``Pretrained`` entry an override loaded itself, after
+    the checks of the entry's options (``strict``, ``on_mismatch``,
+    ``min_loaded``) and that it loaded anything at all.
+
+    Example:
+        >>> ledger.loads += code_load_records(session, tensors, ledger)
+    """
+    records = []
+    for module, path, entry in session.code_entries:
+        label = session.label(path, 'Pretrained')
+        names = [n for n in tensors if is_under(n, path)]
+        loaded = [n for n in names if n in session.tracker.loaded_by_code]
+        params = {f'{path}.{n}' if path else n
+                  for n, _ in module.named_parameters()}
+        total = sum(tensors[n].numel() for n in params if n in tensors)
+        got = sum(tensors[n].numel() for n in loaded if n in params)
+        fraction = got / total if total else 0.0
+        if not loaded:
+            raise CheckpointError(
+                f'{label}: {override_owner(module)}.init_weights loaded '
+                f'nothing from {entry.checkpoint}')
+        missing = [n for n in names if ledger.entries[n].kind != CHECKPOINT
+                   and not is_counter(n)]
+        found = session.code_findings.get(path, CodeLoadFindings())
+        check_load_options(entry, label, fraction, missing, found.unexpected,
+                           found.mismatched)
+        records.append(
+            LoadRecord(path, entry.checkpoint,
+                       f'{override_owner(module)}.init_weights',
+                       entry.prefix, loaded, missing, list(found.unexpected),
+                       list(found.mismatched), [], fraction))
+    return records

@@ -21,8 +21,8 @@ from mmengine.model.weight_init import PretrainedInit as StockPretrained
 from .cfg_apply import as_cfg_list
 from .errors import (CheckpointError, InitConfigError,
                      NonFiniteTensorError)
-from .key_matching import (KeyMapping, MatchResult, match_keys,
-                           suggest_mappings, top_prefixes)
+from .key_matching import KeyMapping, MatchResult, match_keys
+from .load_checks import check_coverage, is_counter
 from .adapt import AdaptTransform, Adapted, build_transform, dry_run
 from .converters import convert_source, get_converter
 from .formats import CheckpointTensors, open_checkpoint
@@ -149,12 +149,14 @@ class PretrainedInit:
     def ignored_by_own_loader(self) -> List[str]:
         """Options that a module loading the checkpoint in its own
         ``init_weights`` (mmdet Swin, mmseg ViT) cannot honour."""
-        out = ['converter'] if self.converter is not None else []
-        out += ['adapt'] if self.adapt else []
-        out += ['key_map'] if self.mapping.key_map else []
-        out += [f'match={self.mapping.match!r}'] \
-            if self.mapping.match != 'exact' else []
-        return out
+        set_ = {'converter': self.converter is not None,
+                'adapt': bool(self.adapt),
+                'key_map': bool(self.mapping.key_map),
+                'revise_keys': bool(self.mapping.revise_keys),
+                'ignore_keys': bool(self.mapping.ignore_keys),
+                'use_ema': self.use_ema,
+                f'match={self.mapping.match!r}': self.mapping.match != 'exact'}
+        return [option for option, is_set in set_.items() if is_set]
 
     def __call__(self, module: nn.Module) -> None:
         """Used when called directly (``mmengine.model.initialize``)."""
@@ -276,15 +278,15 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedInit,
     adapted, partial = assign_transforms(result, entry, model_shapes, label)
     params = [n for n, _ in module.named_parameters()]
     fraction = result.loaded_fraction(model_shapes, params)
-    _check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label,
-                    bool(partial))
+    check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label,
+                   bool(partial))
     record = LoadRecord(
         module=path,
         checkpoint=entry.checkpoint,
         via='Pretrained',
         prefix=entry.prefix,
         loaded=[_full(path, n) for n in result.loaded],
-        missing=[_full(path, m) for m in result.missing if not _is_counter(m)],
+        missing=[_full(path, m) for m in result.missing if not is_counter(m)],
         unexpected=result.unexpected,
         mismatched=[(_full(path, k), c, m) for k, _, c, m in result.mismatched],
         loaded_fraction=fraction)
@@ -337,51 +339,3 @@ def assign_transforms(
             result.loaded[name] = key
     result.mismatched = still
     return adapted, partial
-
-
-def _is_counter(name: str) -> bool:
-    return name.endswith('num_batches_tracked')
-
-
-def _check_coverage(result: MatchResult, fraction: float,
-                    model_shapes: Dict[str, Tuple[int, ...]],
-                    ckpt_shapes: Dict[str, Tuple[int, ...]],
-                    entry: PretrainedInit, label: str,
-                    partial: bool = False) -> None:
-    if not result.loaded and not partial:
-        prefixes = ', '.join(
-            f'{p!r} ({n} keys)'
-            for p, n in top_prefixes(ckpt_shapes).most_common(5))
-        hints = '; '.join(f'{m.describe()} would load {f:.0%}'
-                          for m, f in suggest_mappings(model_shapes,
-                                                       ckpt_shapes))
-        raise CheckpointError(
-            f'{label}: nothing in {entry.checkpoint} matches the module with '
-            f'{entry.mapping.describe()}. Most common checkpoint key '
-            f'prefixes: {prefixes or "none"}.'
-            + (f' Try: {hints}.' if hints else ''))
-    if entry.min_loaded is not None and fraction < entry.min_loaded:
-        raise CheckpointError(
-            f'{label}: {entry.checkpoint} provides {fraction:.1%} of the '
-            f'module\'s parameter elements, below min_loaded='
-            f'{entry.min_loaded}')
-    if entry.on_mismatch == 'error' and result.mismatched:
-        raise CheckpointError(
-            f'{label}: on_mismatch=\'error\' and shape mismatches: ' +
-            ', '.join(f'{k} checkpoint {c} vs model {m}'
-                      for k, _, c, m in result.mismatched))
-    if entry.strict:
-        missing = [m for m in result.missing if not _is_counter(m)]
-        problems = []
-        if missing:
-            problems.append(f'missing keys: {", ".join(missing)}')
-        if result.unexpected:
-            problems.append(
-                f'unexpected keys: {", ".join(result.unexpected)}')
-        if result.mismatched:
-            problems.append('shape mismatches: ' + ', '.join(
-                f'{k} checkpoint {c} vs model {m}'
-                for k, _, c, m in result.mismatched))
-        if problems:
-            raise CheckpointError(f'{label}: strict=True and ' +
-                                  '; '.join(problems))

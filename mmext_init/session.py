@@ -17,7 +17,6 @@ import logging
 from typing import (Callable, Dict, Iterable, Iterator, List, Optional, Set,
                     Tuple)
 
-import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, is_model_wrapper
@@ -25,14 +24,16 @@ from mmengine.model import BaseModule, is_model_wrapper
 from . import deferred
 from .cfg_apply import apply_init_cfgs, as_cfg_list
 from .checkpoint_copy import apply_loads
-from .errors import CheckpointError, InitConfigError, entry_label
-from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, LoadRecord,
-                         Provenance, ProvenanceLedger, attach_ledger)
+from .errors import InitConfigError, entry_label
+from .provenance import (CONSTRUCTOR, INIT_WEIGHTS, Provenance,
+                         ProvenanceLedger, attach_ledger)
 from .page_release import MappedFile
 from .pretrained import (LoadPlan, PretrainedInit, build_pretrained,
                          is_pretrained_cfg, plan_load)
+from .load_checks import is_counter
 from .report import emit_report, fold_names
-from .code_loads import tracking_code_loads
+from .code_loads import (CodeLoadFindings, code_load_records, is_under,
+                         override_owner, tracking_code_loads)
 from .tracking import InitSource, WriteTracker
 
 _SESSIONS: List['InitSession'] = []
@@ -60,18 +61,6 @@ def _is_base_like(module: nn.Module) -> bool:
     return isinstance(module, BaseModule) or uses_contract(module)
 
 
-def override_owner(module: nn.Module) -> str:
-    """Name of the class whose ``init_weights`` a module runs."""
-    for cls in type(module).__mro__:
-        if 'init_weights' in cls.__dict__:
-            return cls.__name__
-    return type(module).__name__
-
-
-def _under(name: str, path: str) -> bool:
-    return not path or name == path or name.startswith(path + '.')
-
-
 class InitSession:
     """Initializes ``root`` under the contract and records provenance."""
 
@@ -85,6 +74,7 @@ class InitSession:
         self.plans: Dict[int, List[LoadPlan]] = {}
         self.handled: Set[int] = set()  # ids of modules whose init_cfg ran
         self.code_entries: List[Tuple[nn.Module, str, PretrainedInit]] = []
+        self.code_findings: Dict[str, CodeLoadFindings] = {}  # by path
         self._overrides: List[nn.Module] = []
         # (callable(session, module, since), module, tracker sequence) run
         # after the checkpoint copy: initializers that read loaded values
@@ -159,7 +149,7 @@ class InitSession:
         tensors = self.root.state_dict(keep_vars=True)
         own = [self.path_of(m) for m in self.root.modules()
                if not uses_contract(m) and self.pretrained_entries(m)]
-        later = {n for n in tensors if any(_under(n, p) for p in own)}
+        later = {n for n in tensors if any(is_under(n, p) for p in own)}
         self.dropped.append(deferred.settle(tensors, self.tracker.protected,
                                             later))
         self.settled = True
@@ -284,38 +274,6 @@ class InitSession:
         return [p for plans in self.plans.values() for p in plans]
 
     # -- 4. ledger, checks, report ----------------------------------------
-    def code_load_records(self, tensors: Dict[str, torch.Tensor],
-                          ledger: ProvenanceLedger) -> List[LoadRecord]:
-        records = []
-        for module, path, entry in self.code_entries:
-            label = self.label(path, 'Pretrained')
-            names = [n for n in tensors if _under(n, path)]
-            loaded = [n for n in names if n in self.tracker.loaded_by_code]
-            params = {f'{path}.{n}' if path else n
-                      for n, _ in module.named_parameters()}
-            total = sum(tensors[n].numel() for n in params if n in tensors)
-            got = sum(tensors[n].numel() for n in loaded if n in params)
-            fraction = got / total if total else 0.0
-            if not loaded:
-                raise CheckpointError(
-                    f'{label}: {override_owner(module)}.init_weights loaded '
-                    f'nothing from {entry.checkpoint}')
-            if entry.min_loaded is not None and fraction < entry.min_loaded:
-                raise CheckpointError(
-                    f'{label}: {entry.checkpoint} provides {fraction:.1%} of '
-                    f"the module's parameter elements, below min_loaded="
-                    f'{entry.min_loaded}')
-            missing = [
-                n for n in names if ledger.entries[n].kind != CHECKPOINT
-                and not n.endswith('num_batches_tracked')
-            ]
-            records.append(
-                LoadRecord(path, entry.checkpoint,
-                           f'{override_owner(module)}.init_weights',
-                           entry.prefix, loaded, missing, [], [], [],
-                           fraction))
-        return records
-
     def enforce_on_missing(self, ledger: ProvenanceLedger) -> None:
         entries = [(p.module_path, p.entry) for p in self.all_plans()]
         entries += [(path, e) for _, path, e in self.code_entries]
@@ -324,8 +282,8 @@ class InitSession:
                 continue
             bare = [
                 n for n, p in ledger.entries.items()
-                if p.kind == CONSTRUCTOR and _under(n, path)
-                and not n.endswith('num_batches_tracked')
+                if p.kind == CONSTRUCTOR and is_under(n, path)
+                and not is_counter(n)
             ]
             if not bare:
                 continue
@@ -350,7 +308,7 @@ class InitSession:
             ledger.entries[name] = self.tracker.written.get(
                 name, Provenance(CONSTRUCTOR, 'constructor default'))
         ledger.loads = [p.record for p in self.all_plans() if p.record]
-        ledger.loads += self.code_load_records(tensors, ledger)
+        ledger.loads += code_load_records(self, tensors, ledger)
         self.enforce_on_missing(ledger)
         attach_ledger(self.root, ledger)
         emit_report(ledger, self.tracker.skipped_ops,

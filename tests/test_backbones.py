@@ -7,6 +7,7 @@ from mmengine.config import ConfigDict
 from toy_models import Adapter
 
 from mmext_init import get_provenance
+from mmext_init.errors import CheckpointError, InitConfigError
 
 SWIN_ARGS = dict(pretrain_img_size=32, embed_dims=16, depths=(1, 1),
                  num_heads=(1, 2), strides=(4, 2), out_indices=(0, 1),
@@ -141,6 +142,85 @@ def test_detector_checkpoint_with_changed_classes(tmp_path):
     for key, value in ckpt.items():
         if 'retina_cls' not in key:
             assert torch.equal(model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize('lib', ['mmdet', 'mmseg'])
+def test_swin_own_load_reports_unexpected_keys_and_honours_strict(lib,
+                                                                  tmp_path):
+    """Keys the backbone's own load leaves unused are in the report (as
+    written in the file); ``strict=True`` fails on them, and on missing
+    keys, as it does for mmext_init's own loads."""
+    if lib == 'mmdet':
+        from mmdet.models.backbones import SwinTransformer
+    else:
+        from mmseg.models.backbones import SwinTransformer
+    sd = _randomized(SwinTransformer(**SWIN_ARGS)).state_dict()
+    path = _runner_like_ckpt(dict(sd, **{'bogus.weight': torch.zeros(3)}),
+                             tmp_path / 'det.pth')
+
+    def build(swin_cls, **options):
+        return swin_cls(**SWIN_ARGS, init_cfg=ConfigDict(
+            type='Pretrained', checkpoint=path, **options))
+
+    model = build(SwinTransformer)
+    model.init_weights()
+    record = get_provenance(model).loads[0]
+    assert record.unexpected == ['backbone.bogus.weight']
+    assert record.missing == [] and record.mismatched == []
+    with pytest.raises(CheckpointError, match=r'\(Pretrained\).*strict=True '
+                       r'and unexpected keys: backbone\.bogus\.weight$'):
+        build(SwinTransformer, strict=True).init_weights()
+    del sd['norm1.weight']  # and an inserted module: both missing
+    path = _runner_like_ckpt(sd, tmp_path / 'det.pth')
+    with pytest.raises(CheckpointError, match=r'strict=True and missing keys: '
+                       r'norm1\.weight, adapters\.0\.down\.weight, '):
+        build(_swin_with_adapters(SwinTransformer), strict=True).init_weights()
+    build(_swin_with_adapters(SwinTransformer)).init_weights()  # not strict
+
+
+@pytest.mark.parametrize('option', [
+    dict(revise_keys=[(r'^backbone\.', '')]), dict(ignore_keys=['norm1.']),
+    dict(use_ema=True), dict(key_map={'a': 'b'}), dict(match='suffix')])
+def test_swin_own_load_refuses_options_it_would_ignore(option, tmp_path):
+    """mmdet's Swin reads only ``checkpoint`` from its init_cfg: mmext_init's
+    key options would be silently ignored, so they are an error."""
+    from mmdet.models.backbones import SwinTransformer
+    path = _runner_like_ckpt(SwinTransformer(**SWIN_ARGS).state_dict(),
+                             tmp_path / 'det.pth')
+    model = SwinTransformer(**SWIN_ARGS, init_cfg=ConfigDict(
+        type='Pretrained', checkpoint=path, **option))
+    name = next(iter(option))
+    name = f'match={option[name]!r}' if name == 'match' else name
+    with pytest.raises(InitConfigError, match=r'SwinTransformer\.init_weights '
+                       rf'loads .* itself and ignores {name}\. Put the'):
+        model.init_weights()
+
+
+def test_vit_own_load_reports_shape_mismatches_and_honours_on_mismatch(
+        tmp_path):
+    """mmseg's ViT loads through MMEngine's ``load_state_dict``, which only
+    logs a shape mismatch: the report lists it and the tensor is not
+    'checkpoint'; ``on_mismatch='error'`` fails on it."""
+    from mmseg.models.backbones import VisionTransformer
+    args = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=2,
+                num_heads=2, mlp_ratio=2, out_indices=(1, ))
+    sd = _randomized(VisionTransformer(**args)).state_dict()
+    sd['layers.0.ln1.weight'] = torch.ones(31)
+    path = _runner_like_ckpt(sd, tmp_path / 'vit.pth', prefix='')
+    model = VisionTransformer(**args, init_cfg=dict(type='Pretrained',
+                                                    checkpoint=path))
+    model.init_weights()
+    ledger = get_provenance(model)
+    assert ledger.loads[0].mismatched == [('layers.0.ln1.weight', (31, ),
+                                           (32, ))]
+    assert ledger.entries['layers.0.ln1.weight'].kind != 'checkpoint'
+    assert ledger.entries['layers.0.ln1.bias'].kind == 'checkpoint'
+    model = VisionTransformer(**args, init_cfg=dict(
+        type='Pretrained', checkpoint=path, on_mismatch='error'))
+    with pytest.raises(CheckpointError, match=r"on_mismatch='error' and shape "
+                       r'mismatches: layers\.0\.ln1\.weight checkpoint '
+                       r'\(31,\) vs model \(32,\)'):
+        model.init_weights()
 
 
 def test_mmseg_vit_override_with_adapters(tmp_path):
