@@ -216,8 +216,10 @@ def _try_defer(func: Any, info: OpInfo, args: Tuple, kwargs: Dict) -> bool:
     if not isinstance(target, torch.Tensor) or sum(
             1 for _ in leaves(args, kwargs)) != 1:
         return False
-    if info.seeded:
-        _keep_draw_order(*generator_of(info, args, kwargs, target.device))
+    key, gen = None, None
+    if info.seeded:  # one generator lookup for the order check and the record
+        key, gen = generator_of(info, args, kwargs, target.device)
+        _keep_draw_order(key, gen)
     ptr = storage_ptr(target)
     pid = _pid_at(ptr)
     if pid is None:
@@ -235,9 +237,7 @@ def _try_defer(func: Any, info: OpInfo, args: Tuple, kwargs: Dict) -> bool:
                          target.dtype) != (param.data_ptr(), param.shape,
                                            param.stride(), param.dtype):
         return False  # part of it: the caller replays, then runs it
-    key = None
     if info.seeded:
-        key, gen = generator_of(info, args, kwargs, target.device)
         if not _RANDOM.get(key):  # the state this first draw would see
             _RANDOM[key] = 0
             _CURSOR.pop(key, None)

@@ -183,28 +183,28 @@ def child(mode: str, size: str, ckpt: str) -> Dict[str, float]:
                 read_mb=read_mb)
 
 
+def _proc_number(path: str, field: str) -> int:
+    """The number after ``field`` in a /proc file (0 where there is none)."""
+    try:
+        with open(path) as f:
+            return next(int(line.split()[1]) for line in f
+                        if line.startswith(field))
+    except (OSError, StopIteration):
+        return 0
+
+
 def _read_syscall_bytes() -> int:
     """Bytes this process copied in through read() calls so far (``rchar``
     of /proc/self/io): a checkpoint read through a memory map adds ~0 (its
     bytes stay in the page cache, shared by every process mapping it),
     ``torch.load`` without a map adds the whole file, per process."""
-    try:
-        with open('/proc/self/io') as f:
-            return next(int(line.split()[1]) for line in f
-                        if line.startswith('rchar:'))
-    except (OSError, StopIteration):
-        return 0
+    return _proc_number('/proc/self/io', 'rchar:')
 
 
 def _current_rss_mb() -> float:
     """Resident memory now (the interpreter and its imports, before the
     timed part); peak RSS minus this is what building the model cost."""
-    try:
-        with open('/proc/self/status') as f:
-            return next(int(line.split()[1]) for line in f
-                        if line.startswith('VmRSS:')) / 1024
-    except (OSError, StopIteration):
-        return 0.0
+    return _proc_number('/proc/self/status', 'VmRSS:') / 1024
 
 
 def _sub(*args: str) -> str:
