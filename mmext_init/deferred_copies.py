@@ -100,11 +100,24 @@ def fill_copies(copies: List[Tuple[Any, torch.Tensor]]) -> None:
             _run([(op, target) for op in entry.ops])
 
 
+def moved_alias(ref: weakref.ref,
+                target: torch.Tensor) -> Optional[torch.Tensor]:
+    """The alias behind ``ref`` if it lives on other memory than its
+    parameter ``target`` now (moved or replaced while pending), else None.
+
+    Example:
+        >>> moved_alias(weakref.ref(alias), model.fc.weight.double())
+    """
+    view = ref()
+    if view is None or storage_ptr(view) == storage_ptr(target):
+        return None
+    return view
+
+
 def fill_views(views: List[Tuple[weakref.ref, torch.Tensor]]) -> None:
     """Aliases on other memory than their parameter now (it was moved or
     replaced while pending) get its values too."""
     for ref, target in views:
-        view = ref()
-        if (view is not None and view.shape == target.shape
-                and storage_ptr(view) != storage_ptr(target)):
+        view = moved_alias(ref, target)
+        if view is not None and view.shape == target.shape:
             _run([], copy=(target, view))

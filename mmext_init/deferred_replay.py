@@ -15,12 +15,12 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .deferred_copies import add_sources, fill_copies, fill_views
+from .deferred_copies import add_sources, fill_copies, fill_views, moved_alias
 from .deferred_ops import (OpInfo, arg, function_name, generator_of, leaves,
                            nested_values, storage_ptr)
 from .deferred_state import (_ALIAS_METADATA, _BY_STORAGE, _CURSOR, _HOOKS,
                              _METADATA, _PENDING, _RANDOM, _SEQ, _STATE, _Op,
-                             _pid_at, _run)
+                             _pid_at, _poison, _run)
 
 
 class _Entry:
@@ -339,6 +339,10 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
             _run([], copy=(scratch, target))
         fill_copies(copies)
         fill_views(views)
+    except BaseException:  # no longer pending: nothing may stay raw memory
+        _poison([t for _, t in ops] + [t for _, t in converted] +
+                [t for _, t in copies] + [moved_alias(*v) for v in views])
+        raise
     finally:
         for key in keys:  # nothing drew since the cursor: go on from here
             gen, cursor = _CURSOR.pop(key)

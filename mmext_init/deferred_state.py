@@ -9,7 +9,8 @@ Example:
 """
 import itertools
 import weakref
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import (Any, Dict, Iterable, List, NamedTuple, Optional,
+                    Tuple)
 
 import torch
 
@@ -72,7 +73,9 @@ def _pid_at(ptr: Optional[int]) -> Optional[int]:
 
 def _run(ops: List[Tuple[_Op, torch.Tensor]],
          copy: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
-    """Run recorded ops, each on its target (or ``copy``: (src, dst))."""
+    """Run recorded ops, each on its target (or ``copy``: (src, dst)). If
+    one fails, every target is poisoned (:func:`_poison`) before the error
+    propagates."""
     _STATE['replaying'] += 1
     try:
         with torch.no_grad():
@@ -86,5 +89,30 @@ def _run(ops: List[Tuple[_Op, torch.Tensor]],
                 else:
                     kwargs[op.where[1]] = target
                 op.func(*args, **kwargs)
+    except BaseException:
+        _poison([t for _, t in ops] + ([copy[1]] if copy else []))
+        raise
+    finally:
+        _STATE['replaying'] -= 1
+
+
+def _poison(tensors: Iterable[Optional[torch.Tensor]]) -> None:
+    """NaN (0 in integer tensors) in each of ``tensors`` (None skipped): what
+    a replay that failed midway (an interrupt, out of memory) was to compute
+    holds no uninitialized memory that a forward pass, an optimizer step or
+    a saved checkpoint could take for values.
+
+    Example:
+        >>> _poison([weight])
+        >>> bool(weight.isnan().all())
+        True
+    """
+    _STATE['replaying'] += 1
+    try:
+        with torch.no_grad(), torch._C.DisableTorchFunctionSubclass():
+            for t in tensors:
+                if t is not None:
+                    t.fill_(float('nan') if t.is_floating_point()
+                            or t.is_complex() else 0)
     finally:
         _STATE['replaying'] -= 1

@@ -107,6 +107,35 @@ def test_failed_session_leaves_no_raw_memory(nan_empty, save_ckpt):
     assert_all_finite(model.state_dict())
 
 
+def test_replay_interrupted_midway_leaves_no_raw_memory():
+    """An interrupt (Ctrl-C, out of memory) in the middle of a replay: the
+    error propagates and every tensor that replay was computing holds NaN,
+    not raw memory that a forward pass or a checkpoint could take for
+    values (without ``nan_empty``: raw memory stays raw)."""
+    from mmext_init.deferred_state import _PENDING
+    torch.manual_seed(0)
+    model = build_vit()
+    names = own_pending(model)
+    params = dict(model.named_parameters())
+    entries = sorted((_PENDING[id(params[n])] for n in names),
+                     key=lambda entry: entry.ops[0].seq)
+    assert len(entries) > 2
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    middle = entries[len(entries) // 2]  # replayed after others, before some
+    middle.ops[0] = middle.ops[0]._replace(func=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        deferred.materialize(model)
+    assert not own_pending(model)
+    # given other memory in the constructor (``.data = ...``): kept
+    assert torch.equal(params['offsets.bias'], torch.arange(4.))
+    raw = [n for n in names
+           if n != 'offsets.bias' and not params[n].isnan().all()]
+    assert not raw, f'neither computed nor poisoned: {raw}'
+
+
 @MODELS.register_module(force=True)
 class DeferToyTrainee(BaseModel):
     """``DeferToyViT`` as a Runner-trainable model."""
