@@ -102,6 +102,21 @@ def dry_run(transform: AdaptTransform, name: str, ckpt_shape: Shape,
     return out
 
 
+def region_numel(region: Region, shape: Shape) -> int:
+    """Elements of a tensor of ``shape`` that ``region`` covers (all of them
+    for ``None``): what a partly adapted tensor takes from the checkpoint.
+
+    Example:
+        >>> region_numel((slice(0, 3), slice(0, 4)), (5, 4))
+        12
+    """
+    if region is None:
+        return math.prod(shape)
+    if isinstance(region, torch.Tensor):  # boolean mask over dim 0
+        return int(region.sum()) * math.prod(shape[1:])
+    return torch.empty(shape, device='meta')[region].numel()
+
+
 def _side(n: int) -> Optional[int]:
     side = int(round(math.sqrt(max(n, 0))))
     return side if side > 0 and side * side == n else None

@@ -98,13 +98,17 @@ class MatchResult:
     unexpected: List[str] = field(default_factory=list)  # checkpoint keys
     mismatched: List[Tuple[str, str, Shape, Shape]] = field(
         default_factory=list)  # (model key, ckpt key, ckpt shape, model shape)
+    # partly adapted tensors: model key -> elements the checkpoint provides
+    partly: Dict[str, int] = field(default_factory=dict)
 
     def loaded_fraction(self, model_shapes: Mapping[str, Shape],
                         counted: Optional[Iterable[str]] = None) -> float:
-        """Fraction of the elements of ``counted`` (default: all) loaded."""
+        """Fraction of the elements of ``counted`` (default: all) loaded,
+        the checkpoint's part of partly adapted tensors included."""
         names = list(model_shapes if counted is None else counted)
         total = sum(_numel(model_shapes[n]) for n in names)
-        got = sum(_numel(model_shapes[n]) for n in names if n in self.loaded)
+        got = sum(_numel(model_shapes[n]) if n in self.loaded else
+                  self.partly.get(n, 0) for n in names)
         return got / total if total else 0.0
 
 

@@ -23,7 +23,8 @@ from .errors import (CheckpointError, InitConfigError,
                      NonFiniteTensorError)
 from .key_matching import KeyMapping, MatchResult, match_keys
 from .load_checks import check_coverage, is_counter
-from .adapt import AdaptTransform, Adapted, build_transform, dry_run
+from .adapt import (AdaptTransform, Adapted, build_transform, dry_run,
+                    region_numel)
 from .converters import convert_source, get_converter
 from .formats import CheckpointTensors, open_checkpoint
 from .provenance import LoadRecord
@@ -53,7 +54,8 @@ class PretrainedInit:
             (relative to this module); mapped keys skip ``revise_keys`` and
             ``prefix``.
         min_loaded (float, optional): fraction of the module's parameter
-            elements that must come from the checkpoint (default: > 0).
+            elements that must come from the checkpoint, the checkpoint's
+            part of partly adapted tensors included (default: > 0).
         on_mismatch (str): ``'warn'`` (default: listed in the report, the
             tensor gets its declared init) or ``'error'``.
         match (str): ``'exact'`` (default) or ``'suffix'``: a checkpoint key
@@ -335,6 +337,7 @@ def assign_transforms(
         if region is not None:
             partial[name] = key
             result.loaded.pop(name, None)
+            result.partly[name] = region_numel(region, model_shape)
         else:
             result.loaded[name] = key
     result.mismatched = still

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from mmext_init import InitConfigError, get_provenance
+from mmext_init import CheckpointError, InitConfigError, get_provenance
 from mmext_init.adapt import (Classes, Grow, Inflate, InputChannels,
                               ResizePosEmbed, ResizeRelPosTable)
 
@@ -253,3 +253,31 @@ class Classifier(BaseModule):
     def __init__(self, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.fc = nn.Linear(4, 3)
+
+
+@pytest.mark.parametrize('adapt', [
+    dict(type='Classes', keys=r'fc\.(weight|bias)', old_classes=list('abc'),
+         new_classes=list('abz')),  # region: a row mask
+    dict(type='Grow', keys=r'fc\.(weight|bias)')])  # region: slices
+def test_partly_adapted_tensors_count_towards_min_loaded(adapt, save_ckpt):
+    """Two of three classifier rows come from the checkpoint: 10 of the 15
+    parameter elements, which min_loaded and the report count."""
+    source = Classifier()
+    state = {k: v.detach().clone() for k, v in source.state_dict().items()}
+    if adapt['type'] == 'Grow':  # a checkpoint with two classes
+        state = {k: v[:2].clone() for k, v in state.items()}
+    path = save_ckpt(state)
+
+    def build(min_loaded):
+        return Classifier(init_cfg=dict(type='Pretrained', checkpoint=path,
+                                        adapt=[adapt], min_loaded=min_loaded,
+                                        init_missing=dict(type='Zero',
+                                                          layer='Linear')))
+
+    head = build(0.66)
+    head.init_weights()
+    assert torch.equal(head.fc.weight[:2], source.fc.weight[:2])
+    assert get_provenance(head).loads[0].loaded_fraction == pytest.approx(
+        10 / 15)
+    with pytest.raises(CheckpointError, match=r'66\.7%.*min_loaded=0\.67'):
+        build(0.67).init_weights()
