@@ -299,41 +299,43 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
     copies: List[Tuple[_Entry, torch.Tensor]] = []
     views: List[Tuple[weakref.ref, torch.Tensor]] = []
     converted: List[Tuple[torch.Tensor, torch.Tensor]] = []
-    for pid, entry in todo.items():
-        _forget(pid)
-        target = entry.ref()
-        if target is None:  # died pending: its aliases take the values
-            target = next((v for v in (r() for r in entry.aliases)
-                           if v is not None), None)
-        if target is not None:  # its aliases get the values it ends with
-            views.extend((ref, target) for ref in entry.aliases)
-        if (target is None or storage_ptr(target) != entry.ptr
-                or (check_version and entry.version is not None
-                    and target._version != entry.version)):
-            if all(op.gen is None for op in entry.ops):
-                continue
-            target = torch.empty(entry.like[0], dtype=entry.like[1],
-                                 device=entry.like[2])
-        elif entry.source is None and (target.shape, target.dtype,
-                                       target.device) != entry.like:
-            # converted while pending (.double(), .cuda()): computed as
-            # built, then converted, as without deferral (ops such as mul_
-            # start from its values, converted back)
-            scratch = torch.empty(entry.like[0], dtype=entry.like[1],
-                                  device=entry.like[2])
-            _run([], copy=(target, scratch))
-            converted.append((scratch, target))
-            target = scratch
-        if entry.source is not None:
-            copies.append((entry, target))
-        else:
-            ops.extend((op, target) for op in entry.ops)
-    ops.sort(key=lambda item: item[0].seq)
-    keys = {op.gen for op, _ in ops if op.gen in _CURSOR}
-    saved = {key: _CURSOR[key][0].get_state() for key in keys}
-    for key in keys:
-        _CURSOR[key][0].set_state(_CURSOR[key][1])
+    saved: Dict[Any, torch.Tensor] = {}  # generator states to restore
     try:
+        for pid, entry in todo.items():
+            _forget(pid)
+            target = entry.ref()
+            if target is None:  # died pending: its aliases take the values
+                target = next((v for v in (r() for r in entry.aliases)
+                               if v is not None), None)
+            if target is not None:  # its aliases get the values it ends with
+                views.extend((ref, target) for ref in entry.aliases)
+            if (target is None or storage_ptr(target) != entry.ptr
+                    or (check_version and entry.version is not None
+                        and target._version != entry.version)):
+                if all(op.gen is None for op in entry.ops):
+                    continue
+                target = torch.empty(entry.like[0], dtype=entry.like[1],
+                                     device=entry.like[2])
+            elif entry.source is None and (target.shape, target.dtype,
+                                           target.device) != entry.like:
+                # converted while pending (.double(), .cuda()): computed as
+                # built, then converted, as without deferral (ops such as
+                # mul_ start from its values, converted back)
+                converted.append((target, target))  # the scratch comes next
+                scratch = torch.empty(entry.like[0], dtype=entry.like[1],
+                                      device=entry.like[2])
+                _run([], copy=(target, scratch))
+                converted[-1] = (scratch, target)
+                target = scratch
+            if entry.source is not None:
+                copies.append((entry, target))
+            else:
+                ops.extend((op, target) for op in entry.ops)
+        ops.sort(key=lambda item: item[0].seq)
+        saved = {key: _CURSOR[key][0].get_state()
+                 for key in {op.gen for op, _ in ops if op.gen in _CURSOR}}
+        for key in saved:
+            _CURSOR[key][0].set_state(_CURSOR[key][1])
         _run(ops)
         for scratch, target in converted:
             _run([], copy=(scratch, target))
@@ -344,7 +346,7 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
                 [t for _, t in copies] + [moved_alias(*v) for v in views])
         raise
     finally:
-        for key in keys:  # nothing drew since the cursor: go on from here
+        for key in saved:  # nothing drew since the cursor: go on from here
             gen, cursor = _CURSOR.pop(key)
             after = gen.get_state()
             if _RANDOM.get(key):

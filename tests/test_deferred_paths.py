@@ -136,6 +136,35 @@ def test_replay_interrupted_midway_leaves_no_raw_memory():
     assert not raw, f'neither computed nor poisoned: {raw}'
 
 
+def test_conversion_interrupted_leaves_no_raw_memory(monkeypatch):
+    """The same for parameters converted while pending (``.double()``),
+    interrupted while their values are computed as built: those taken out
+    of pending are NaN, the others stay pending and compute later."""
+    from mmext_init import deferred_replay
+    torch.manual_seed(0)
+    model = build_vit().double()
+    names = own_pending(model)
+    run = deferred_replay._run
+
+    def interrupted(ops, copy=None):
+        if copy is not None:  # computing a converted parameter as built
+            raise KeyboardInterrupt
+        return run(ops, copy)
+
+    monkeypatch.setattr(deferred_replay, '_run', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        deferred.materialize(model)
+    monkeypatch.undo()
+    params = dict(model.named_parameters())
+    left = own_pending(model)
+    taken = [n for n in names if n not in left and n != 'offsets.bias']
+    assert taken and left, 'the interrupt came too early or too late'
+    raw = [n for n in taken if not params[n].isnan().all()]
+    assert not raw, f'neither computed nor poisoned: {raw}'
+    deferred.materialize(model)
+    assert_all_finite({n: params[n] for n in left})
+
+
 @MODELS.register_module(force=True)
 class DeferToyTrainee(BaseModel):
     """``DeferToyViT`` as a Runner-trainable model."""
