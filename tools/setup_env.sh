@@ -26,7 +26,7 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.version.cuda is None else 
   exit 1
 fi
 
-# mmcv with compiled ops has no wheel for this torch: build it (about 8 min on
+# mmcv with compiled ops has no wheel for this torch: build it (8 to 30 min on
 # 2 cores the first time; pip's wheel cache makes later installs fast).
 if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
   echo "[setup_env] building mmcv 2.1.0 with ops (slow the first time)"
