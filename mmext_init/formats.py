@@ -24,7 +24,7 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
 import torch
 
 from .errors import CheckpointError
-from .page_release import MappedFile
+from .page_release import MappedFile, file_mappings
 from .safe_load import extract_state_dict, read_checkpoint
 
 Shape = Tuple[int, ...]
@@ -57,13 +57,20 @@ class CheckpointTensors:
                  dtypes: Union[None, Mapping[str, torch.dtype],
                                Callable[[str], torch.dtype]] = None,
                  release: Optional[Callable[[str, torch.Tensor],
-                                            Any]] = None) -> None:
+                                            Any]] = None,
+                 file_of: Optional[Callable[[str], str]] = None) -> None:
         self.path = path
         self._shapes = shapes
         self._get = getter
         self._origins = origins or {}
         self._dtypes = dtypes
         self._release = release
+        self._file_of = file_of
+
+    def file_of(self, key: str) -> str:
+        """The file holding ``key``: the shard for a sharded checkpoint,
+        else :attr:`path`."""
+        return self._file_of(key) if self._file_of else self.path
 
     def origin(self, key: str) -> str:
         """The key as written in the file (before a converter renamed it)."""
@@ -102,7 +109,12 @@ class CheckpointTensors:
         return len(self._shapes)
 
 
-def _releaser(path: str) -> Callable[[str, torch.Tensor], Any]:
+def _releaser(path: str) -> Optional[Callable[[str, torch.Tensor], Any]]:
+    """Page releaser of a just opened file; None if it was read into memory
+    (legacy ``.pth``, another ``map_location``): then nothing is mapped, and
+    looking for mappings at every copy would only cost time."""
+    if not file_mappings(path):
+        return None
     pages = MappedFile(path)
     return lambda key, tensor: pages.release(tensor)
 
@@ -180,28 +192,59 @@ def _open_safetensors(path: str, label: str) -> CheckpointTensors:
         shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
         dtypes = {k: _SAFETENSORS_DTYPES.get(s.get_dtype())
                   for k, s in slices.items()}
+    except MemoryError:
+        raise
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(
-            f'{label}: cannot read {path}: the file is truncated or corrupt '
-            f'({type(exc).__name__}: {exc})') from exc
+        raise _corrupt(path, label, exc) from exc
     if not shapes:
         raise CheckpointError(f'{label}: {path} holds an empty state dict')
-    return CheckpointTensors(path, shapes, handle.get_tensor, dtypes=dtypes,
+
+    def get(key: str) -> torch.Tensor:
+        try:
+            return handle.get_tensor(key)
+        except MemoryError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types
+            raise _corrupt(path, label, exc) from exc
+
+    return CheckpointTensors(path, shapes, get, dtypes=dtypes,
                              release=_releaser(path))
+
+
+def _corrupt(path: str, label: str, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f'{label}: cannot read {path}: the file is truncated or corrupt '
+        f'({type(exc).__name__}: {exc})')
+
+
+def _read_weight_map(path: str, label: str) -> Dict[str, str]:
+    """The ``weight_map`` of an index file, checked: ``{key: shard file}``,
+    all strings."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{label}: checkpoint file not found: {path}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            index = json.load(f)
+    except (ValueError, RecursionError, OSError) as exc:  # Unicode errors too
+        raise CheckpointError(f'{label}: {path} is not a valid index file '
+                              f'({type(exc).__name__}: {exc})') from exc
+    weight_map = index.get('weight_map') if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f'{label}: {path} has no weight_map (an index file is a JSON '
+            'object whose "weight_map" maps each key to its shard file)')
+    for key, shard in weight_map.items():
+        if (not isinstance(shard, str) or not shard
+                or shard.endswith('.index.json')):
+            raise CheckpointError(
+                f'{label}: index {path} maps {key!r} to {shard!r}, which is '
+                'not a shard file name; the index is corrupt')
+    return weight_map
 
 
 def _open_index(path: str, map_location: Any, trust: bool,
                 label: str) -> CheckpointTensors:
-    if not os.path.isfile(path):
-        raise CheckpointError(f'{label}: checkpoint file not found: {path}')
-    try:
-        with open(path) as f:
-            weight_map = json.load(f).get('weight_map') or {}
-    except (ValueError, AttributeError) as exc:
-        raise CheckpointError(f'{label}: {path} is not a valid index file '
-                              f'({type(exc).__name__}: {exc})') from exc
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f'{label}: {path} has no weight_map')
+    weight_map = _read_weight_map(path, label)
     folder = os.path.dirname(path)
     first_key = {}
     for key, shard in weight_map.items():
@@ -227,7 +270,8 @@ def _open_index(path: str, map_location: Any, trust: bool,
     shapes = _LazyShapes(list(weight_map), lambda k: shard_of(k).shape(k))
     return CheckpointTensors(path, shapes, lambda k: shard_of(k).get(k),
                              dtypes=lambda k: shard_of(k).dtype(k),
-                             release=lambda k, t: shard_of(k).release(k, t))
+                             release=lambda k, t: shard_of(k).release(k, t),
+                             file_of=lambda k: shard_of(k).path)
 
 
 def open_checkpoint(path: str,

@@ -22,6 +22,7 @@ import copyreg
 import datetime
 import os
 import pickle
+import struct
 import types
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
@@ -30,11 +31,17 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import CheckpointError
+from .zip_checks import is_torch_zip, verify_torch_zip
 
 __all__ = [
     'UnreconstructedObject', 'read_checkpoint', 'extract_state_dict',
-    'load_from_safe_local'
+    'load_from_safe_local', 'CheckpointMemoryError'
 ]
+
+
+class CheckpointMemoryError(CheckpointError, MemoryError):
+    """Out of memory while reading a checkpoint: still a ``MemoryError``
+    (never swallowed as a corrupt file), with a message naming the file."""
 
 
 class UnreconstructedObject:
@@ -173,6 +180,18 @@ def _is_local_cpu_zip(path: str, map_location: Any) -> bool:
     return cpu and zipfile.is_zipfile(path)
 
 
+# What torch's readers raise on a damaged file: its own checks (RuntimeError,
+# AssertionError in the legacy reader), the unpickler's (UnpicklingError,
+# EOFError, struct.error), and whatever a damaged pickle makes the rebuild
+# functions raise (LookupError: an unknown codec name, KeyError, IndexError;
+# TypeError, ValueError, ArithmeticError; ImportError: a damaged global name
+# with trust_checkpoint). Never MemoryError or KeyboardInterrupt.
+READ_ERRORS = (RuntimeError, AssertionError, EOFError, pickle.UnpicklingError,
+               zipfile.BadZipFile, struct.error, ValueError, LookupError,
+               OSError, TypeError, AttributeError, ArithmeticError,
+               ImportError)
+
+
 def read_checkpoint(path: str,
                     map_location: Any = 'cpu',
                     trust: bool = False,
@@ -180,7 +199,9 @@ def read_checkpoint(path: str,
     """Read a torch checkpoint file without executing code from it.
 
     Returns the unpickled object and the sorted names of the globals that were
-    replaced by :class:`UnreconstructedObject` (empty when ``trust``).
+    replaced by :class:`UnreconstructedObject` (empty when ``trust``). A
+    damaged file is a :class:`CheckpointError` naming it (zip files are
+    checked first, see :mod:`mmext_init.zip_checks`).
 
     Example:
         >>> ckpt, skipped = read_checkpoint('epoch_12.pth')
@@ -191,24 +212,25 @@ def read_checkpoint(path: str,
     if not os.path.isfile(path):
         raise CheckpointError(f'{label}: checkpoint file not found: {path}')
     seen: List[str] = []
-    mmap = _is_local_cpu_zip(path, map_location)
     try:
-        if trust:
-            obj = torch.load(
-                path, map_location=map_location, weights_only=False, mmap=mmap)
-        else:
-            module, _ = _restricted_pickle_module(seen)
-            obj = torch.load(
-                path,
-                map_location=map_location,
-                weights_only=False,
-                pickle_module=module,
-                mmap=mmap)
+        if is_torch_zip(path):
+            verify_torch_zip(path, label)
+        mmap = _is_local_cpu_zip(path, map_location)
+        module = pickle if trust else _restricted_pickle_module(seen)[0]
+        obj = torch.load(
+            path,
+            map_location=map_location,
+            weights_only=False,
+            pickle_module=module,
+            mmap=mmap)
     except CheckpointError:
         raise
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
-            ValueError, KeyError, IndexError, OSError, TypeError,
-            AttributeError) as exc:
+    except MemoryError as exc:  # e.g. a damaged length field in a pickle
+        raise CheckpointMemoryError(
+            f'{label}: out of memory reading checkpoint {path}: a damaged '
+            'size field in the file, or a checkpoint larger than the free '
+            'memory') from exc
+    except READ_ERRORS as exc:
         hint = '' if trust else (' or holds objects that cannot be rebuilt '
                                  'without running code (trust_checkpoint=True)')
         raise CheckpointError(
@@ -289,6 +311,11 @@ def extract_state_dict(ckpt: Any,
             'code. If you trust this file, set trust_checkpoint=True.')
     if not tensors:
         raise CheckpointError(f'{label}: {path} holds an empty state dict')
+    odd = [k for k in tensors if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(
+            f'{label}: {path}: state-dict key {odd[0]!r} is not a string; '
+            'the file is corrupt')
     if all(k.startswith('module.') for k in tensors):
         tensors = {k[len('module.'):]: v for k, v in tensors.items()}
     return tensors

@@ -107,3 +107,61 @@ def test_only_shards_holding_used_tensors_are_opened(tmp_path):
     path.write_text('{"weight_map": ')
     with pytest.raises(CheckpointError, match='is not a valid index file'):
         _load(path)
+
+
+def _two_shards(tmp_path, sd, torch_shards=False):
+    keys = sorted(sd)
+    parts = {'part-1': keys[:3], 'part-2': keys[3:]}
+    ext = '.bin' if torch_shards else '.safetensors'
+    for name, part in parts.items():
+        chunk = {k: sd[k] for k in part}
+        if torch_shards:
+            torch.save(chunk, tmp_path / (name + ext))
+        else:
+            save_file(chunk, str(tmp_path / (name + ext)))
+    index = {'weight_map': {k: name + ext for name, part in parts.items()
+                            for k in part}}
+    path = tmp_path / 'model.index.json'
+    path.write_text(json.dumps(index))
+    return path, index
+
+
+@pytest.mark.parametrize('value', [3, None, ['part-1.safetensors'],
+                                   'model.index.json'])
+def test_index_mapping_a_key_to_no_shard_file(tmp_path, value):
+    """A corrupt index (a number, null or list where a shard file name
+    belongs, or an index naming an index) is an error naming the index and
+    the key, not a TypeError or a recursion."""
+    path, index = _two_shards(tmp_path, _sd())
+    key = sorted(index['weight_map'])[0]
+    index['weight_map'][key] = value
+    path.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=rf"index .*model.index.json "
+                       rf"maps '{key}' to .*not a shard file name"):
+        _load(path)
+
+
+@pytest.mark.parametrize('text', ['[1, 2]', '{"weight_map": []}',
+                                  '"\\u00e9"', '\xff\xfe'])
+def test_index_that_is_no_json_object(tmp_path, text):
+    path = tmp_path / 'model.index.json'
+    path.write_bytes(text.encode('latin-1'))
+    with pytest.raises(CheckpointError, match='model.index.json (has no '
+                       'weight_map|is not a valid index file)'):
+        _load(path)
+
+
+@pytest.mark.parametrize('torch_shards', [False, True])
+def test_non_finite_tensor_in_a_shard_names_the_shard(tmp_path, torch_shards):
+    sd = _sd()
+    key = sorted(sd)[-1]  # in part-2
+    sd[key].view(-1)[0] = float('nan')
+    path, _ = _two_shards(tmp_path, sd, torch_shards)
+    ext = '.bin' if torch_shards else '.safetensors'
+    trunk = Trunk(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    before = {k: v.clone() for k, v in trunk.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"model.index.json: tensor "
+                       rf"'{key}' holds NaN.*\(in shard .*part-2{ext}\)"):
+        trunk.init_weights()
+    for name, value in trunk.state_dict().items():  # nothing half-loaded
+        assert torch.equal(value, before[name]), name

@@ -1,6 +1,8 @@
-"""Safe checkpoint reading, key options and their errors."""
+"""Safe checkpoint reading, key options and their errors (damaged files:
+``test_fuzz_checkpoints.py``)."""
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -194,7 +196,6 @@ def test_half_precision_checkpoint_is_cast_and_reported(save_ckpt):
 def test_getattr_cannot_reach_dangerous_methods(tmp_path):
     """``getattr`` is allowed for HistoryBuffer methods only: an
     ``ndarray.tofile`` gadget must stay inert."""
-    import numpy as np
 
     class Gadget:
 
