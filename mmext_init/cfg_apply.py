@@ -10,7 +10,12 @@ stay bit-identical for the same seed), plus:
 * every initializer runs as a tracked *source*, so its writes are recorded
   exactly and skipped on tensors the checkpoint provides; one of MMEngine's
   value initializers whose every ``weight``/``bias`` in reach comes from the
-  checkpoint is not run at all (it could only write those).
+  checkpoint is not run at all (it could only write those);
+* mmext_init's own types (``Zero``, ``Identity``, ``Orthogonal``, ``LoRA``,
+  ``CopyFrom``) without ``layer`` and ``override`` apply to the module that
+  declares them (stock types keep MMEngine's meaning: nothing);
+* an entry that touched no tensor (neither wrote one nor skipped a write the
+  checkpoint made moot) is recorded in ``tracker.void_entries``.
 
 Example:
     >>> apply_init_cfgs(head, [dict(type='Normal', std=0.01, layer='Conv2d')],
@@ -18,7 +23,8 @@ Example:
 """
 import copy
 import difflib
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
+                    Set)
 
 import torch
 import torch.nn as nn
@@ -26,7 +32,7 @@ from mmengine.model import weight_init
 from mmengine.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
 from .errors import InitConfigError, entry_label
-from .provenance import INITIALIZER
+from .provenance import INITIALIZER, VoidEntry
 from .tracking import InitSource, WriteTracker
 
 _META_KEYS = ('type', 'layer', 'override', 'name')
@@ -36,6 +42,9 @@ _WEIGHT_BIAS_ONLY = (weight_init.ConstantInit, weight_init.XavierInit,
                      weight_init.UniformInit, weight_init.KaimingInit,
                      weight_init.Caffe2XavierInit)
 _CLASS_NAMES: Set[str] = set()
+_BARE_HINT = ('; an entry without layer= and override= applies to the module '
+              'that declares it: name the layers with layer=... or the '
+              'submodule with override=dict(name=...)')
 
 
 def as_cfg_list(init_cfg: Any) -> List[Dict[str, Any]]:
@@ -154,35 +163,105 @@ def run_initializer(module: nn.Module,
                     declared_by: str,
                     label: str,
                     tracker: WriteTracker,
-                    note: Optional[str] = None) -> None:
-    """Build one initializer and run it on ``module`` as a tracked source."""
+                    note: Optional[str] = None,
+                    bare: bool = False) -> Optional[InitSource]:
+    """Build one initializer and run it on ``module`` as a tracked source.
+
+    ``bare``: the entry has neither ``layer`` nor ``override``; types with
+    ``applies_to_declaring_module`` then initialize the whole module (and,
+    with an ``override`` but no ``layer``, nothing here, as the stock types).
+    Returns the source, whose counters say what it did (None: not run).
+    """
     check_layer_names(cfg, label)
     func = _build(cfg, label)
-    if type(func) in _WEIGHT_BIAS_ONLY and _all_provided(module, tracker):
-        tracker.skipped_calls += 1
-        return
-    func.wholemodule = wholemodule
+    if getattr(func, 'applies_to_declaring_module', False) and \
+            not wholemodule and not cfg.get('layer'):
+        if not bare:
+            return None
+        wholemodule = True
     args = {k: v for k, v in cfg.items() if k not in _META_KEYS}
     src = InitSource(INITIALIZER, type_name(cfg), declared_by, args, note=note)
+    if type(func) in _WEIGHT_BIAS_ONLY and _all_provided(
+            _reached(module, func.layer, wholemodule), tracker):
+        tracker.skipped_calls += 1
+        src.skipped += 1
+        return src
+    func.wholemodule = wholemodule
     with tracker.source(src):
         try:
             func(module)
-        except InitConfigError:
-            raise
-        except ValueError as exc:  # e.g. Identity on an even kernel
+        except InitConfigError as exc:  # e.g. CopyFrom's; name the entry
+            if str(exc).startswith(label):
+                raise
             raise InitConfigError(f'{label}: {exc}') from exc
+        except ValueError as exc:  # e.g. Identity on an even kernel
+            hint = _BARE_HINT if bare and wholemodule else ''
+            raise InitConfigError(f'{label}: {exc}{hint}') from exc
+    return src
 
 
-def _all_provided(module: nn.Module, tracker: WriteTracker) -> bool:
-    """Whether every ``weight``/``bias`` tensor in ``module``'s subtree
-    comes from the checkpoint."""
+def _class_names(module: nn.Module) -> Set[str]:
+    """Names ``layer=`` matches: the class and its direct bases (stock)."""
+    cls = type(module)
+    return {cls.__name__} | {base.__name__ for base in cls.__bases__}
+
+
+def _reached(module: nn.Module, layers: Sequence[str],
+             wholemodule: bool) -> List[torch.Tensor]:
+    """The ``weight``/``bias`` tensors a stock value initializer reaches."""
+    found = []
     for sub in module.modules():
-        for attr in ('weight', 'bias'):
-            t = getattr(sub, attr, None)
-            if isinstance(t, torch.Tensor) and \
-                    tracker.name_of(t) not in tracker.protected:
-                return False
-    return True
+        if wholemodule or _class_names(sub) & set(layers):
+            found += [getattr(sub, attr) for attr in ('weight', 'bias')
+                      if isinstance(getattr(sub, attr, None), torch.Tensor)]
+    return found
+
+
+def _all_provided(tensors: List[torch.Tensor], tracker: WriteTracker) -> bool:
+    """Whether there are ``tensors`` and every one comes from the checkpoint
+    (the initializer could only write those: it is not run at all)."""
+    return bool(tensors) and all(
+        tracker.name_of(t) in tracker.protected for t in tensors)
+
+
+def describe_entry(cfg: Dict[str, Any]) -> str:
+    """An entry as the report names it.
+
+    Example:
+        >>> describe_entry(dict(type='Kaiming', layer='Conv2d', mode='fan_out'))
+        "Kaiming, layer='Conv2d'"
+        >>> describe_entry(dict(type='Constant', val=0, override=dict(name='up')))
+        "Constant, override='up'"
+    """
+    parts = [type_name(cfg)]
+    if cfg.get('layer'):
+        parts.append(f"layer={cfg['layer']!r}")
+    override = cfg.get('override')
+    if isinstance(override, (dict, list, tuple)) and override:
+        items = [override] if isinstance(override, dict) else override
+        names = [item.get('name') for item in items if isinstance(item, dict)]
+        parts.append(f'override={names[0]!r}' if len(names) == 1 else
+                     f'override={names!r}')
+    return ', '.join(parts)
+
+
+def void_reason(module: nn.Module, cfg: Dict[str, Any]) -> str:
+    """Why an entry that touched no tensor of ``module`` reached nothing."""
+    layers = cfg.get('layer')
+    if not layers and not cfg.get('override'):
+        return ('it has neither layer= nor override=, so MMEngine applies it '
+                'to nothing; add layer=... or override=dict(name=...)')
+    reasons = []
+    if layers:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        if any(_class_names(m) & set(layers) for m in module.modules()):
+            reasons.append(f'its {" and ".join(layers)} layers hold nothing '
+                           'it writes')
+        else:
+            reasons.append(f'no {" or ".join(layers)} layer in it')
+    if cfg.get('override'):
+        reasons.append('its override wrote nothing')
+    return '; '.join(reasons)
 
 
 def apply_init_cfgs(module: nn.Module,
@@ -190,39 +269,63 @@ def apply_init_cfgs(module: nn.Module,
                     path: str,
                     root_name: str,
                     tracker: WriteTracker,
-                    note: Optional[str] = None) -> None:
+                    note: Optional[str] = None,
+                    within: Optional[str] = None) -> None:
     """Apply ``cfgs`` (no ``Pretrained`` among them) to ``module`` at ``path``.
 
     Mirrors ``mmengine.model.initialize``: each entry on the whole module
     (filtered by ``layer``), then its ``override`` entries on the named
     submodules (``wholemodule``), inheriting the entry's arguments when an
-    override holds only ``name``.
+    override holds only ``name``. An entry that touched no tensor is added
+    to ``tracker.void_entries``.
     ``note`` is attached to every provenance entry written (e.g. that the
-    entry came from ``init_missing``).
+    entry came from ``init_missing``); ``within``: the entries are the
+    ``init_missing`` of the ``Pretrained`` entry of that checkpoint.
     """
+    field = 'init_cfg' if within is None else 'init_missing'
+
+    def name_entry(kind: str) -> str:
+        return entry_label(path, root_name, kind, field, within)
+
     for cfg in cfgs:
-        label = entry_label(path, root_name, type_name(cfg))
+        label = name_entry(type_name(cfg))
         cp_cfg = copy.deepcopy(dict(cfg))
         override = cp_cfg.pop('override', None)
-        run_initializer(module, cp_cfg, False, path, label, tracker, note)
-        if override is None:
-            continue
-        if not isinstance(override, (dict, list, tuple)):
+        sources = [run_initializer(module, cp_cfg, False, path, label, tracker,
+                                   note, bare=override is None)]
+        if override is not None:
+            sources += _run_overrides(module, override, cp_cfg, path, label,
+                                      name_entry, tracker, note)
+        if not any(src.touched for src in sources if src is not None):
+            tracker.void_entries.append(VoidEntry(
+                path, describe_entry(cfg), void_reason(module, cfg), field,
+                within))
+
+
+def _run_overrides(module: nn.Module, override: Any, cfg: Dict[str, Any],
+                   path: str, label: str, name_entry: Callable[[str], str],
+                   tracker: WriteTracker,
+                   note: Optional[str]) -> List[Optional[InitSource]]:
+    """The ``override`` part of one entry (``cfg`` without it; ``label``
+    names the entry, ``name_entry(kind)`` names one of its overrides)."""
+    if not isinstance(override, (dict, list, tuple)):
+        raise InitConfigError(
+            f'{label}: override must be a dict or a list of dicts')
+    cfg.pop('layer', None)
+    sources = []
+    for item in [override] if isinstance(override, dict) else override:
+        ov = copy.deepcopy(dict(item))
+        name = ov.pop('name', None)
+        if name is None:
             raise InitConfigError(
-                f'{label}: override must be a dict or a list of dicts')
-        cp_cfg.pop('layer', None)
-        for item in [override] if isinstance(override, dict) else override:
-            ov = copy.deepcopy(dict(item))
-            name = ov.pop('name', None)
-            if name is None:
-                raise InitConfigError(
-                    f'{label}: override {dict(item)!r} has no "name"')
-            if not ov:
-                ov.update(cp_cfg)
-            elif 'type' not in ov:
-                raise InitConfigError(
-                    f'{label}: override {dict(item)!r} needs a "type"')
-            target = resolve_override(module, name, label)
-            ov_label = entry_label(path, root_name, f'{type_name(ov)} '
-                                   f'override {name!r}')
-            run_initializer(target, ov, True, path, ov_label, tracker, note)
+                f'{label}: override {dict(item)!r} has no "name"')
+        if not ov:
+            ov.update(cfg)
+        elif 'type' not in ov:
+            raise InitConfigError(
+                f'{label}: override {dict(item)!r} needs a "type"')
+        target = resolve_override(module, name, label)
+        ov_label = name_entry(f'{type_name(ov)} override {name!r}')
+        sources.append(run_initializer(target, ov, True, path, ov_label,
+                                       tracker, note))
+    return sources

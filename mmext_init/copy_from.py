@@ -11,7 +11,10 @@ checkpoint provides keeps that value, exactly as if the copy had run in
 MMEngine's order.
 
 It copies into the whole module it is applied to: the module whose own
-``init_cfg`` it is, or the ``name`` of an ``override`` entry.
+``init_cfg`` it is (an entry without ``override``), or the ``name`` of an
+``override`` entry (then the module declaring it gets nothing from it, as
+for every type). ``layer`` is an error; a module without parameters or
+buffers is an error naming the entry.
 
 Example (config):
     >>> init_cfg = dict(type='Constant', val=0, layer='Conv2d',
@@ -26,9 +29,10 @@ import torch
 import torch.nn as nn
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from .errors import InitConfigError
-from .provenance import INITIALIZER, Provenance
+from .errors import InitConfigError, module_label
 from .formats import open_checkpoint
+from .provenance import INITIALIZER, Provenance
+from .session import current_session
 
 
 def _state(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -120,10 +124,19 @@ class CopyFromInit:
             else prefix + '.'
         self.wholemodule = False
 
+    #: an init_cfg entry without ``override`` copies into the module that
+    #: declares it (read by mmext_init's init_cfg driver)
+    applies_to_declaring_module = True
+
     def __call__(self, module: nn.Module) -> None:
-        from .session import current_session
         session = current_session()
-        owner = session.path_of(module) if session else type(module).__name__
+        owner = module_label(session.path_of(module), session.root_name) \
+            if session else type(module).__name__
+        if not _state(module):
+            raise InitConfigError(
+                f'CopyFrom into {owner}: {type(module).__name__} has no '
+                'parameters or buffers to copy into; name the module to copy '
+                'into with override=dict(name=...)')
         if self.checkpoint is not None:
             self._copy_checkpoint(module, owner)
         elif session is None:
@@ -132,7 +145,10 @@ class CopyFromInit:
                 'init_weights() on the model')
         else:
             current = session.tracker.current
-            declared_by = current.declared_by if current else owner
+            declared_by = current.declared_by if current else \
+                session.path_of(module)
+            if current is not None:
+                current.scheduled += len(_state(module))
             session.after_loads.append(
                 (functools.partial(self._copy_module, declared_by=declared_by),
                  module, session.tracker.sequence))
@@ -154,14 +170,15 @@ class CopyFromInit:
     def _copy_module(self, session, module: nn.Module, since: int,
                      declared_by: str) -> None:
         """Run after the checkpoint copy (see the module docstring)."""
-        owner = session.path_of(module)
+        path = session.path_of(module)
+        owner = module_label(path, session.root_name)
         source = resolve_source(session.root, self.source, owner)
         target, src = _state(module), _state(source)
         _check_lined_up(target, src, f'source {self.source!r}', owner)
         tracker = session.tracker
         with torch.no_grad():
             for name, t in target.items():
-                full = f'{owner}.{name}' if owner else name
+                full = f'{path}.{name}' if path else name
                 if (full in tracker.protected
                         or tracker.written_at.get(full, 0) > since):
                     continue

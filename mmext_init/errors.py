@@ -1,5 +1,6 @@
 """Exceptions raised by mmext_init. Every message names the file and the
 config entry at fault, so a user can fix the config without a debugger."""
+from typing import Optional
 
 
 class InitConfigError(ValueError):
@@ -21,14 +22,40 @@ class NonFiniteTensorError(CheckpointError):
         self.target = target
 
 
-def entry_label(module_path: str, root_name: str, cfg_type: str) -> str:
+def module_label(module_path: str, root_name: str) -> str:
+    """A module as messages name it: its quoted path, or the model root.
+
+    Example:
+        >>> module_label('backbone', 'FasterRCNN')
+        "'backbone'"
+        >>> module_label('', 'FasterRCNN')
+        'the model root (FasterRCNN)'
+    """
+    return f"'{module_path}'" if module_path else \
+        f'the model root ({root_name})'
+
+
+def entry_label(module_path: str,
+                root_name: str,
+                cfg_type: str,
+                field: str = 'init_cfg',
+                within: Optional[str] = None) -> str:
     """Human label of an ``init_cfg`` entry, e.g. ``init_cfg of 'backbone' (Pretrained)``.
+
+    ``field`` names the config key holding the entry (``'init_missing'`` for
+    the entries of a ``Pretrained``'s ``init_missing``, then ``within`` names
+    that ``Pretrained`` entry's checkpoint).
 
     Example:
         >>> entry_label('backbone', 'RetinaNet', 'Pretrained')
         "init_cfg of 'backbone' (Pretrained)"
         >>> entry_label('', 'RetinaNet', 'Kaiming')
-        'init_cfg of the model root RetinaNet (Kaiming)'
+        'init_cfg of the model root (RetinaNet) (Kaiming)'
+        >>> entry_label('backbone', 'RetinaNet', 'Kaiming', 'init_missing', 'r18.pth')
+        "init_missing of 'backbone' (Kaiming), in init_cfg of 'backbone' (Pretrained) for r18.pth"
     """
-    where = f"'{module_path}'" if module_path else f'the model root {root_name}'
-    return f'init_cfg of {where} ({cfg_type})'
+    label = f'{field} of {module_label(module_path, root_name)} ({cfg_type})'
+    if within is not None:
+        owner = entry_label(module_path, root_name, 'Pretrained')
+        label += f', in {owner} for {within}'
+    return label

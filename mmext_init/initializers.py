@@ -4,6 +4,8 @@ MMEngine's *root* ``WEIGHT_INITIALIZERS`` (any ``default_scope``) with the
 stock ``layer``/``override``/``bias``/``bias_prob`` conventions, and as
 functions next to ``constant_init``: :func:`zero_init`,
 :func:`identity_init`, :func:`orthogonal_init`, :func:`lora_init`.
+An entry with neither ``layer`` nor ``override`` applies to the module that
+declares it (see :mod:`mmext_init.layer_init`).
 
 Example:
     >>> init_cfg = [dict(type='Kaiming', layer='Conv2d'),
@@ -14,10 +16,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmengine.model.weight_init import BaseInit, update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from .tracking import add_note, provided_by_checkpoint
+from .layer_init import LayerInit, describe_module, has_weight_or_bias
+from .tracking import add_note
 
 __all__ = [
     'zero_init', 'identity_init', 'orthogonal_init', 'lora_init', 'ZeroInit',
@@ -25,11 +27,6 @@ __all__ = [
 ]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _describe(module: nn.Module) -> str:
-    """``Conv2d(4, 4, kernel_size=(2, 2), stride=(1, 1))`` for messages."""
-    return f'{type(module).__name__}({module.extra_repr()})'
 
 
 def _fill(module: nn.Module, name: str, value: float) -> None:
@@ -57,7 +54,7 @@ def zero_init(module: nn.Module, bias: float = 0) -> None:
 
 def _check_conv_identity(conv: nn.Module) -> None:
     """Raise unless ``conv`` (zero padding aside) can map x to x exactly."""
-    what = f'Identity: {_describe(conv)}'
+    what = f'Identity: {describe_module(conv)}'
     if any(k % 2 == 0 for k in conv.kernel_size):
         raise ValueError(f'{what} has an even kernel size '
                          f'{tuple(conv.kernel_size)}: no centre tap')
@@ -110,8 +107,8 @@ def identity_init(module: nn.Module, bias: float = 0) -> None:
         groups = module.groups
         nn.init.dirac_(weight, groups)
     else:
-        raise ValueError(f'Identity: {_describe(module)} is neither a Linear '
-                         'nor a Conv1d/2d/3d layer')
+        raise ValueError(f'Identity: {describe_module(module)} is neither a '
+                         'Linear nor a Conv1d/2d/3d layer')
     out_f, in_f = weight.shape[0] // groups, weight.shape[1]
     if out_f != in_f:
         each = f' of each of the {groups} groups' if groups > 1 else ''
@@ -147,8 +144,8 @@ def orthogonal_init(module: nn.Module,
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) \
             else None
-        raise ValueError(f'Orthogonal: {_describe(module)} needs a weight '
-                         f'with 2 or more dimensions, has {shape}')
+        raise ValueError(f'Orthogonal: {describe_module(module)} needs a '
+                         f'weight with 2 or more dimensions, has {shape}')
     nn.init.orthogonal_(weight, gain=gain)
     _fill(module, 'bias', bias)
 
@@ -214,52 +211,12 @@ def lora_init(module: nn.Module,
         _fill(getattr(module, attr), 'bias', 0)
 
 
-class _LayerInit(BaseInit):
-    """Shared driver: apply :meth:`init_layer` to the matched layers exactly
-    like the stock initializers (``module.apply``; with ``layer``, the layers
-    whose class or a direct base class is named; for an ``override`` entry,
-    every submodule of the named one that :meth:`targets` accepts).
-
-    An ``override`` target holding no such layer is an error (raised by
-    :meth:`init_layer` on it). Layers whose parameters the checkpoint
-    provides are skipped: nothing of this init would survive.
-    """
-
-    def targets(self, m: nn.Module) -> bool:
-        """Whether an ``override`` (``wholemodule``) entry initializes m."""
-        return True
-
-    def init_layer(self, m: nn.Module) -> None:
-        raise NotImplementedError
-
-    def _get_init_info(self) -> str:
-        return f'{type(self).__name__}: bias={self.bias}'
-
-    def _matches(self, m: nn.Module) -> bool:
-        names = {type(m).__name__} | {c.__name__ for c in type(m).__bases__}
-        return bool(names & set(self.layer))
-
-    def __call__(self, module: nn.Module) -> None:
-        found = []
-
-        def init(m: nn.Module) -> None:
-            if self.targets(m) if self.wholemodule else self._matches(m):
-                found.append(m)
-                if not provided_by_checkpoint(m):
-                    self.init_layer(m)
-
-        module.apply(init)
-        if self.wholemodule and not found:
-            self.init_layer(module)  # raises, naming the module and why
-        if hasattr(module, '_params_init_info'):  # stock init_weights' log
-            update_init_info(module, init_info=self._get_init_info())
-
-
 @WEIGHT_INITIALIZERS.register_module(name='Zero', force=True)
-class ZeroInit(_LayerInit):
+class ZeroInit(LayerInit):
     r"""Weights of the matched layers to 0, biases to ``bias`` (0): the last
     layer of a residual branch, :math:`x + f(x) = x` at step 0. Selects
-    exactly what ``dict(type='Constant', val=0)`` would.
+    exactly what ``dict(type='Constant', val=0)`` would; a whole module
+    (``override``, or no ``layer``) must hold a weight or bias.
 
     Args: ``bias``, ``bias_prob``, ``layer`` as for the stock initializers.
 
@@ -267,23 +224,31 @@ class ZeroInit(_LayerInit):
         >>> adapter_cfg = [dict(type='Kaiming', layer='Conv2d'),
         ...                dict(type='Zero', override=dict(name='up'))]
     """
+    type_name = 'Zero'
+    nothing = 'has no weight or bias and holds no layer that has one'
+
+    def targets(self, m: nn.Module) -> bool:
+        return has_weight_or_bias(m)
 
     def init_layer(self, m: nn.Module) -> None:
         zero_init(m, self.bias)
 
 
 @WEIGHT_INITIALIZERS.register_module(name='Identity', force=True)
-class IdentityInit(_LayerInit):
+class IdentityInit(LayerInit):
     r"""Matched Linear/Conv1d/2d/3d layers start as the identity,
-    :math:`y = x` (see :func:`identity_init`). An ``override`` initializes
-    every Linear/Conv layer of the named module; a matched layer that cannot
-    be the identity is a ``ValueError`` naming it.
+    :math:`y = x` (see :func:`identity_init`). An ``override`` (or an
+    entry without ``layer``) initializes every Linear/Conv layer of the
+    module; a matched layer that cannot be the identity is a ``ValueError``
+    naming it.
 
     Args: ``bias``, ``bias_prob``, ``layer`` as for the stock initializers.
 
     Example:
         >>> init_cfg = dict(type='Identity', layer='Conv2d')  # serial convs
     """
+    type_name = 'Identity'
+    nothing = 'is neither a Linear nor a Conv1d/2d/3d layer, and holds none'
 
     def targets(self, m: nn.Module) -> bool:
         return isinstance(m, (nn.Linear, ) + _CONV)
@@ -293,10 +258,11 @@ class IdentityInit(_LayerInit):
 
 
 @WEIGHT_INITIALIZERS.register_module(name='Orthogonal', force=True)
-class OrthogonalInit(_LayerInit):
+class OrthogonalInit(LayerInit):
     r"""(Semi-)orthogonal weights, :math:`W W^T = \text{gain}^2 I` (see
-    :func:`orthogonal_init`), bias constant. An ``override`` initializes
-    every layer of the named module with a weight of 2 or more dimensions.
+    :func:`orthogonal_init`), bias constant. An ``override`` (or an entry
+    without ``layer``) initializes every layer of the module with a weight of
+    2 or more dimensions.
 
     Args:
         gain (int | float): the scaling factor. Defaults to 1.
@@ -305,6 +271,9 @@ class OrthogonalInit(_LayerInit):
     Example:
         >>> init_cfg = dict(type='Orthogonal', gain=1.0, layer='Linear')
     """
+    type_name = 'Orthogonal'
+    nothing = ('has no weight with 2 or more dimensions, and holds no layer '
+               'that has one')
 
     def __init__(self, gain: float = 1, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -322,12 +291,14 @@ class OrthogonalInit(_LayerInit):
 
 
 @WEIGHT_INITIALIZERS.register_module(name='LoRA', force=True)
-class LoRAInit(_LayerInit):
+class LoRAInit(LayerInit):
     r"""LoRA modules (down projection A, up projection B): A random, B zero,
     so :math:`B A = 0` (see :func:`lora_init`). With ``layer``, each matched
     module must hold both projections (else a ``ValueError`` names its class
     and the missing attribute); an ``override`` initializes every module
-    under the named one that holds both, and fails if none does.
+    under the named one (itself included) that holds both, and fails if none
+    does; so does an entry without ``layer`` on the module declaring it (a
+    LoRA module itself, or a block holding some).
 
     Args:
         a_attr (str): the down projection. Defaults to 'lora_A'.
@@ -341,7 +312,9 @@ class LoRAInit(_LayerInit):
 
     Example:
         >>> init_cfg = dict(type='LoRA', layer='LoRALinear', mode='gaussian')
+        >>> init_cfg = dict(type='LoRA')  # on the LoRA module itself
     """
+    type_name = 'LoRA'
 
     def __init__(self,
                  a_attr: str = 'lora_A',
@@ -364,6 +337,13 @@ class LoRAInit(_LayerInit):
 
     def init_layer(self, m: nn.Module) -> None:
         lora_init(m, self.a_attr, self.b_attr, self.mode, self.rank)
+
+    def nothing_error(self, module: nn.Module) -> ValueError:
+        return ValueError(
+            f'LoRA: neither {describe_module(module)} nor any module under it '
+            f'has both projections {self.a_attr!r} and {self.b_attr!r} '
+            '(submodules with a weight, or Parameters); name them with '
+            'a_attr=/b_attr=')
 
     def _get_init_info(self) -> str:
         return (f'{type(self).__name__}: {self.a_attr} {self.mode}, '

@@ -50,14 +50,19 @@ class Provenance:
     args: Optional[Mapping[str, Any]] = None
     notes: Tuple[str, ...] = ()
 
-    def describe(self) -> str:
-        """One-line human description, used by the report.
+    def describe(self, root: Optional[str] = None) -> str:
+        """One-line human description, used by the report; ``root`` (the
+        model root's class) names a declaration on the root, else
+        ``<root>``.
 
         Example:
             >>> Provenance('initializer', 'Constant', 'head', args={'val': 0}).describe()
             'Constant(val=0) from head'
+            >>> Provenance('initializer', 'Normal', '').describe('RetinaNet')
+            'Normal from the model root (RetinaNet)'
         """
-        where = self.declared_by if self.declared_by else '<root>'
+        where = self.declared_by or (
+            f'the model root ({root})' if root else '<root>')
         if self.kind == CHECKPOINT:
             text = f'checkpoint {self.source}'
             if self.args:
@@ -99,6 +104,23 @@ class LoadRecord:
     adapted: List[Tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class VoidEntry:
+    """An ``init_cfg`` (or ``init_missing``) entry that touched no tensor:
+    it neither wrote one nor left one out because the checkpoint provides it.
+
+    ``entry`` is the entry as text (``"Kaiming, layer='Conv2d'"``),
+    ``module`` the path of the module declaring it, ``reason`` why it reached
+    nothing; ``field`` is ``'init_cfg'`` or ``'init_missing'`` (then
+    ``checkpoint`` is that ``Pretrained`` entry's file).
+    """
+    module: str
+    entry: str
+    reason: str
+    field: str = 'init_cfg'
+    checkpoint: Optional[str] = None
+
+
 @dataclass
 class ProvenanceLedger:
     """All provenance of one ``init_weights()`` call on ``root``."""
@@ -106,6 +128,7 @@ class ProvenanceLedger:
     entries: Dict[str, Provenance] = field(default_factory=dict)
     loads: List[LoadRecord] = field(default_factory=list)
     numel: Dict[str, int] = field(default_factory=dict)
+    void_entries: List[VoidEntry] = field(default_factory=list)
 
     def names(self, kind: str) -> List[str]:
         """Names of the tensors of one kind, in model order.
@@ -138,6 +161,7 @@ class ProvenanceLedger:
                 for n, p in self.entries.items()
             },
             'loads': [asdict(r) for r in self.loads],
+            'void_entries': [asdict(v) for v in self.void_entries],
         }
 
 

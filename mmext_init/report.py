@@ -8,6 +8,8 @@ Example of the INFO summary::
       ...
     initialized:
       backbone.adapters.{0..3}.up.{weight,bias} <- Zero from backbone.adapters.N
+    init_cfg entries that initialized nothing:
+      init_cfg of 'neck' (Kaiming, layer='Conv3d'): no Conv3d layer in it
 
 The full ledger goes to ``init_provenance.json`` in the Runner's log
 directory (rank 0 only) and to the DEBUG log.
@@ -21,11 +23,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from mmengine.dist import get_rank
 from mmengine.logging import MMLogger, print_log
 
+from .errors import entry_label
 from .provenance import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, INITIALIZER,
                          KINDS, Provenance, ProvenanceLedger)
 
 REPORT_TITLE = 'mmext_init: initialization report'
 PROVENANCE_FILE = 'init_provenance.json'
+VOID_TITLE = 'init_cfg entries that initialized nothing:'
 MAX_LINES = 25
 _SECTIONS = ((CHECKPOINT, 'loaded'), (INITIALIZER, 'initialized'),
              (INIT_WEIGHTS, 'init_weights overrides'),
@@ -84,12 +88,12 @@ def fold_names(names: Sequence[str]) -> List[str]:
     return ['.'.join(_render(tok) for tok in pat) for pat in patterns]
 
 
-def _group_key(prov: Provenance) -> str:
+def _group_key(prov: Provenance, root: str) -> str:
     declared = prov.declared_by
     if declared:
         declared = re.sub(r'(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)', 'N', declared)
     return Provenance(prov.kind, prov.source, declared, None, prov.args,
-                      prov.notes).describe()
+                      prov.notes).describe(root)
 
 
 def _human(n: float) -> str:
@@ -117,17 +121,42 @@ def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
         names = ledger.names(kind)
         elems = sum(ledger.numel.get(n, 0) for n in names)
         lines.append(f'  {kind:<13}{len(names):>6} tensors {_human(elems):>8} '
-                     f'elements  ({elems / total:.1%})')
+                     f'elements  ({elems / total:.1%} of the model)')
     if skipped_ops or skipped_calls:
         lines.append(f'  initializer work skipped on tensors the checkpoint '
                      f'provides: {skipped_ops} ops, {skipped_calls} calls')
+    lines += _load_lines(ledger)
+    for kind, title in _SECTIONS:
+        groups: Dict[str, List[str]] = {}
+        for name, prov in ledger.entries.items():
+            if prov.kind == kind:
+                groups.setdefault(_group_key(prov, ledger.root),
+                                  []).append(name)
+        if not groups:
+            continue
+        lines.append(f'{title}:')
+        body = [
+            f'  {folded} <- {desc}' for desc, names in groups.items()
+            for folded in fold_names(names)
+        ]
+        lines.extend(_limited(body, f'lines (see {PROVENANCE_FILE})'))
+    void = _void_lines(ledger)
+    if void:
+        lines.append(VOID_TITLE)
+        lines.extend(_limited(void, f'lines (see {PROVENANCE_FILE})'))
+    return '\n'.join(lines)
+
+
+def _load_lines(ledger: ProvenanceLedger) -> List[str]:
+    """One line per checkpoint load, then its misses and mismatches."""
+    lines = []
     for record in ledger.loads:
-        where = record.module or '<root>'
+        where = record.module or f'the model root ({ledger.root})'
         prefix = f' [prefix={record.prefix!r}]' if record.prefix else ''
         lines.append(
             f'load {where} <- {record.checkpoint}{prefix} via {record.via}: '
             f'{len(record.loaded)} loaded ({record.loaded_fraction:.1%} of '
-            f'parameter elements), {len(record.missing)} missing, '
+            f"the module's parameter elements), {len(record.missing)} missing, "
             f'{len(record.unexpected)} unexpected, {len(record.mismatched)} '
             'shape-mismatched')
         for key, ckpt_shape, model_shape in record.mismatched:
@@ -143,20 +172,30 @@ def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
             lines.append(f'  cast {key}: {src} -> {dst}')
         for key, how in record.adapted:
             lines.append(f'  adapted {key}: {how}')
-    for kind, title in _SECTIONS:
-        groups: Dict[str, List[str]] = {}
-        for name, prov in ledger.entries.items():
-            if prov.kind == kind:
-                groups.setdefault(_group_key(prov), []).append(name)
-        if not groups:
-            continue
-        lines.append(f'{title}:')
-        body = [
-            f'  {folded} <- {desc}' for desc, names in groups.items()
-            for folded in fold_names(names)
+    return lines
+
+
+def _void_lines(ledger: ProvenanceLedger) -> List[str]:
+    """The entries that initialized nothing, modules folded per entry.
+
+    Example line::
+
+        init_cfg of 'backbone.adapters.{0..3}' (Kaiming, layer='Conv2d'): no Conv2d layer in it
+    """
+    groups: Dict[tuple, List[str]] = {}
+    for void in ledger.void_entries:
+        key = (void.field, void.entry, void.reason, void.checkpoint)
+        groups.setdefault(key, []).append(void.module)
+    lines = []
+    for (field_, entry, reason, checkpoint), paths in groups.items():
+        folded = fold_names([p for p in paths if p])
+        if '' in paths:
+            folded.insert(0, '')
+        lines += [
+            f'  {entry_label(path, ledger.root, entry, field_, checkpoint)}: '
+            f'{reason}' for path in folded
         ]
-        lines.extend(_limited(body, f'lines (see {PROVENANCE_FILE})'))
-    return '\n'.join(lines)
+    return lines
 
 
 def runner_log_dir() -> Optional[str]:
@@ -177,7 +216,7 @@ def emit_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
     if logger.isEnabledFor(logging.DEBUG):
         print_log(
             'mmext_init: provenance ledger\n' + '\n'.join(
-                f'  {n}: {p.describe()}' +
+                f'  {n}: {p.describe(ledger.root)}' +
                 (f' [key {p.key}]' if p.key else '')
                 for n, p in ledger.entries.items()),
             logger='current',

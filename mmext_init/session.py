@@ -179,15 +179,20 @@ class InitSession:
         path = self.path_of(module)
         cfgs = as_cfg_list(getattr(module, 'init_cfg', None))
         others = [c for c in cfgs if not is_pretrained_cfg(c)]
+        self.handled.add(id(module))  # before planning: its errors are ours
         plans = self.plans_for(module) if len(others) < len(cfgs) else []
-        self.handled.add(id(module))
         apply_init_cfgs(module, others, path, self.root_name, self.tracker)
         for plan in plans:
-            apply_init_cfgs(module, plan.entry.init_missing, path,
-                            self.root_name, self.tracker, _INIT_MISSING_NOTE)
+            self.apply_init_missing(module, path, plan.entry)
         for child in module.children():
             self.init_child(child)
         module._is_init = True
+
+    def apply_init_missing(self, module: nn.Module, path: str,
+                           entry: PretrainedInit) -> None:
+        """The ``init_missing`` entries of ``entry``, declared at ``path``."""
+        apply_init_cfgs(module, entry.init_missing, path, self.root_name,
+                        self.tracker, _INIT_MISSING_NOTE, entry.checkpoint)
 
     def init_child(self, child: nn.Module, direct: bool = True) -> None:
         """Stock rule for direct children (call ``init_weights`` if any);
@@ -244,9 +249,7 @@ class InitSession:
         if id(module) not in self.handled:
             for entry in self.pretrained_entries(module):
                 self.code_entries.append((module, path, entry))
-                apply_init_cfgs(module, entry.init_missing, path,
-                                self.root_name, self.tracker,
-                                _INIT_MISSING_NOTE)
+                self.apply_init_missing(module, path, entry)
         if hasattr(module, '_is_init'):
             module._is_init = True
         self.sweep(module)
@@ -278,14 +281,9 @@ class InitSession:
         entries = [(p.module_path, p.entry) for p in self.all_plans()]
         entries += [(path, e) for _, path, e in self.code_entries]
         for path, entry in entries:
-            if entry.on_missing == 'ignore':
-                continue
-            bare = [
-                n for n, p in ledger.entries.items()
-                if p.kind == CONSTRUCTOR and is_under(n, path)
-                and not is_counter(n)
-            ]
-            if not bare:
+            bare = [n for n in ledger.names(CONSTRUCTOR)
+                    if is_under(n, path) and not is_counter(n)]
+            if not bare or entry.on_missing == 'ignore':
                 continue
             label = self.label(path, 'Pretrained')
             text = (f'{label}: {len(bare)} tensor(s) are not in '
@@ -309,6 +307,7 @@ class InitSession:
                 name, Provenance(CONSTRUCTOR, 'constructor default'))
         ledger.loads = [p.record for p in self.all_plans() if p.record]
         ledger.loads += code_load_records(self, tensors, ledger)
+        ledger.void_entries = list(self.tracker.void_entries)
         self.enforce_on_missing(ledger)
         attach_ledger(self.root, ledger)
         emit_report(ledger, self.tracker.skipped_ops,
@@ -347,6 +346,5 @@ def run_pretrained_alone(module: nn.Module, entry: PretrainedInit) -> None:
             session.add_plan(module, entry)
             session.settle_deferred()
             session.handled.add(id(module))
-            apply_init_cfgs(module, entry.init_missing, '', session.root_name,
-                            session.tracker, _INIT_MISSING_NOTE)
+            session.apply_init_missing(module, '', entry)
         session.finish()

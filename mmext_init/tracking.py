@@ -25,9 +25,12 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .provenance import CHECKPOINT, Provenance
+from .provenance import CHECKPOINT, Provenance, VoidEntry
 
-__all__ = ['InitSource', 'WriteTracker', 'add_note', 'active_tracker']
+__all__ = [
+    'InitSource', 'WriteTracker', 'add_note', 'active_tracker',
+    'count_skipped_layer', 'provided_by_checkpoint'
+]
 
 _ACTIVE: List['WriteTracker'] = []
 
@@ -36,7 +39,10 @@ _ACTIVE: List['WriteTracker'] = []
 class InitSource:
     """Who is writing right now; becomes the :class:`Provenance` of what it writes.
 
-    ``keys`` maps tensor names to checkpoint keys for load sources.
+    ``keys`` maps tensor names to checkpoint keys for load sources. The
+    counters say what it did: ``writes`` to model tensors, ``skipped`` writes
+    (and whole layers) because the checkpoint provides them, ``scheduled``
+    tensors it will write later (``CopyFrom`` after the checkpoint copy).
     """
     kind: str
     source: str
@@ -44,6 +50,14 @@ class InitSource:
     args: Optional[Mapping[str, Any]] = None
     keys: Dict[str, str] = field(default_factory=dict)
     note: Optional[str] = None
+    writes: int = field(default=0, compare=False)
+    skipped: int = field(default=0, compare=False)
+    scheduled: int = field(default=0, compare=False)
+
+    @property
+    def touched(self) -> bool:
+        """Whether it wrote, skipped or scheduled anything."""
+        return bool(self.writes or self.skipped or self.scheduled)
 
     @property
     def is_load(self) -> bool:
@@ -91,6 +105,7 @@ class WriteTracker(TorchDispatchMode):
         self.skipped_ops = 0  # writes skipped: the checkpoint provides them
         self.skipped_calls = 0  # initializer calls not run at all, same cause
         self.sequence = 0  # number of records so far
+        self.void_entries: List[VoidEntry] = []  # entries that did nothing
         self.written_at: Dict[str, int] = {}  # name -> sequence of its record
         self._pending_notes: Dict[str, List[str]] = {}
         self._sources: List[InitSource] = []
@@ -173,11 +188,13 @@ class WriteTracker(TorchDispatchMode):
                 and all(n is not None and n in self.protected
                         for n in names)):
             self.skipped_ops += 1
+            src.skipped += 1
             return targets[0] if len(targets) == 1 else tuple(targets)
         out = func(*args, **kwargs)
         for name in names:
             if name is None:
                 continue
+            src.writes += 1
             self.record(name, src.provenance(name))
             if src.is_load:
                 self.protected.add(name)
@@ -204,6 +221,20 @@ def provided_by_checkpoint(module: torch.nn.Module) -> bool:
     if tracker is None or not params:
         return False
     return all(tracker.name_of(p) in tracker.protected for p in params)
+
+
+def count_skipped_layer() -> None:
+    """Tell the source running now that it left out a layer the checkpoint
+    provides (:func:`provided_by_checkpoint`): its entry did its work, the
+    checkpoint made it moot. No-op outside ``init_weights``.
+
+    Example:
+        >>> if provided_by_checkpoint(conv):
+        ...     count_skipped_layer()
+    """
+    tracker = active_tracker()
+    if tracker is not None and tracker.current is not None:
+        tracker.current.skipped += 1
 
 
 def add_note(tensor: torch.Tensor, note: str) -> None:

@@ -201,7 +201,8 @@ def test_lora_layer_filter_skips_others_and_requires_projections_on_match():
     nested.head = nn.Linear(8, 8)
     initialize(nested, dict(type='LoRA', override=dict(name='block')))
     assert all(torch.count_nonzero(m.lora_B.weight) == 0 for m in nested.block)
-    with pytest.raises(ValueError, match="Linear has no projection 'lora_A'"):
+    with pytest.raises(ValueError, match=r"neither Linear\(.*\) nor any "
+                       "module under it has both projections 'lora_A'"):
         initialize(nested, dict(type='LoRA', override=dict(name='head')))
 
 

@@ -62,6 +62,7 @@ def test_runner_writes_json_ledger_and_grouped_log(tmp_path, runner_ckpt):
     assert data['entries']['backbone.fc1.weight']['key'] == \
         'backbone.fc1.weight'
     assert data['loads'][0]['module'] == 'backbone'
+    assert data['void_entries'] == []  # every entry touched a tensor
     assert log.count(REPORT_TITLE) == 1
     assert STOCK_LINE not in log
     assert 'backbone.adapters.{0..3}.up.{weight,bias} <- Constant(val=0)' \
