@@ -15,7 +15,7 @@ Example (config):
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +46,17 @@ class AdaptTransform:
         """Whether this transform handles model tensor ``name``."""
         return any(p.fullmatch(name) for p in self.patterns)
 
-    def partial(self, ckpt_shape: Shape, model_shape: Shape) -> bool:
-        """Whether only part of the tensor will come from the checkpoint."""
-        return dry_run(self, '?', ckpt_shape, model_shape).region is not None
+    def partial(self, name: str, ckpt_shape: Shape,
+                model_shape: Shape) -> bool:
+        """Whether only part of tensor ``name`` will come from the
+        checkpoint."""
+        return dry_run(self, name, ckpt_shape, model_shape).region is not None
 
     def changes(self, ckpt_shape: Shape, model_shape: Shape) -> bool:
         """Whether a tensor of the model's shape must still be transformed
-        (only ``Classes`` reorders rows of equal-shaped tensors)."""
+        (only ``Classes`` reorders rows of equal-shaped tensors). True also
+        when the shapes do not fit the transform: the shape-only call that
+        follows raises the error, naming the tensor."""
         return tuple(ckpt_shape) != tuple(model_shape)
 
     def describe(self, **extra: Any) -> str:
@@ -235,88 +239,6 @@ class InputChannels(AdaptTransform):
 
 
 @ADAPT_TRANSFORMS.register_module()
-class Classes(AdaptTransform):
-    """Classifier rows (dim 0) for a new class list: rows of surviving
-    classes are copied (by name, or ``index_map[new] = old`` with -1 for a
-    new class); new classes keep their declared init (``region`` is then a
-    boolean mask over dim 0). Applies to equal shapes too (reordered or
-    replaced classes). Rows are ``outer x classes x inner`` plus ``extra``
-    trailing rows (copied as they are): RetinaNet's ``retina_cls`` has
-    anchors x classes rows (``outer`` is derived), class-specific box
-    regression ``inner=4``, a background row last ``extra=1``.
-
-    Example:
-        >>> dict(type='Classes', keys=r'bbox_head\\.retina_cls\\.(weight|bias)',
-        ...      old_classes=['cat', 'dog', 'car'], new_classes=['dog', 'bus'])
-    """
-
-    def __init__(self, keys, index_map: Optional[Sequence[int]] = None,
-                 old_classes: Optional[Sequence[str]] = None,
-                 new_classes: Optional[Sequence[str]] = None,
-                 inner: int = 1, extra: int = 0) -> None:
-        super().__init__(keys)
-        self.num_old: Optional[int] = None  # known from old_classes
-        self.new_names: Optional[List[str]] = None
-        if index_map is None:
-            if old_classes is None or new_classes is None:
-                raise ValueError('Classes needs index_map or old_classes and '
-                                 'new_classes')
-            old = list(old_classes)
-            self.num_old, self.new_names = len(old), list(new_classes)
-            index_map = [old.index(c) if c in old else -1
-                         for c in new_classes]
-        self.index_map = [-1 if i is None else int(i) for i in index_map]
-        self.inner, self.extra = int(inner), int(extra)
-
-    def rows(self, name: str, ckpt_shape: Shape,
-             model_shape: Shape) -> List[int]:
-        """For each model row, the checkpoint row it comes from (-1: new)."""
-        if len(ckpt_shape) != len(model_shape) or \
-                tuple(ckpt_shape[1:]) != tuple(model_shape[1:]):
-            self.error(name, ckpt_shape, model_shape, 'only dim 0 may differ')
-        n_new, inner, extra = len(self.index_map), self.inner, self.extra
-        body = model_shape[0] - extra
-        if body <= 0 or body % (n_new * inner):
-            self.error(name, ckpt_shape, model_shape, f'{model_shape[0]} '
-                       f'rows are not groups of {n_new} classes x {inner} '
-                       f'+ {extra}')
-        outer = body // (n_new * inner)
-        n_old = self.num_old
-        if n_old is None:
-            n_old = (ckpt_shape[0] - extra) // (outer * inner)
-        if ckpt_shape[0] != outer * n_old * inner + extra:
-            self.error(name, ckpt_shape, model_shape, f'expects {outer} x '
-                       f'{n_old} classes x {inner} + {extra} checkpoint rows')
-        if any(o >= n_old for o in self.index_map):
-            self.error(name, ckpt_shape, model_shape, f'index_map refers to '
-                       f'class {max(self.index_map)}; the checkpoint has '
-                       f'{n_old}')
-        out = [-1 if old < 0 else (g * n_old + old) * inner + i
-               for g in range(outer) for old in self.index_map
-               for i in range(inner)]
-        return out + list(range(ckpt_shape[0] - extra, ckpt_shape[0]))
-
-    def changes(self, ckpt_shape, model_shape):
-        return self.rows('?', ckpt_shape, model_shape) != list(
-            range(ckpt_shape[0]))
-
-    def __call__(self, name, ckpt, model_shape):
-        rows = self.rows(name, tuple(ckpt.shape), tuple(model_shape))
-        new = [i for i, o in enumerate(self.index_map) if o < 0]
-        desc = self.describe(
-            classes=f'{len(self.index_map) - len(new)} kept',
-            new=[self.new_names[i] for i in new] if self.new_names else new)
-        keep = torch.tensor([r >= 0 for r in rows], device='cpu')
-        if ckpt.is_meta:
-            out = torch.empty(model_shape, dtype=ckpt.dtype, device='meta')
-        else:
-            out = torch.zeros(model_shape, dtype=ckpt.dtype)
-            src = torch.tensor([r for r in rows if r >= 0], dtype=torch.long)
-            out[keep] = ckpt[src]
-        return Adapted(out, keep if new else None, desc)
-
-
-@ADAPT_TRANSFORMS.register_module()
 class Inflate(AdaptTransform):
     """2D conv weights ``(O, I, kh, kw)`` to 3D ``(O, I, T, kh, kw)``:
     ``'replicate'`` over time and divide by T, or ``'center'`` frame.
@@ -368,3 +290,8 @@ class Grow(AdaptTransform):
         crop = all(b <= a for a, b in zip(ckpt.shape, model_shape))
         return Adapted(out, None if crop else region,
                        self.describe(overlap=overlap))
+
+
+# Registers ``Classes`` (in its own module for size); at the bottom because
+# adapt_classes imports AdaptTransform and the registry from this module.
+from .adapt_classes import Classes  # noqa: E402,F401

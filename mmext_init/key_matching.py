@@ -17,7 +17,7 @@ Example:
 """
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 Shape = Tuple[int, ...]
@@ -204,34 +204,61 @@ def top_prefixes(keys: Iterable[str], depth: int = 1) -> Counter:
     return out
 
 
+def _candidates(current: KeyMapping, model_shapes: Mapping[str, Shape],
+                ckpt_shapes: Mapping[str, Shape]) -> List[KeyMapping]:
+    """``current`` with one option changed: another ``prefix`` (from the
+    keys its other options make), a leading component added by
+    ``revise_keys`` (without ``prefix``), or ``match='suffix'``."""
+    try:
+        keys = replace(current, prefix=None).map_keys(ckpt_shapes)
+    except ValueError:
+        keys = {}
+    out: List[KeyMapping] = []
+    for depth in (1, 2):
+        for prefix, _ in top_prefixes(keys, depth).most_common(8):
+            out.append(replace(current, prefix=prefix))
+    for prefix, _ in top_prefixes(model_shapes).most_common(8):
+        out.append(replace(current, prefix=None, revise_keys=tuple(
+            current.revise_keys) + ((r'^', prefix), )))
+    out.append(replace(current, match='suffix'))
+    return [m for m in out if m != current]
+
+
 def suggest_mappings(model_shapes: Mapping[str, Shape],
                      ckpt_shapes: Mapping[str, Shape],
-                     limit: int = 3) -> List[Tuple[KeyMapping, float]]:
-    """Key mappings that would load the most, best first, with the fraction
-    of the module's elements each would load (only those loading anything).
+                     limit: int = 3,
+                     current: Optional[KeyMapping] = None,
+                     counted: Optional[Sequence[str]] = None
+                     ) -> List[Tuple[KeyMapping, float]]:
+    """Key mappings that would load more than ``current`` (default: no key
+    options), best first, with the fraction of the elements of ``counted``
+    (default: all of the module's) each would load.
 
-    Tries taking a sub-tree of the checkpoint (``prefix``) and adding a
-    leading component to its keys (``revise_keys``).
+    Each candidate is ``current`` with one option changed: taking another
+    sub-tree of the checkpoint (``prefix``), adding a leading component to
+    its keys (``revise_keys``), or ``match='suffix'``; the other options of
+    ``current`` are kept. A candidate that loads no more than ``current``
+    would not change the result and is not suggested.
 
     Example:
         >>> suggest_mappings({'conv.w': (1, )}, {'backbone.conv.w': (1, )})
         [(KeyMapping(prefix='backbone.', ...), 1.0)]
     """
-    candidates: List[KeyMapping] = []
-    for depth in (1, 2):
-        for prefix, _ in top_prefixes(ckpt_shapes, depth).most_common(8):
-            candidates.append(KeyMapping(prefix=prefix))
-    for prefix, _ in top_prefixes(model_shapes).most_common(8):
-        candidates.append(KeyMapping(revise_keys=((r'^', prefix), )))
-    candidates.append(KeyMapping(match='suffix'))
-    scored = []
-    for mapping in candidates:
+    current = current or KeyMapping()
+
+    def loads(mapping: KeyMapping) -> Optional[float]:
         try:
             result = match_keys(model_shapes, ckpt_shapes, mapping)
         except ValueError:
-            continue
-        frac = result.loaded_fraction(model_shapes)
-        if frac > 0:
+            return None
+        return result.loaded_fraction(model_shapes, counted)
+
+    now = loads(current) or 0.0
+    scored = []
+    for mapping in _candidates(current, model_shapes, ckpt_shapes):
+        frac = loads(mapping)
+        if frac is not None and frac > now and \
+                all(m != mapping for m, _ in scored):
             scored.append((mapping, frac))
     scored.sort(key=lambda item: -item[1])
     return scored[:limit]

@@ -122,12 +122,14 @@ def test_classes_on_equal_shapes_reorders_rows(save_ckpt):
     assert torch.equal(head.fc.weight, source.fc.weight[[2, 0, 1]])
     assert torch.equal(head.fc.bias, source.fc.bias[[2, 0, 1]])
     notes = get_provenance(head).entries['fc.weight'].notes
-    assert notes == ("Classes(classes='3 kept', new=[])", )  # no 'rest'
+    assert notes == ("Classes(classes='3 kept', new=[], rows='3 classes')",
+                     )  # no 'rest'
 
 
 def test_classes_on_retinanet_anchor_grouped_rows(save_ckpt):
-    """retina_cls has anchors x classes channels: kept classes score the
-    same on the same features, the new class gets the head's declared init."""
+    """retina_cls has anchors x classes channels (``groups=2`` anchors):
+    kept classes score the same on the same features, the new class gets
+    the head's declared init."""
     from mmdet.models.dense_heads import RetinaHead
     from mmdet.utils import register_all_modules
     register_all_modules()
@@ -142,7 +144,8 @@ def test_classes_on_retinanet_anchor_grouped_rows(save_ckpt):
     new = RetinaHead(num_classes=3, **kw, init_cfg=[
         dict(type='Pretrained', checkpoint=path, adapt=[dict(
             type='Classes', keys=r'retina_cls\.(weight|bias)',
-            old_classes=list('abcd'), new_classes=['c', 'a', 'z'])]),
+            old_classes=list('abcd'), new_classes=['c', 'a', 'z'],
+            groups=2)]),
         dict(type='Constant', val=0, bias=-4.6, layer='Conv2d')])
     new.init_weights()
     x = torch.randn(1, 8, 5, 5)
@@ -156,7 +159,8 @@ def test_classes_on_retinanet_anchor_grouped_rows(save_ckpt):
                        rows[:, [2, 0]])
     assert torch.all(new_cls[:, :, 2] == -4.6)  # z: weight 0, bias -4.6
     fc = get_provenance(new).entries['retina_cls.weight']
-    assert fc.notes[0] == "Classes(classes='2 kept', new=['z'])"
+    assert fc.notes[0] == \
+        "Classes(classes='2 kept', new=['z'], rows='2 groups x 4->3 classes')"
     with pytest.raises(ValueError, match=r'index_map refers to class 5; the '
                        'checkpoint has 4'):
         Classes('w', index_map=[0, 5])('w', torch.randn(4, 2), (2, 2))

@@ -105,4 +105,72 @@ def test_dry_run_classes_on_equal_shapes(tmp_path, capsys):
         'retina_cls.weight', 'retina_cls.bias']
     assert all(a['partial'] for a in res['adapted'])
     assert res['adapted'][0]['description'] == \
-        "Classes(classes='2 kept', new=['z'])"
+        "Classes(classes='2 kept', new=['z'], rows='3 classes')"
+
+
+def _without_layer4(tmp_path):
+    """A detector checkpoint whose backbone lacks layer4 (about a quarter
+    of ResNet-18's parameter elements remain under ``backbone.``)."""
+    state = {k: v for k, v in _resnet_detector().state_dict().items()
+             if not k.startswith('backbone.layer4.')}
+    path = str(tmp_path / 'no_layer4.pth')
+    torch.save({'state_dict': state}, path)
+    return path
+
+
+def test_dry_run_suggests_only_what_loads_more(tmp_path, capsys):
+    """Regression: with prefix='backbone.' set and 25% loading, the dry run
+    suggested prefix='backbone.' (and match='suffix') 'would load 25%'."""
+    path = _config(tmp_path, _without_layer4(tmp_path), 'backbone.')
+    assert tool.main([path, '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 < res['loaded_fraction'] < 0.5
+    assert res['suggestions'] == []
+    assert tool.main([path]) == 0
+    assert 'suggestion:' not in capsys.readouterr().out
+
+
+def test_dry_run_lists_names_in_module_order(tmp_path, capsys):
+    """Regression: names were sorted alphabetically (bn1 before conv1)."""
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    assert tool.main([_config(tmp_path, ckpt, 'backbone.'), '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['loaded'][:3] == ['conv1.weight', 'bn1.weight', 'bn1.bias']
+    assert tool.main([_config(tmp_path, ckpt, 'backbone.')]) == 0
+    text = capsys.readouterr().out.splitlines()
+    start = text.index(f"would load: {len(res['loaded'])}")
+    assert text[start + 1] == '  conv1.weight'
+
+
+def test_dry_run_names_the_model_root(tmp_path, capsys):
+    """An entry on the model root: ``module`` stays '' in the JSON, and
+    ``module_label`` and the text name the root by its class."""
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = _write(
+        tmp_path, 'root',
+        f"dict(init_cfg=dict(type='Pretrained', checkpoint={ckpt!r}), "
+        'backbone=dict(depth=18, init_cfg=None), '
+        'neck=dict(in_channels=[64, 128, 256, 512]), '
+        'bbox_head=dict(num_classes=3))')
+    assert tool.main([path, '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['module'] == ''
+    assert res['module_label'] == 'the model root (RetinaNet)'
+    tool.main([path])
+    assert capsys.readouterr().out.startswith(
+        f'the model root (RetinaNet) <- {ckpt} (')
+
+
+def test_dry_run_without_an_entry_exits_2(tmp_path, capsys):
+    """Regression: a --module without Pretrained raised SystemExit (1)."""
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = _config(tmp_path, ckpt, 'backbone.')
+    assert tool.main([path, '--module', 'neck']) == 2
+    assert "error: no Pretrained entry in the init_cfg of --module 'neck'" \
+        in capsys.readouterr().err
+    assert tool.main([path, '--module', 'nek']) == 2
+    assert "error: --module 'nek': no such submodule of RetinaNet" in \
+        capsys.readouterr().err

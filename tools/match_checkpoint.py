@@ -12,9 +12,14 @@ and shapes only. The module defaults to the first one whose ``init_cfg`` holds
 a ``Pretrained`` entry; ``--checkpoint`` replaces the entry's file and keeps
 its key options. When less than half of the module would load, the
 ``prefix`` / ``revise_keys`` / ``match='suffix'`` settings that would load the
-most are printed with their coverage. Exit status 1 when the entry's
-``min_loaded`` (default: anything) would not be met, 2 when the entry
-cannot be used at all (unreadable checkpoint, transform that cannot apply).
+most, and more than the entry's own, are printed with their coverage.
+Names are listed in module order, as in the report. The JSON's ``module``
+is the module path (``''`` for the model root) and ``module_label`` its
+human name (``the model root (RetinaNet)``).
+
+Exit status: 0 when the entry's ``min_loaded`` (default: anything loads)
+would be met, 1 when it would not, 2 when the entry cannot be used at all
+(unreadable checkpoint, transform that cannot apply, bad key options).
 """
 import argparse
 import json
@@ -26,10 +31,13 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
+from mmext_init.adapt import AdaptTransform
 from mmext_init.adapt import dry_run as dry_run_transform
 from mmext_init.cfg_apply import as_cfg_list
-from mmext_init.errors import CheckpointError, InitConfigError
-from mmext_init.key_matching import match_keys, suggest_mappings
+from mmext_init.errors import (CheckpointError, InitConfigError, entry_label,
+                               module_label)
+from mmext_init.key_matching import (MatchResult, match_keys,
+                                     suggest_mappings)
 from mmext_init.pretrained import (PretrainedInit, assign_transforms,
                                    build_pretrained, is_pretrained_cfg,
                                    open_source)
@@ -50,15 +58,37 @@ def build_model(cfg: Config) -> Tuple[nn.Module, str]:
 def find_entry(model: nn.Module,
                module: Optional[str]) -> Tuple[str, nn.Module, PretrainedInit]:
     """The module path, module and its (first) ``Pretrained`` entry."""
-    candidates = [(module, model.get_submodule(module))] if module else \
-        list(model.named_modules())
+    root = type(model).__name__
+    try:
+        candidates = [(module, model.get_submodule(module))] if module else \
+            list(model.named_modules())
+    except AttributeError as exc:
+        raise InitConfigError(f'--module {module!r}: no such submodule of '
+                              f'{root} ({exc})') from exc
     for path, sub in candidates:
         for cfg in as_cfg_list(getattr(sub, 'init_cfg', None)):
             if is_pretrained_cfg(cfg):
                 return path, sub, build_pretrained(
-                    cfg, f"init_cfg of '{path}' (Pretrained)")
-    raise SystemExit(f'no Pretrained entry in the init_cfg of '
-                     f'{module or "any module"}')
+                    cfg, entry_label(path, root, 'Pretrained'))
+    where = f'--module {module!r}' if module else f'any module of {root}'
+    raise InitConfigError(f'no Pretrained entry in the init_cfg of {where}: '
+                          'nothing to dry-run')
+
+
+def adapted_entries(adapted: Dict[str, AdaptTransform],
+                    partial: Dict[str, str], result: MatchResult,
+                    model_shapes: Dict[str, Tuple[int, ...]],
+                    ckpt_shapes: Dict[str, Tuple[int, ...]]
+                    ) -> List[Dict[str, Any]]:
+    """The adapted tensors in module order: key, transform, whether only
+    part comes from the checkpoint, and the transform's description."""
+    return [dict(key=k, transform=type(adapted[k]).__name__,
+                 partial=k in partial,
+                 description=dry_run_transform(
+                     adapted[k], k,
+                     ckpt_shapes[partial.get(k) or result.loaded[k]],
+                     model_shapes[k]).description)
+            for k in model_shapes if k in adapted]
 
 
 def dry_run(config: str, module: Optional[str] = None,
@@ -73,25 +103,26 @@ def dry_run(config: str, module: Optional[str] = None,
     model, device = build_model(cfg)
     path, sub, entry = find_entry(model, module)
     file = checkpoint or entry.checkpoint
-    label = f"init_cfg of '{path}' (Pretrained)"
+    root = type(model).__name__
+    label = entry_label(path, root, 'Pretrained')
     ckpt_shapes = open_source(entry, label, file).shapes()
     model_shapes = {k: tuple(v.shape)
                     for k, v in sub.state_dict(keep_vars=True).items()}
-    result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
+    try:
+        result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
+    except ValueError as exc:  # two checkpoint keys map to one model key
+        raise InitConfigError(f'{label}: {exc}') from exc
     adapted, partial = assign_transforms(result, entry, model_shapes, label)
     params = [n for n, _ in sub.named_parameters()]
     fraction = result.loaded_fraction(model_shapes, params)
-    out = dict(module=path, checkpoint=file, built_on=device,
-               mapping=entry.mapping.describe(), loaded=sorted(result.loaded),
+    out = dict(module=path, module_label=module_label(path, root),
+               checkpoint=file, built_on=device,
+               mapping=entry.mapping.describe(),
+               loaded=[n for n in model_shapes if n in result.loaded],
                missing=result.missing,
                unexpected=result.unexpected,
-               adapted=[dict(key=k, transform=type(t).__name__,
-                             partial=k in partial,
-                             description=dry_run_transform(
-                                 t, k, ckpt_shapes[partial.get(k) or
-                                                   result.loaded[k]],
-                                 model_shapes[k]).description)
-                        for k, t in adapted.items()],
+               adapted=adapted_entries(adapted, partial, result,
+                                       model_shapes, ckpt_shapes),
                mismatched=[dict(key=k, checkpoint=c, model=m)
                            for k, _, c, m in result.mismatched],
                loaded_fraction=fraction,
@@ -99,13 +130,16 @@ def dry_run(config: str, module: Optional[str] = None,
     if fraction < 0.5:
         out['suggestions'] = [
             dict(setting=m.describe(), loaded_fraction=f)
-            for m, f in suggest_mappings(model_shapes, ckpt_shapes)
+            for m, f in suggest_mappings(model_shapes, ckpt_shapes,
+                                         current=entry.mapping,
+                                         counted=params)
         ]
     return out
 
 
 def format_text(res: Dict[str, Any]) -> str:
-    lines = [f"{res['module'] or '<root>'} <- {res['checkpoint']} "
+    """The human text of a :func:`dry_run` result."""
+    lines = [f"{res['module'] or res['module_label']} <- {res['checkpoint']} "
              f"({res['mapping']}; model built on {res['built_on']}): "
              f"{res['loaded_fraction']:.1%} of parameter elements would load"]
     groups: List[Tuple[str, Sequence[str]]] = [
