@@ -25,20 +25,25 @@ import torch
 import torch.nn as nn
 from torch.nn.parameter import is_lazy
 
-from .errors import CheckpointError
 from .load_checks import check_load_options, is_counter
 from .provenance import CHECKPOINT, LoadRecord, ProvenanceLedger
 from .safe_load import file_key
+from .self_loading import SelfLoad, nothing_loaded_error
 from .tracking import InitSource
 
 
 @dataclass
 class CodeLoadFindings:
     """What the loads of one ``init_weights`` override left out: keys no
-    module took, and (key, checkpoint shape, model shape) not copied."""
+    module took, and (key, checkpoint shape, model shape) not copied; and
+    what it was given."""
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(
         default_factory=list)
+    # the keys of each dict given to load_state_dict, and the BatchNorm
+    # counters torch filled in from themselves (no load)
+    offered: List[List[str]] = field(default_factory=list)
+    self_filled: List[str] = field(default_factory=list)
 
 
 def override_owner(module: nn.Module) -> str:
@@ -75,6 +80,61 @@ def _shape_mismatch(value: Any, tensor: torch.Tensor) -> bool:
     return shape != tensor.shape
 
 
+@dataclass
+class _Targets:
+    """The tensors of one module that one ``_load_from_state_dict`` call
+    may write: model name -> key in the given dict / key as in the file,
+    and the counters BatchNorm filled in from themselves."""
+    keys: Dict[str, str] = field(default_factory=dict)
+    file_keys: Dict[str, str] = field(default_factory=dict)
+    self_filled: Dict[str, Tuple[Any, ...]] = field(default_factory=dict)
+
+
+def _targets(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
+             tracker: Any, found: CodeLoadFindings) -> _Targets:
+    """What the load will write. A value that *is* the module's own tensor
+    (BatchNorm puts its ``num_batches_tracked`` into the dict when the key
+    is absent) is no load: its write is undone in the ledger afterwards."""
+    out = _Targets()
+    persistent = itertools.chain(
+        module._parameters.items(),
+        ((k, v) for k, v in module._buffers.items()
+         if k not in module._non_persistent_buffers_set))
+    for local, tensor in persistent:
+        name = tracker.name_of(tensor) if tensor is not None else None
+        key = prefix + local
+        if name is None or key not in state_dict:
+            continue
+        if state_dict[key] is tensor:
+            out.self_filled[name] = (tracker.written.get(name),
+                                     tracker.written_at.get(name),
+                                     name in tracker.protected,
+                                     tracker.loaded_by_code.get(name))
+            found.self_filled.append(name)
+            continue
+        out.keys[name] = key
+        out.file_keys[name] = file_key(state_dict[key]) or key
+        if _shape_mismatch(state_dict[key], tensor):
+            found.mismatched.append((out.file_keys[name],
+                                     tuple(state_dict[key].shape),
+                                     tuple(tensor.shape)))
+    return out
+
+
+def _undo_self_copies(tracker: Any, targets: _Targets) -> None:
+    """A tensor copied onto itself keeps the provenance it had before."""
+    for name, (prov, at, protected, by_code) in targets.self_filled.items():
+        for table, old in ((tracker.written, prov),
+                           (tracker.written_at, at),
+                           (tracker.loaded_by_code, by_code)):
+            if old is None:
+                table.pop(name, None)
+            else:
+                table[name] = old
+        if not protected:
+            tracker.protected.discard(name)
+
+
 @contextlib.contextmanager
 def tracking_code_loads(current_session: Callable[[], Any]) -> Iterator[None]:
     """Attribute ``load_state_dict`` calls made by init code to a checkpoint."""
@@ -91,34 +151,24 @@ def tracking_code_loads(current_session: Callable[[], Any]) -> Iterator[None]:
         owner = session._overrides[-1] if session._overrides else module
         found = session.code_findings.setdefault(session.path_of(owner),
                                                  CodeLoadFindings())
-        keys, file_keys = {}, {}
-        persistent = itertools.chain(
-            module._parameters.items(),
-            ((k, v) for k, v in module._buffers.items()
-             if k not in module._non_persistent_buffers_set))
-        for local, tensor in persistent:
-            name = tracker.name_of(tensor) if tensor is not None else None
-            if name is not None and prefix + local in state_dict:
-                keys[name] = key = prefix + local
-                file_keys[name] = file_key(state_dict[key]) or key
-                if _shape_mismatch(state_dict[key], tensor):
-                    found.mismatched.append(
-                        (file_keys[name], tuple(state_dict[key].shape),
-                         tuple(tensor.shape)))
+        if not prefix:  # the top of one load_state_dict call
+            found.offered.append(list(state_dict))
+        targets = _targets(module, state_dict, prefix, tracker, found)
         # torch's signature: (state_dict, prefix, local_metadata, strict,
         # missing_keys, unexpected_keys, error_msgs)
         unexpected = kwargs.get('unexpected_keys',
                                 args[3] if len(args) > 3 else None)
         before = len(unexpected) if isinstance(unexpected, list) else 0
         src = InitSource(CHECKPOINT, session.override_checkpoint(),
-                         session.path_of(owner), keys=file_keys)
+                         session.path_of(owner), keys=targets.file_keys)
         with tracker.source(src):
             out = original(module, state_dict, prefix, *args, **kwargs)
+        _undo_self_copies(tracker, targets)
         if isinstance(unexpected, list):
             found.unexpected += [file_key(state_dict.get(k)) or k
                                  for k in unexpected[before:]]
         pages = session.mapped_file(src.source)
-        for key in keys.values():
+        for key in targets.keys.values():
             if isinstance(state_dict.get(key), torch.Tensor):
                 pages.release(state_dict[key])
         return out
@@ -135,7 +185,8 @@ def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
                       ledger: ProvenanceLedger) -> List[LoadRecord]:
     """One record per ``Pretrained`` entry an override loaded itself, after
     the checks of the entry's options (``strict``, ``on_mismatch``,
-    ``min_loaded``) and that it loaded anything at all.
+    ``min_loaded``) and that it loaded anything at all (BatchNorm counters
+    alone do not count).
 
     Example:
         >>> ledger.loads += code_load_records(session, tensors, ledger)
@@ -150,15 +201,16 @@ def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
         total = sum(tensors[n].numel() for n in params if n in tensors)
         got = sum(tensors[n].numel() for n in loaded if n in params)
         fraction = got / total if total else 0.0
-        if not loaded:
-            raise CheckpointError(
-                f'{label}: {override_owner(module)}.init_weights loaded '
-                f'nothing from {entry.checkpoint}')
+        found = session.code_findings.get(path, CodeLoadFindings())
+        if all(is_counter(n) for n in loaded):  # counters alone: nothing
+            raise nothing_loaded_error(
+                SelfLoad.of(session, module, override_owner(module), entry),
+                found.offered, found.self_filled)
         missing = [n for n in names if ledger.entries[n].kind != CHECKPOINT
                    and not is_counter(n)]
-        found = session.code_findings.get(path, CodeLoadFindings())
         check_load_options(entry, label, fraction, missing, found.unexpected,
-                           found.mismatched)
+                           found.mismatched,
+                           {n: tuple(tensors[n].shape) for n in missing})
         records.append(
             LoadRecord(path, entry.checkpoint,
                        f'{override_owner(module)}.init_weights',

@@ -5,7 +5,9 @@ never calls ``BaseModule.init_weights``; when such a module is the one the
 user (or the Runner) calls, nothing of mmext_init would run. Each override
 is therefore wrapped once: called outside a session it starts one (the
 override then runs as a tracked source and the BaseModules it left alone are
-initialized afterwards); called inside a session it simply runs. A call from the module's own
+initialized afterwards); called inside a session it simply runs (a
+``KeyError`` on a checkpoint key it failed to map is made a clear error, see
+:func:`run_own_loader`). A call from the module's own
 constructor stays a plain call (it is part of the constructor default), as
 does any call inside :func:`mmext_init.stock_mmengine`.
 
@@ -22,6 +24,8 @@ from typing import Callable
 from mmengine.model import BaseModule
 
 from . import session as _session
+from .code_loads import override_owner
+from .self_loading import SelfLoad, key_error
 
 _MARK = '_mmext_wrapped_override'
 
@@ -38,14 +42,37 @@ def under_construction(module: object, depth: int = 64) -> bool:
     return False
 
 
+def run_own_loader(fn: Callable, module: BaseModule) -> None:
+    """Run an override inside a session. A ``KeyError`` it raises on a
+    checkpoint key behind a prefix it does not strip (mmseg ``BEiT``, mmdet
+    Swin with ``convert_weights=True`` on a whole-detector checkpoint)
+    becomes an error naming the entry and the file, chained to it; any
+    other error propagates unchanged."""
+    try:
+        fn(module)
+    except KeyError as exc:
+        session = _session.current_session()
+        if id(module) in session.handled:  # its entries were mmext_init's
+            raise
+        for entry in session.pretrained_entries(module):
+            load = SelfLoad.of(session, module, override_owner(module), entry)
+            error = key_error(load, exc)
+            if error is not None:
+                raise error from exc
+        raise
+
+
 def _wrap(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def init_weights(self) -> None:
-        if (_session.current_session() is None and not _session.stock_mode()
-                and not under_construction(self)):
+        outside = _session.current_session() is None
+        if outside and not _session.stock_mode() and not under_construction(
+                self):
             _session.run_init_weights(self)
-        else:  # inside a session, stock mode, or a constructor: plain call
+        elif not outside and not _session.stock_mode():
+            run_own_loader(fn, self)
+        else:  # stock mode, or a constructor outside a session: plain call
             fn(self)
 
     setattr(init_weights, _MARK, fn)
