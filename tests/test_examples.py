@@ -145,3 +145,27 @@ def test_example_configs_build_and_run(config, registry, channels):
     with torch.no_grad():
         feats = model.extract_feat(torch.randn(1, 3, 64, 64))
     assert all(torch.isfinite(f).all() for f in feats)
+
+
+TINY_CONFIGS = [c for c, _, _ in CONFIGS if c.endswith('_tiny.py')] + [
+    'configs/mmdet/retinanet_r18_stock_tiny.py',
+    'configs/mmdet/retinanet_swin_stock_tiny.py',
+    'configs/mmseg/segformer_mit_stock_tiny.py',
+]
+
+
+@pytest.mark.parametrize('config', TINY_CONFIGS,
+                         ids=[os.path.basename(c) for c in TINY_CONFIGS])
+def test_tiny_configs_train_without_validation_and_keep_a_test_set(config):
+    """4 iterations give no meaningful metric (and mmdet's COCO evaluation
+    of no boxes logs an ERROR): the tiny configs do not validate, while
+    tools/test.py still evaluates on their val images."""
+    cfg = Config.fromfile(os.path.join(REPO, config))
+    assert (cfg.val_cfg, cfg.val_dataloader, cfg.val_evaluator) == \
+        (None, None, None)
+    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=4)
+    assert cfg.test_cfg.type == 'TestLoop'
+    dataset = cfg.test_dataloader.dataset
+    assert dataset.data_root.startswith('data/tiny_')
+    assert 'val' in str(dataset.get('ann_file', '')) + str(dataset.data_prefix)
+    assert cfg.test_evaluator.type in ('CocoMetric', 'IoUMetric')

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,3 +81,21 @@ def test_cli_is_idempotent_and_force_rewrites(tmp_path):
     (root / 'stale.txt').write_text('x')
     make_tiny_data.main(['--out-dir', out, '--only', 'det', '--force'])
     assert not (root / 'stale.txt').exists()  # rewritten from scratch
+
+
+def test_checkpoint_option_limits_the_stock_runs(tmp_path):
+    """``--checkpoint NAME`` touches that checkpoint only: with it present,
+    nothing runs and nothing else (data, other checkpoints) is written."""
+    ckpts = tmp_path / 'checkpoints'
+    ckpts.mkdir()
+    (ckpts / 'retinanet_r18_stock_tiny.pth').write_bytes(b'kept')
+    assert make_tiny_data.main([
+        '--out-dir', str(tmp_path), '--only', 'ckpt', '--checkpoint',
+        'retinanet_r18_stock_tiny.pth'
+    ]) == 0
+    assert sorted(os.listdir(ckpts)) == ['retinanet_r18_stock_tiny.pth']
+    assert (ckpts / 'retinanet_r18_stock_tiny.pth').read_bytes() == b'kept'
+    assert not (tmp_path / 'data').exists()
+    with pytest.raises(SystemExit):  # argparse: not one of the stock runs
+        make_tiny_data.main(['--out-dir', str(tmp_path), '--checkpoint',
+                             'other.pth'])

@@ -37,5 +37,12 @@ grep -q 'mmext_init: initialization report' "$OUT" || {
   echo "[demo] no init report in the output: is mmext_init imported?" >&2
   exit 1
 }
+ERROR_LINE=' - (.\[[0-9;]*m)*ERROR(.\[[0-9;]*m)* - '  # colour codes or not
+if grep -Eq "$ERROR_LINE" "$OUT"; then
+  grep -E "$ERROR_LINE" "$OUT" >&2
+  echo "[demo] the run logged errors (above); full output in $OUT" >&2
+  exit 1
+fi
 LOG_DIR=$(ls -td "$WORK_DIR"/*/ | head -1)
 echo "[demo] done: log and init_provenance.json in $LOG_DIR, checkpoint in $WORK_DIR, full output in $OUT"
+echo "[demo] to run the other commands of README.md: source $VENV/bin/activate (or call $VENV/bin/python)"

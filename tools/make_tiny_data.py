@@ -13,13 +13,15 @@ configs use: no downloads.
 Usage::
 
     python tools/make_tiny_data.py [--out-dir .] [--only det|seg|ckpt]
-                                   [--force]
+                                   [--checkpoint NAME ...] [--force]
 
 Everything lands under ``--out-dir`` (the directory you train from), and what
 exists is kept unless ``--force``. ``--only ckpt`` also writes the data the
-stock runs need if it is missing. Data and checkpoints are written to a
-temporary name first, so an interrupted run never leaves a half-written
-directory that a later run would skip. Seeded: the same files every time.
+stock runs need if it is missing; ``--checkpoint NAME`` (repeatable) limits
+the checkpoints to those named (e.g. ``retinanet_r18_stock_tiny.pth``).
+Data and checkpoints are written to a temporary name first, so an
+interrupted run never leaves a half-written directory that a later run would
+skip. Seeded: the same files every time.
 """
 import argparse
 import json
@@ -164,6 +166,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out-dir', default='.')
     parser.add_argument('--only', choices=['det', 'seg', 'ckpt'])
+    parser.add_argument('--checkpoint', action='append',
+                        choices=sorted(STOCK_RUNS),
+                        help='write only these stock checkpoints '
+                        '(repeatable; default: all)')
     parser.add_argument('--force', action='store_true')
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out_dir)
@@ -182,6 +188,8 @@ def main(argv=None) -> int:
             print(f'[make_tiny_data] wrote {root}')
     for name, (library, _) in STOCK_RUNS.items():
         path = os.path.join(out, 'checkpoints', name)
+        if args.checkpoint and name not in args.checkpoint:
+            continue
         if wanted('ckpt', path):
             root, writer = datasets['det' if library == 'mmdet' else 'seg']
             if not os.path.exists(root):  # the stock run trains on it

@@ -26,8 +26,9 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.version.cuda is None else 
   exit 1
 fi
 
-# mmcv with compiled ops has no wheel for this torch: build it (8 to 30 min on
-# 2 cores the first time; pip's wheel cache makes later installs fast).
+# mmcv with compiled ops has no wheel for this torch: build it (17 min measured
+# on 2 cores, allow 30, the first time; pip's wheel cache makes later installs
+# fast).
 if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
   echo "[setup_env] building mmcv 2.1.0 with ops (slow the first time)"
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} FORCE_CUDA=0 \
@@ -38,3 +39,4 @@ fi
 "${PIP[@]}" 'mmdet==3.3.0' 'mmsegmentation==1.2.2' ftfy regex
 "${PIP[@]}" --no-build-isolation -e "$ROOT[test]"
 "$PY" -c 'import torch, mmengine, mmcv, mmcv.ops, mmdet, mmseg; print("[setup_env] torch", torch.__version__, "mmengine", mmengine.__version__, "mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmseg", mmseg.__version__)'
+echo "[setup_env] ready: source $VENV/bin/activate (or call $VENV/bin/python) to use it"

@@ -37,17 +37,20 @@ train_dataloader = dict(
                  data_prefix=dict(img_path='img_dir/train',
                                   seg_map_path='ann_dir/train'),
                  pipeline=train_pipeline))
-val_dataloader = dict(
+test_dataloader = dict(
     batch_size=1, num_workers=0, persistent_workers=False,
     dataset=dict(_delete_=True, type='BaseSegDataset', data_root=data_root,
                  metainfo=metainfo, img_suffix='.png', seg_map_suffix='.png',
                  data_prefix=dict(img_path='img_dir/val',
                                   seg_map_path='ann_dir/val'),
                  pipeline=test_pipeline))
-test_dataloader = val_dataloader
+# No validation while training (4 iterations give no meaningful mIoU);
+# tools/test.py evaluates the trained checkpoint on the val images.
+val_dataloader = None
+val_evaluator = None
+val_cfg = None
 
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4,
-                 val_interval=1000)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4)
 param_scheduler = [
     dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=4)
 ]

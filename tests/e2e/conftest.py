@@ -38,8 +38,12 @@ def subprocess_env() -> Dict[str, str]:
 
 @pytest.fixture(scope='session')
 def tiny_dir(tmp_path_factory) -> str:
-    """Tiny data and stock Runner checkpoints (tools/make_tiny_data.py)."""
-    out = str(tmp_path_factory.mktemp('tiny'))
+    """Tiny data and stock Runner checkpoints (tools/make_tiny_data.py), in
+    ``<basetemp>/tiny``: tests/test_readme_report.py uses the same path, and
+    the tools only complete what is missing there."""
+    path = tmp_path_factory.getbasetemp() / 'tiny'
+    path.mkdir(exist_ok=True)
+    out = str(path)
     subprocess.run([sys.executable, os.path.join(REPO, 'tools',
                                                  'make_tiny_data.py'),
                     '--out-dir', out], check=True)

@@ -88,6 +88,7 @@ def _check_run(run: Run, ckpt_path: str, adapters: int) -> None:
     assert run.log.count(REPORT_LINE) == 1
     assert STOCK_LINE not in run.log
     assert 'Iter(train) [4/4]' in run.log  # it trained
+    assert ' - ERROR - ' not in run.log  # e.g. no evaluation of nothing
 
 
 @pytest.mark.parametrize('config, library, ckpt_name, adapters', CASES,
