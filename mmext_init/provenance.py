@@ -9,8 +9,9 @@ Example:
     >>> ledger.entries['backbone.adapters.0.up.weight'].describe()
     'Zero from backbone.adapters.0'
 """
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import asdict, dataclass, field, replace
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Tuple)
 
 import torch.nn as nn
 
@@ -163,6 +164,31 @@ class ProvenanceLedger:
             'loads': [asdict(r) for r in self.loads],
             'void_entries': [asdict(v) for v in self.void_entries],
         }
+
+
+def entries_of(names: Iterable[str], written: Mapping[str, Provenance],
+               owner_of: Callable[[str], Optional[str]]
+               ) -> Dict[str, Provenance]:
+    """The provenance of each of ``names`` from the ``written`` records
+    (constructor default where none). A tied tensor (one parameter under two
+    names, e.g. a conv shared across pyramid levels) is recorded under one
+    name, ``owner_of(name)``: the others get its provenance and a note.
+
+    Example:
+        >>> written = {'a.weight': Provenance(INITIALIZER, 'Zero', 'a')}
+        >>> entries_of(['a.weight', 'b.weight'], written,
+        ...            lambda n: 'a.weight')['b.weight'].notes
+        ('tied to a.weight',)
+    """
+    default = Provenance(CONSTRUCTOR, 'constructor default')
+    out = {}
+    for name in names:
+        owner = owner_of(name) or name
+        prov = written.get(owner, default)
+        if owner != name:
+            prov = replace(prov, notes=prov.notes + (f'tied to {owner}', ))
+        out[name] = prov
+    return out
 
 
 def get_provenance(model: nn.Module) -> ProvenanceLedger:

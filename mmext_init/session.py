@@ -25,8 +25,8 @@ from . import deferred
 from .cfg_apply import apply_init_cfgs, as_cfg_list
 from .checkpoint_copy import apply_loads
 from .errors import InitConfigError, entry_label
-from .provenance import (CONSTRUCTOR, INIT_WEIGHTS, Provenance,
-                         ProvenanceLedger, attach_ledger)
+from .provenance import (CONSTRUCTOR, INIT_WEIGHTS, ProvenanceLedger,
+                         attach_ledger, entries_of)
 from .page_release import MappedFile
 from .pretrained import (LoadPlan, PretrainedInit, build_pretrained,
                          is_pretrained_cfg, plan_load)
@@ -302,9 +302,9 @@ class InitSession:
             job(self, module, since)
         ledger = ProvenanceLedger(self.root_name)
         ledger.numel = {n: t.numel() for n, t in tensors.items()}
-        for name in tensors:
-            ledger.entries[name] = self.tracker.written.get(
-                name, Provenance(CONSTRUCTOR, 'constructor default'))
+        ledger.entries = entries_of(
+            tensors, self.tracker.written,
+            lambda name: self.tracker.name_of(tensors[name]))
         ledger.loads = [p.record for p in self.all_plans() if p.record]
         ledger.loads += code_load_records(self, tensors, ledger)
         ledger.void_entries = list(self.tracker.void_entries)
