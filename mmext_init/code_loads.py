@@ -28,7 +28,8 @@ from torch.nn.parameter import is_lazy
 from .load_checks import check_load_options, is_counter
 from .provenance import CHECKPOINT, LoadRecord, ProvenanceLedger
 from .safe_load import file_key
-from .self_loading import SelfLoad, nothing_loaded_error
+from .self_loading import (SelfLoad, nothing_loaded_error,
+                           unmatched_load_error)
 from .tracking import InitSource
 
 
@@ -44,6 +45,7 @@ class CodeLoadFindings:
     # counters torch filled in from themselves (no load)
     offered: List[List[str]] = field(default_factory=list)
     self_filled: List[str] = field(default_factory=list)
+    matched: int = 0  # tensors (counters aside) a given dict had a key for
 
 
 def override_owner(module: nn.Module) -> str:
@@ -154,6 +156,7 @@ def tracking_code_loads(current_session: Callable[[], Any]) -> Iterator[None]:
         if not prefix:  # the top of one load_state_dict call
             found.offered.append(list(state_dict))
         targets = _targets(module, state_dict, prefix, tracker, found)
+        found.matched += sum(not is_counter(n) for n in targets.keys)
         # torch's signature: (state_dict, prefix, local_metadata, strict,
         # missing_keys, unexpected_keys, error_msgs)
         unexpected = kwargs.get('unexpected_keys',
@@ -191,6 +194,7 @@ def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
     Example:
         >>> ledger.loads += code_load_records(session, tensors, ledger)
     """
+    _check_loads_without_entry(session)
     records = []
     for module, path, entry in session.code_entries:
         label = session.label(path, 'Pretrained')
@@ -217,3 +221,19 @@ def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
                        entry.prefix, loaded, missing, list(found.unexpected),
                        list(found.mismatched), [], fraction))
     return records
+
+
+def _check_loads_without_entry(session: Any) -> None:
+    """An ``init_weights`` override that loaded a checkpoint it took from its
+    own arguments (mmdet ``DetectoRS_ResNet`` turns ``init_cfg`` into
+    ``self.pretrained``, so no ``Pretrained`` entry is left to plan) and
+    matched no tensor of the module is an error, not a silent non-load."""
+    with_entry = {path for _, path, _ in session.code_entries}
+    for path, found in session.code_findings.items():
+        if path in with_entry or found.matched or not any(found.offered):
+            continue
+        module = session.root.get_submodule(path) if path else session.root
+        raise unmatched_load_error(
+            session.label(path, f'{override_owner(module)}.init_weights'),
+            getattr(module, 'pretrained', None), found.offered,
+            list(module.state_dict(keep_vars=True)))

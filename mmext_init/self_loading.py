@@ -186,3 +186,33 @@ def key_error(load: SelfLoad, exc: KeyError) -> Optional[CheckpointError]:
         f'{_ignores_prefix(load)}: it looked the key {key!r} up among its '
         f'own tensors, which are named without the leading '
         f'{prefix!r}, and failed with KeyError. {fixes(load, prefix)}')
+
+
+def unmatched_load_error(label: str, source: Any,
+                         offered: Sequence[Sequence[str]],
+                         module_keys: Sequence[str]) -> CheckpointError:
+    """The error for an own ``init_weights`` that loaded a checkpoint named
+    by its own arguments (``source``: e.g. its ``pretrained`` attribute) and
+    matched none of the module's tensors.
+
+    Example:
+        >>> unmatched_load_error("init_cfg of 'backbone' (DetectoRS_ResNet."
+        ...                      "init_weights)", 'det.pth',
+        ...                      [['backbone.conv1.weight']], ['conv1.weight'])
+        CheckpointError(...)
+    """
+    keys = [k for dict_keys in offered for k in dict_keys]
+    prefix = key_prefix(keys, module_keys)
+    where = f'{source}' if isinstance(source, str) else 'a state dict'
+    hint = (f"; its keys carry the prefix {prefix!r}, which this module "
+            "does not strip" if prefix else '')
+    return CheckpointError(
+        f'{label}: loaded {where} itself (the module keeps the checkpoint '
+        'in its own arguments, so no Pretrained entry is left for '
+        'mmext_init to apply prefix to) and gave load_state_dict '
+        f'{describe_keys(keys)}, none of which names a tensor of the '
+        f'module{hint}: nothing was loaded. Fix: give it a checkpoint of '
+        'this module alone (keys such as '
+        f'{next(iter(module_keys), "conv.weight")!r}), or drop its '
+        'checkpoint and put a Pretrained entry on the parent module, where '
+        'mmext_init applies prefix and every key option.')

@@ -270,6 +270,8 @@ class InitSession:
             for cfg in as_cfg_list(getattr(module, 'init_cfg', None)):
                 if is_pretrained_cfg(cfg) and cfg.get('checkpoint'):
                     return str(cfg['checkpoint'])
+            if isinstance(getattr(module, 'pretrained', None), str):
+                return module.pretrained  # kept from init_cfg (DetectoRS)
         return 'state dict'
 
     # -- 3. copy -------------------------------------------------------------

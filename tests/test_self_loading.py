@@ -305,3 +305,35 @@ def test_unrelated_key_error_propagates_unchanged(tmp_path):
         type='Pretrained', checkpoint=path, prefix='backbone.')))
     with pytest.raises(KeyError, match='conv_cfg'):
         model.init_weights()
+
+
+def test_detectors_resnet_whole_model_checkpoint_is_a_clear_error(tmp_path):
+    """Regression (zoo sweep, detectors/cascade-rcnn_r50-rfp): mmdet's
+    ``DetectoRS_ResNet`` turns its ``init_cfg`` into ``self.pretrained`` and
+    loads it with ``load_checkpoint`` in its own ``init_weights``; on a
+    whole-detector checkpoint it matched nothing and the run went on with
+    constructor weights, without an error."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    backbone = dict(type='DetectoRS_ResNet', depth=50, num_stages=4,
+                    out_indices=(0, 1, 2, 3), norm_eval=True)
+    source = randomized(MODELS.build(backbone))
+    state = source.state_dict()
+    whole = runner_checkpoint({f'backbone.{k}': v for k, v in state.items()},
+                              tmp_path / 'detector.pth')
+    model = MODELS.build(dict(backbone, init_cfg=dict(
+        type='Pretrained', checkpoint=whole)))
+    with pytest.raises(CheckpointError) as err:
+        model.init_weights()
+    text = str(err.value)
+    assert 'DetectoRS_ResNet.init_weights' in text and whole in text
+    assert "carry the prefix 'backbone.'" in text
+    alone = runner_checkpoint(state, tmp_path / 'backbone.pth')
+    model = MODELS.build(dict(backbone, init_cfg=dict(
+        type='Pretrained', checkpoint=alone)))
+    model.init_weights()  # the fix the error gives: a checkpoint of it alone
+    ledger = get_provenance(model)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+        assert ledger.entries[name].kind == 'checkpoint', name
+        assert ledger.entries[name].source == alone, name
