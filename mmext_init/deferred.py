@@ -27,7 +27,9 @@ a model is built and replayed only for the tensors that need it.
 Random ops replay in record order from the generator state saved when the
 first of them was deferred, so they draw what they would have drawn without
 deferral, whatever ran in between; only tensors dropped because the
-checkpoint provides them draw nothing (later draws shift).
+checkpoint provides them draw nothing (later draws shift). Parameters that
+die pending, or that the model does not hold, still draw, in their place
+(:mod:`.deferred_order`).
 
 Example:
     >>> with deferred_construction():
@@ -46,6 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .deferred_copies import awaiting, copied_sources
 from .deferred_ops import arg, generator_of, leaves, op_info, storage_ptr
+from .deferred_order import build_mates
 from .deferred_state import _pid_at
 from .deferred_replay import _HOOKS  # noqa: F401  (tests look at it)
 from .deferred_replay import (_PENDING, _STATE, _Op,
@@ -107,6 +110,7 @@ def deferred_construction() -> Iterator[None]:
         yield
         return
     _STATE['depth'] += 1
+    _STATE['build'] += 1
     try:
         with _DeferMode():
             yield
@@ -161,7 +165,10 @@ def settle(tensors: Mapping[str, torch.Tensor],
     """Drop the pending ``tensors`` named in ``protected`` (the checkpoint
     copy overwrites them); replay the other pending ones now, except those
     named in ``later`` (below a module whose own ``init_weights`` may load
-    them): they stay pending, and draw when they are replayed.
+    them): they stay pending, and draw when they are replayed. The random
+    draws recorded in the same builds for tensors not among ``tensors``
+    (dead, or not registered as parameters) are replayed too: without
+    deferral they came before anything drawn after the build.
 
     Example:
         >>> dropped = settle(model.state_dict(keep_vars=True), {'fc.weight'})
@@ -169,6 +176,8 @@ def settle(tensors: Mapping[str, torch.Tensor],
     dropped = Dropped()
     if not _PENDING:
         return dropped
+    named = {id(t) for t in tensors.values()}
+    mates = [pid for pid in build_mates(named) if pid not in named]
     followed = copied_sources()
     for name, t in tensors.items():
         entry = _PENDING.get(id(t)) if name in protected else None
@@ -180,7 +189,7 @@ def settle(tensors: Mapping[str, torch.Tensor],
         elif name in later and id(t) in _PENDING:
             _unsequence(id(t))
     _materialize([id(t) for name, t in tensors.items()
-                  if id(t) in _PENDING and name not in later],
+                  if id(t) in _PENDING and name not in later] + mates,
                  check_version=True)
     _sync_hooks()
     return dropped

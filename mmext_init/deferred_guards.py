@@ -100,6 +100,7 @@ def _wrap_apply(original: Callable) -> Callable:
             moved = _Entry(new, storage_ptr(new))  # type: ignore[arg-type]
             moved.ops, moved.source = entry.ops, entry.source
             moved.born, moved.aliases = entry.born, entry.aliases
+            moved.build = entry.build  # its build's draws replay with it
             moved.like = entry.like  # as built: replayed so, then converted
             _PENDING[id(new)], _BY_STORAGE[moved.ptr] = moved, id(new)
             _mark(new)

@@ -18,15 +18,17 @@ import torch.nn as nn
 from .deferred_copies import add_sources, fill_copies, fill_views, moved_alias
 from .deferred_ops import (OpInfo, arg, function_name, generator_of, leaves,
                            nested_values, storage_ptr)
-from .deferred_state import (_ALIAS_METADATA, _BY_STORAGE, _CURSOR, _HOOKS,
-                             _METADATA, _PENDING, _RANDOM, _SEQ, _STATE, _Op,
-                             _pid_at, _poison, _run)
+from .deferred_order import (closure, haunt, is_ghost, lone_ghosts,
+                             random_ops, scratch_like, uncount)
+from .deferred_state import (_ALIAS_METADATA, _BY_STORAGE, _CURSOR, _GHOSTS,
+                             _HOOKS, _METADATA, _PENDING, _RANDOM, _SEQ,
+                             _STATE, _Op, _pid_at, _poison, _run)
 
 
 class _Entry:
     """The record of one pending parameter (held weakly)."""
     __slots__ = ('ref', 'ptr', 'version', 'ops', 'like', 'source', 'born',
-                 'aliases')
+                 'aliases', 'build')
 
     def __init__(self, param: nn.Parameter, ptr: int) -> None:
         self.ref = weakref.ref(param,
@@ -38,6 +40,7 @@ class _Entry:
         self.source: Optional[weakref.ref] = None
         self.born = next(_SEQ)
         self.aliases: List[weakref.ref] = []  # PendingAlias views of it
+        self.build = _STATE['build']  # the outermost build that made it
 
 
 def _entry_of(x: Any) -> Optional[_Entry]:
@@ -54,7 +57,7 @@ def is_pending(t: torch.Tensor) -> bool:
 
 def pending_count() -> int:
     """Number of pending parameters (all models)."""
-    return len(_PENDING)
+    return sum(1 for pid in _PENDING if not is_ghost(pid))
 
 
 class PendingParameter(nn.Parameter):
@@ -167,6 +170,8 @@ def _on_dead(pid: int, ref: weakref.ref) -> None:
     if entry is not None and entry.ref is ref:
         if any(view() is not None for view in entry.aliases):
             _materialize([pid], check_version=False)  # into its aliases
+        elif random_ops(entry):
+            haunt(pid)  # its draws stay due
         else:
             _forget(pid)
     try:
@@ -186,9 +191,7 @@ def _forget(pid: int) -> None:
         view = ref()
         if type(view) is PendingAlias:
             view.__class__ = torch.Tensor
-    for op in entry.ops:
-        if op.gen is not None:
-            _RANDOM[op.gen] -= 1
+    uncount(pid, entry)
 
 
 def _unsequence(pid: int) -> None:
@@ -266,22 +269,6 @@ def _keep_draw_order(key: Any, gen: Optional[torch.Generator]) -> None:
                      check_version=True)
 
 
-def _closure(todo: Dict[int, _Entry]) -> None:
-    """Add the entries whose random ops precede, on the same generator, a
-    random op of ``todo``: a replay always covers a prefix of the draws."""
-    while True:
-        last: Dict[Any, int] = {}
-        for entry in todo.values():
-            for op in entry.ops:
-                if op.gen is not None:
-                    last[op.gen] = max(last.get(op.gen, -1), op.seq)
-        added = [pid for pid, entry in _PENDING.items() if pid not in todo
-                 and any(op.seq < last.get(op.gen, -1) for op in entry.ops)]
-        if not added:
-            return
-        todo.update((pid, _PENDING[pid]) for pid in added)
-
-
 def _materialize(pids: Iterable[int], check_version: bool) -> None:
     """Replay the records of ``pids`` in record order, then forget them;
     pending copies among them take their source's values after that.
@@ -294,12 +281,14 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
         return
     add_sources(todo)
     if len(todo) < len(_PENDING):
-        _closure(todo)
+        closure(todo)
     ops: List[Tuple[_Op, torch.Tensor]] = []
     copies: List[Tuple[_Entry, torch.Tensor]] = []
     views: List[Tuple[weakref.ref, torch.Tensor]] = []
     converted: List[Tuple[torch.Tensor, torch.Tensor]] = []
     saved: Dict[Any, torch.Tensor] = {}  # generator states to restore
+    scratches: Dict[Any, torch.Tensor] = {}  # to draw values nobody reads
+    _STATE['materializing'] += 1  # ghosts dying meanwhile draw after this
     try:
         for pid, entry in todo.items():
             _forget(pid)
@@ -312,10 +301,9 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
             if (target is None or storage_ptr(target) != entry.ptr
                     or (check_version and entry.version is not None
                         and target._version != entry.version)):
-                if all(op.gen is None for op in entry.ops):
+                if not random_ops(entry):
                     continue
-                target = torch.empty(entry.like[0], dtype=entry.like[1],
-                                     device=entry.like[2])
+                target = scratch_like(entry.like, scratches)
             elif entry.source is None and (target.shape, target.dtype,
                                            target.device) != entry.like:
                 # converted while pending (.double(), .cuda()): computed as
@@ -346,13 +334,16 @@ def _materialize(pids: Iterable[int], check_version: bool) -> None:
                 [t for _, t in copies] + [moved_alias(*v) for v in views])
         raise
     finally:
-        for key in saved:  # nothing drew since the cursor: go on from here
-            gen, cursor = _CURSOR.pop(key)
-            after = gen.get_state()
-            if _RANDOM.get(key):
-                _CURSOR[key] = (gen, after)
-            if not torch.equal(saved[key], cursor):
-                gen.set_state(saved[key])
+        try:
+            for key in saved:  # nothing drew since the cursor: go on from here
+                gen, cursor = _CURSOR.pop(key)
+                after = gen.get_state()
+                if _RANDOM.get(key):
+                    _CURSOR[key] = (gen, after)
+                if not torch.equal(saved[key], cursor):
+                    gen.set_state(saved[key])
+        finally:
+            _STATE['materializing'] -= 1
         _sync_hooks()
 
 
@@ -384,9 +375,16 @@ def _on_step(optimizer: Any, args: Any, kwargs: Any) -> None:
 
 
 def _sync_hooks() -> None:
-    """The global hooks exist exactly while something is pending."""
+    """The global hooks exist exactly while something is pending; ghosts
+    that nothing pending follows draw now (see :mod:`.deferred_order`)."""
+    if _GHOSTS and not (_STATE['replaying'] or _STATE['materializing']):
+        ghosts = lone_ghosts()
+        if ghosts:
+            _materialize(ghosts, check_version=False)  # calls this again
+            return
     if not _PENDING:
         _RANDOM.clear()
+        _GHOSTS.clear()
         _CURSOR.clear()
     if _PENDING and not _HOOKS:
         from torch.nn.modules.module import register_module_forward_pre_hook

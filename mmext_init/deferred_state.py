@@ -31,14 +31,18 @@ class _Op(NamedTuple):
 _PENDING: Dict[int, Any] = {}  # id(param) -> deferred_replay._Entry
 _BY_STORAGE: Dict[int, int] = {}  # storage data_ptr -> id(param)
 _RANDOM: Dict[Any, int] = {}  # generator key -> pending random ops
+_GHOSTS: Dict[Any, int] = {}  # generator key -> those of dead parameters
 _CURSOR: Dict[Any, Tuple[torch.Generator, torch.Tensor]] = {}  # key -> state
 _AWAITING: Dict[int, Tuple[weakref.ref, int]] = {}  # dropped, copy to come
 _HOOKS: Dict[str, Any] = {}
 # depth: builds in progress; replaying/applying/loading/wrapping/averaging:
 # inside a replay, ``Module._apply``, ``_load_from_state_dict``, DDP's
-# constructor, MMEngine's ``BaseAveragedModel`` constructor
+# constructor, MMEngine's ``BaseAveragedModel`` constructor; materializing:
+# inside ``_materialize``; build: serial number of the current (or last)
+# outermost build
 _STATE = {'depth': 0, 'replaying': 0, 'in_step': 0, 'applying': 0,
-          'loading': 0, 'wrapping': 0, 'averaging': 0}
+          'loading': 0, 'wrapping': 0, 'averaging': 0, 'materializing': 0,
+          'build': 0}
 # torch functions that read no values of a pending parameter
 _METADATA = frozenset({
     'dim', 'size', 'numel', 'nelement', 'ndimension', 'stride',
