@@ -118,6 +118,16 @@ def _close(word: str, options: Iterable[str]) -> str:
     return ' or '.join(repr(f) for f in found)
 
 
+def _submodule(module: nn.Module, name: str) -> Optional[nn.Module]:
+    """The submodule at dotted path ``name``, or None."""
+    target: Optional[nn.Module] = module
+    for part in name.split('.'):
+        target = getattr(target, part, None)
+        if not isinstance(target, nn.Module):
+            return None
+    return target
+
+
 def resolve_override(module: nn.Module, name: str, label: str) -> nn.Module:
     """The submodule at dotted path ``name`` (error with close names if none).
 
@@ -125,12 +135,7 @@ def resolve_override(module: nn.Module, name: str, label: str) -> nn.Module:
         >>> resolve_override(model, 'layer1.0.conv1', 'init_cfg of backbone')
         Conv2d(64, 64, kernel_size=(3, 3), ...)
     """
-    target: Optional[nn.Module] = module
-    for part in name.split('.'):
-        target = getattr(target, part, None)
-        if not isinstance(target, nn.Module):
-            target = None
-            break
+    target = _submodule(module, name)
     if target is None:
         names = [n for n, _ in module.named_modules() if n]
         close = _close(name, names)
@@ -270,7 +275,8 @@ def apply_init_cfgs(module: nn.Module,
                     root_name: str,
                     tracker: WriteTracker,
                     note: Optional[str] = None,
-                    within: Optional[str] = None) -> None:
+                    within: Optional[str] = None,
+                    lenient: bool = False) -> None:
     """Apply ``cfgs`` (no ``Pretrained`` among them) to ``module`` at ``path``.
 
     Mirrors ``mmengine.model.initialize``: each entry on the whole module
@@ -279,7 +285,10 @@ def apply_init_cfgs(module: nn.Module,
     override holds only ``name``. An entry that touched no tensor is added
     to ``tracker.void_entries``.
     ``note`` is attached to every provenance entry written (e.g. that the
-    entry came from ``init_missing``); ``within``: the entries are the
+    entry came from ``init_missing``); ``lenient``: the module is one stock
+    MMEngine never initializes (in a plain container), so an ``override``
+    naming no submodule makes the entry void instead of an error (a stock
+    config must not fail for what stock never runs); ``within``: the entries are the
     ``init_missing`` of the ``Pretrained`` entry of that checkpoint.
     """
     field = 'init_cfg' if within is None else 'init_missing'
@@ -291,23 +300,28 @@ def apply_init_cfgs(module: nn.Module,
         label = name_entry(type_name(cfg))
         cp_cfg = copy.deepcopy(dict(cfg))
         override = cp_cfg.pop('override', None)
+        missing: List[str] = []
         sources = [run_initializer(module, cp_cfg, False, path, label, tracker,
                                    note, bare=override is None)]
         if override is not None:
             sources += _run_overrides(module, override, cp_cfg, path, label,
-                                      name_entry, tracker, note)
+                                      name_entry, tracker, note,
+                                      missing if lenient else None)
         if not any(src.touched for src in sources if src is not None):
+            reason = '; '.join(missing) or void_reason(module, cfg)
             tracker.void_entries.append(VoidEntry(
-                path, describe_entry(cfg), void_reason(module, cfg), field,
-                within))
+                path, describe_entry(cfg), reason, field, within))
 
 
 def _run_overrides(module: nn.Module, override: Any, cfg: Dict[str, Any],
                    path: str, label: str, name_entry: Callable[[str], str],
-                   tracker: WriteTracker,
-                   note: Optional[str]) -> List[Optional[InitSource]]:
+                   tracker: WriteTracker, note: Optional[str],
+                   missing: Optional[List[str]] = None
+                   ) -> List[Optional[InitSource]]:
     """The ``override`` part of one entry (``cfg`` without it; ``label``
-    names the entry, ``name_entry(kind)`` names one of its overrides)."""
+    names the entry, ``name_entry(kind)`` names one of its overrides). With
+    ``missing`` (a list), an override naming no submodule is skipped and
+    said there instead of raising."""
     if not isinstance(override, (dict, list, tuple)):
         raise InitConfigError(
             f'{label}: override must be a dict or a list of dicts')
@@ -324,6 +338,13 @@ def _run_overrides(module: nn.Module, override: Any, cfg: Dict[str, Any],
         elif 'type' not in ov:
             raise InitConfigError(
                 f'{label}: override {dict(item)!r} needs a "type"')
+        if missing is not None and not isinstance(
+                _submodule(module, name), nn.Module):
+            missing.append(f'override name {name!r} is not a submodule of '
+                           f'{type(module).__name__} (stock MMEngine never '
+                           'runs this entry: the module sits in a plain '
+                           'container)')
+            continue
         target = resolve_override(module, name, label)
         ov_label = name_entry(f'{type_name(ov)} override {name!r}')
         sources.append(run_initializer(target, ov, True, path, ov_label,

@@ -73,6 +73,7 @@ class InitSession:
         self.tracker = WriteTracker(root.state_dict(keep_vars=True))
         self.plans: Dict[int, List[LoadPlan]] = {}
         self.handled: Set[int] = set()  # ids of modules whose init_cfg ran
+        self.beyond_stock: Set[int] = set()  # ids stock recursion never meets
         self.code_entries: List[Tuple[nn.Module, str, PretrainedInit]] = []
         self.code_findings: Dict[str, CodeLoadFindings] = {}  # by path
         self._overrides: List[nn.Module] = []
@@ -181,7 +182,8 @@ class InitSession:
         others = [c for c in cfgs if not is_pretrained_cfg(c)]
         self.handled.add(id(module))  # before planning: its errors are ours
         plans = self.plans_for(module) if len(others) < len(cfgs) else []
-        apply_init_cfgs(module, others, path, self.root_name, self.tracker)
+        apply_init_cfgs(module, others, path, self.root_name, self.tracker,
+                        lenient=id(module) in self.beyond_stock)
         for plan in plans:
             self.apply_init_missing(module, path, plan.entry)
         for child in module.children():
@@ -202,7 +204,7 @@ class InitSession:
             child = child.module
         if _is_base_like(child) or (direct and hasattr(child, 'init_weights')):
             if not getattr(child, 'is_init', False):
-                self.call_init_weights(child)
+                (self.call_init_weights if direct else self.call_beyond)(child)
         else:  # plain container (or a stock-unreachable module): look inside
             for grandchild in child.children():
                 self.init_child(grandchild, direct=False)
@@ -262,7 +264,13 @@ class InitSession:
             if not _is_base_like(child):
                 self.sweep(child)
             elif not getattr(child, 'is_init', False):
-                self.call_init_weights(child)
+                self.call_beyond(child)
+
+    def call_beyond(self, module: nn.Module) -> None:
+        """Initialize a module stock recursion never reaches (it and all
+        below it: their invalid overrides are void, not errors)."""
+        self.beyond_stock.update(map(id, module.modules()))
+        self.call_init_weights(module)
 
     def override_checkpoint(self) -> str:
         """Checkpoint file of the innermost override loading right now."""

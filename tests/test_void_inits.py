@@ -263,3 +263,40 @@ def test_void_init_missing_entry_is_reported(save_ckpt):
     assert ("  init_missing of 'backbone' (Kaiming, layer='Conv3d'), in "
             f"init_cfg of 'backbone' (Pretrained) for {path}: no Conv3d "
             'layer in it') in format_report(ledger)
+
+
+def test_invalid_override_stock_never_runs_is_void_not_an_error():
+    """Regression (zoo sweep, tridentnet): mmdet's ``TridentConv`` declares
+    ``override=dict(name='conv2')``, which names no submodule of it; it sits
+    in a plain ``nn.Sequential``, so stock never runs that entry. mmext_init
+    initializes such modules and raised an error, breaking a stock config:
+    the entry is now listed as void, with the reason."""
+    from mmengine.registry import MODELS, init_default_scope
+    from mmext_init import get_provenance
+    init_default_scope('mmdet')
+    backbone = MODELS.build(dict(
+        type='TridentResNet', depth=50, num_stages=3, num_branch=3,
+        test_branch_idx=1,
+        strides=(1, 2, 2), dilations=(1, 1, 1), trident_dilations=(1, 2, 3),
+        out_indices=(2, ), init_cfg=None))
+    backbone.init_weights()
+    void = [v for v in get_provenance(backbone).void_entries
+            if 'conv2' in v.reason]
+    assert void and all(v.module.endswith('.conv2') for v in void)
+    assert "override name 'conv2' is not a submodule of TridentConv" in \
+        void[0].reason
+
+
+def test_invalid_override_stock_runs_is_still_an_error():
+    """Where stock runs the entry (and fails too), it stays an error."""
+    from mmengine.model import BaseModule
+    from mmext_init import InitConfigError
+
+    class Block(BaseModule):
+        def __init__(self):
+            super().__init__(init_cfg=dict(type='Kaiming',
+                                           override=dict(name='conv9')))
+            self.conv = torch.nn.Conv2d(2, 2, 1)
+
+    with pytest.raises(InitConfigError, match="override name 'conv9'"):
+        Block().init_weights()
