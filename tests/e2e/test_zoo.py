@@ -1,0 +1,68 @@
+"""The zoo subset of issue 13: fixed configs shipped with mmdet and mmseg,
+run through tools/zoo_sweep.py (stock and plugin in fresh processes, checks
+1-6); every one must PASS (a SKIP fails here: these configs build).
+
+The selected configs are swept once, in parallel (``-j 2``), by a
+module-scoped fixture; each test asserts one config's verdict.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Dict, Tuple
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+TOOLS = os.path.join(REPO, 'tools')
+sys.path.insert(0, TOOLS)
+
+from zoo_sweep import format_line  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+SUBSET = [
+    # two-stage with RoI heads
+    'mmdet:mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    'mmdet:nas_fpn/retinanet_r50_nasfpn_crop640-50e_coco.py',
+    # DETR variant
+    'mmdet:deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+    'mmdet:efficientnet/retinanet_effb3_fpn_8xb4-crop896-1x_coco.py',
+    'mmdet:swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py',
+    'mmdet:yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
+    'mmseg:vit/vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py',
+    'mmseg:swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_'
+    'ade20k-512x512.py',
+    'mmseg:segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py',
+    'mmseg:beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py',
+    'mmseg:pidnet/pidnet-s_2xb6-120k_1024x1024-cityscapes.py',
+    'mmseg:fastscnn/fast_scnn_8xb4-160k_cityscapes-512x1024.py',
+]
+SWEEP_TIMEOUT = 1200
+
+
+@pytest.fixture(scope='module')
+def sweep(request, tmp_path_factory) -> Tuple[Dict[str, dict], str]:
+    """Sweep the configs of the selected tests; ``({name: result}, log)``."""
+    selected = [item.callspec.params['config']
+                for item in request.session.items
+                if getattr(item, 'originalname', '') == 'test_zoo_config']
+    only = '|'.join(f'^{re.escape(c)}$' for c in selected)
+    out = tmp_path_factory.mktemp('zoo') / 'zoo.json'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(TOOLS, 'zoo_sweep.py'), '--only', only,
+         '-j', '2', '--json', str(out)], capture_output=True, text=True,
+        timeout=SWEEP_TIMEOUT)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        results = json.load(f)['results']
+    return {f"{r['package']}:{r['config']}": r for r in results}, proc.stdout
+
+
+@pytest.mark.parametrize('config', SUBSET)
+def test_zoo_config(sweep, config):
+    results, log = sweep
+    assert config in results, f'{config} was not swept:\n{log[-2000:]}'
+    assert results[config]['status'] == 'PASS', format_line(results[config])

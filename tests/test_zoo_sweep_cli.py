@@ -1,0 +1,202 @@
+"""tools/zoo_sweep.py: selection, stripping ``Pretrained``, what stock
+reaches, check 3's explanation rule and the summary (the sweep itself runs
+in tests/e2e/test_zoo.py)."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+
+import mmext_init
+from toy_models import Adapter
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'tools'))
+
+from zoo_models import (bit_equal, differing, state_of,  # noqa: E402
+                        stock_reach, strip_pretrained)
+from zoo_sweep import (format_line, format_summary, list_configs,  # noqa
+                       select_configs, summarize)
+from zoo_verdicts import check_vs_stock  # noqa: E402
+
+
+def _tree(root, names):
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('model = dict(type="X")\n')
+    return str(root)
+
+
+@pytest.fixture
+def configs(tmp_path):
+    det = _tree(tmp_path / 'det', [
+        '_base_/models/x.py', 'top.py', 'htc/htc_x101_tta.py',
+        'htc/htc_r50.py', 'htc/sub/htc_a.py', 'yolo/yolov3_lazy.py',
+        'yolo/yolov3_tta.py'])
+    seg = _tree(tmp_path / 'seg', ['htc/b.py', 'vit/vit_a.py'])
+    return list_configs({'mmdet': det, 'mmseg': seg})
+
+
+def test_listing_skips_base_and_root_files(configs):
+    assert ('mmdet', 'htc/sub/htc_a.py', 'htc') in configs
+    assert not [c for c in configs if '_base_' in c[1] or c[1] == 'top.py']
+
+
+def test_one_per_family_prefers_names_without_tta_or_lazy(configs):
+    chosen = select_configs(configs)
+    assert [(p, rel) for p, rel, _ in chosen] == [
+        ('mmdet', 'htc/htc_r50.py'), ('mmdet', 'yolo/yolov3_lazy.py'),
+        ('mmseg', 'htc/b.py'), ('mmseg', 'vit/vit_a.py')]
+
+
+def test_only_limit_and_all(configs):
+    only = select_configs(configs, only=r'^mmdet:htc/htc_x101_tta\.py$')
+    assert [c[1] for c in only] == ['htc/htc_x101_tta.py']
+    assert [c[1] for c in select_configs(configs, only='^vit/')] == \
+        ['vit/vit_a.py']
+    assert len(select_configs(configs, every=True)) == 7
+    assert len(select_configs(configs, limit=3)) == 3
+
+
+def test_strip_pretrained_everywhere():
+    cfg = dict(type='M', pretrained='open-mmlab://r50', backbone=dict(
+        init_cfg=dict(type='Pretrained', checkpoint='a.pth')),
+        neck=dict(init_cfg=[dict(type='Pretrained', checkpoint='b'),
+                            dict(type='Xavier', layer='Conv2d')]),
+        heads=[dict(init_cfg=[dict(type='Pretrained', checkpoint='c')])],
+        keep=dict(pretrained=True))
+    assert strip_pretrained(cfg) == 4
+    assert cfg['pretrained'] is None and cfg['backbone']['init_cfg'] is None
+    assert cfg['neck']['init_cfg'] == [dict(type='Xavier', layer='Conv2d')]
+    assert cfg['heads'][0]['init_cfg'] is None
+    assert cfg['keep'] == dict(pretrained=True)
+
+
+class _Head(BaseModule):
+
+    def __init__(self):
+        super().__init__(init_cfg=dict(type='Normal', layer='Linear', std=.5))
+        self.fc = nn.Linear(8, 8)
+
+
+class _Override(BaseModule):
+    """An override that never calls ``super()``: its children are never
+    reached by stock's recursion."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _Head()
+
+    def init_weights(self):
+        nn.init.zeros_(self.inner.fc.bias)
+
+
+class _Root(BaseModule):
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(8, 8)
+        self.blocks = nn.ModuleList([Adapter(8)])
+        self.head = _Head()
+        self.custom = _Override()
+
+
+def _stock_and_plugin():
+    with mmext_init.stock_mmengine():
+        torch.manual_seed(0)
+        stock = _Root()
+        stock.init_weights()
+    torch.manual_seed(0)
+    plugin = _Root()
+    plugin.init_weights()
+    return stock, plugin
+
+
+def test_stock_reach_follows_mmengine_recursion():
+    stock, _ = _stock_and_plugin()
+    called, body_ran = stock_reach(stock)
+    assert body_ran == {'', 'head'}
+    assert called == {'', 'head', 'custom'}  # blocks.0 sits in a ModuleList
+
+
+def test_vs_stock_explains_unreached_and_shifted_stream():
+    stock, plugin = _stock_and_plugin()
+    called, body_ran = stock_reach(stock)
+    info = dict(called=sorted(called), body_ran=sorted(body_ran))
+    ledger = mmext_init.get_provenance(plugin)
+    ours, theirs = (state_of(plugin), None), (state_of(stock), None)
+    result = check_vs_stock(ours, theirs, ledger, plugin, info)
+    assert result['status'] == 'pass', result
+    # blocks.0 (ModuleList) and custom.inner (below an override): unreached;
+    # head.fc.weight: Normal drawn after blocks.0's Kaiming draws.
+    assert result['counts'] == {'unreached': 5, 'rng-shift': 1,
+                                'unexplained': 0}
+    assert result['unreached_modules'] == ['blocks.0', 'custom.inner']
+
+
+def test_vs_stock_fails_on_unexplained_difference():
+    stock, plugin = _stock_and_plugin()
+    called, body_ran = stock_reach(stock)
+    ledger = mmext_init.get_provenance(plugin)
+    theirs = state_of(stock)
+    theirs['stem.weight'] = theirs['stem.weight'] + 1  # constructor default
+    reached = dict(called=sorted(called | {'blocks.0', 'custom.inner'}),
+                   body_ran=sorted(body_ran | {'blocks.0', 'custom.inner'}))
+    result = check_vs_stock((state_of(plugin), None), (theirs, None), ledger,
+                            plugin, reached)
+    assert result['status'] == 'fail'
+    assert result['unexplained'][0] == 'stem.weight'
+    # claimed reached: neither their own values nor the shift is explained
+    assert {'blocks.0.down.weight', 'custom.inner.fc.weight',
+            'head.fc.weight'} <= set(result['unexplained'])
+
+
+def test_bit_equal_sees_nan_payload_and_sign_of_zero():
+    assert bit_equal(torch.tensor([float('nan')]), torch.tensor([float('nan')]))
+    assert not bit_equal(torch.tensor([0.0]), torch.tensor([-0.0]))
+    assert differing({'a': torch.ones(2)}, {'a': torch.ones(2), 'b': 1}) == \
+        ['b']
+
+
+def _result(config, status, **extra):
+    base = dict(package='mmdet', config=config, family=config.split('/')[0],
+                status=status, checks={}, timings={})
+    base.update(extra)
+    return base
+
+
+def _timed(plugin_cpu):
+    return dict(timings=dict(stock=dict(wall=1.0, cpu=1.0),
+                             plugin=dict(wall=3.0, cpu=plugin_cpu)),
+                ratio_cpu=plugin_cpu, ratio_wall=3.0)
+
+
+def test_summary_lists_failures_skips_and_ratios():
+    fail = {'status': 'fail', 'detail': '74 of 300 tensors differ'}
+    results = [
+        _result('a/a.py', 'PASS', checks={
+            'vs_stock': {'status': 'pass', 'detail': '0 explained'}},
+            **_timed(1.0)),
+        _result('b/b.py', 'FAIL', checks={'deferral': fail}, **_timed(2.0)),
+        _result('c/c.py', 'SKIP', reason='ImportError: no timm'),
+        _result('d/d.py', 'FAIL', error='plugin run timed out after 9 s'),
+    ]
+    summary = summarize(results)
+    assert (summary['passed'], summary['failed']) == (1, 2)
+    assert summary['skipped'] == [dict(config='mmdet:c/c.py',
+                                       reason='ImportError: no timm')]
+    assert summary['failures'] == [
+        dict(config='mmdet:b/b.py', check='deferral',
+             detail='74 of 300 tensors differ'),
+        dict(config='mmdet:d/d.py', check='run',
+             detail='plugin run timed out after 9 s')]
+    assert summary['ratio_cpu'] == dict(median=1.5, max=2.0,
+                                        max_config='mmdet:b/b.py', configs=2)
+    text = format_summary(summary, 120)
+    assert 'NOT met' in text and 'FAILED mmdet:b/b.py [deferral]' in text
+    assert format_line(results[1]) == (
+        'FAIL  mmdet:b/b.py  deferral: 74 of 300 tensors differ  '
+        '[stock 1.00s plugin 2.00s cpu x2.00 (wall x3.00)]')

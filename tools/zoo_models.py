@@ -1,0 +1,252 @@
+"""Model-side helpers of the zoo sweep (no mmext_init import here: the stock
+worker uses them too).
+
+Config loading with every ``Pretrained`` removed, seeded build +
+``init_weights`` with timing, a fixed forward pass, bit-exact tensor
+comparison and the set of modules stock MMEngine's recursion reaches.
+
+Example:
+    >>> cfg = load_config('.../mmdet/.mim/configs/retinanet/x.py', 'mmdet')
+    >>> model, seconds = build_and_init(cfg.model)
+    >>> outputs, how = forward_outputs(model, 'mmdet')
+"""
+import copy
+import importlib
+import os
+import random
+import time
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.model import BaseModule, is_model_wrapper
+from mmengine.registry import MODELS, init_default_scope
+
+PACKAGES = ('mmdet', 'mmseg')
+INPUT_SIZE = (128, 128)
+FORWARD_SEED = 1234
+
+
+def configs_root(package: str) -> str:
+    """``<site-packages>/<package>/.mim/configs`` of the installed package.
+
+    Example:
+        >>> configs_root('mmdet')  # .../site-packages/mmdet/.mim/configs
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f'package {package!r} is not installed')
+    return os.path.join(list(spec.submodule_search_locations)[0], '.mim',
+                        'configs')
+
+
+def setup_scope(package: str) -> None:
+    """Default scope and registries of ``package`` (mmdet or mmseg)."""
+    importlib.import_module(f'{package}.utils').register_all_modules(
+        init_default_scope=False)
+    init_default_scope(package)
+
+
+def seed_all(seed: int = 0) -> None:
+    """Seed torch, numpy and random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def strip_pretrained(node: Any) -> int:
+    """Remove every ``Pretrained`` init_cfg entry and every string
+    ``pretrained=`` value below ``node`` (in place); return how many.
+
+    Example:
+        >>> cfg = dict(backbone=dict(init_cfg=dict(type='Pretrained')))
+        >>> strip_pretrained(cfg), cfg
+        (1, {'backbone': {'init_cfg': None}})
+    """
+    removed = 0
+    if isinstance(node, list):
+        return sum(strip_pretrained(item) for item in node)
+    if not isinstance(node, dict):
+        return 0
+    for key in list(node.keys()):
+        value = node[key]
+        if key == 'init_cfg' and _is_pretrained(value):
+            node[key] = None
+            removed += 1
+        elif key == 'init_cfg' and isinstance(value, list):
+            kept = [v for v in value if not _is_pretrained(v)]
+            removed += len(value) - len(kept)
+            node[key] = kept or None
+        elif key == 'pretrained' and isinstance(value, str):
+            node[key] = None
+            removed += 1
+        else:
+            removed += strip_pretrained(value)
+    return removed
+
+
+def _is_pretrained(entry: Any) -> bool:
+    return isinstance(entry, dict) and entry.get('type') == 'Pretrained'
+
+
+def load_config(path: str, package: str) -> Config:
+    """The config with ``Pretrained`` removed from ``model`` and the forward
+    input kept small (no fixed test-time padding size)."""
+    cfg = Config.fromfile(path)
+    if not isinstance(cfg.get('model'), dict) or 'type' not in cfg.model:
+        raise ValueError(f'{path} defines no model')
+    strip_pretrained(cfg.model)
+    return cfg
+
+
+def with_init_cfg(model_cfg: Dict, where: Optional[str], entry: Dict) -> Dict:
+    """A copy of ``model_cfg`` whose ``init_cfg`` (of the model when
+    ``where`` is None, else of the sub-config ``where``) is ``entry``."""
+    out = copy.deepcopy(model_cfg)
+    (out if where is None else out[where])['init_cfg'] = entry
+    return out
+
+
+def build_and_init(model_cfg: Dict, seed: int = 0
+                   ) -> Tuple[nn.Module, Dict[str, float]]:
+    """Seeded ``MODELS.build`` + ``init_weights()``; returns the model (eval
+    mode) and the seconds spent in both: ``wall`` (``perf_counter``) and
+    ``cpu`` (``process_time``: this process only, so other load on a shared
+    machine barely changes it; the workers run one thread)."""
+    seed_all(seed)
+    model_cfg = copy.deepcopy(model_cfg)
+    wall, cpu = time.perf_counter(), time.process_time()
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    seconds = dict(wall=time.perf_counter() - wall,
+                   cpu=time.process_time() - cpu)
+    return model.eval(), seconds
+
+
+def state_of(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Detached ``state_dict`` (parameters and persistent buffers)."""
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def runner_checkpoint(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """What an MMEngine Runner writes: numpy values in ``meta``."""
+    return {
+        'meta': {'epoch': np.int64(12), 'iter': np.int64(1000),
+                 'seed': np.int64(0), 'lr': np.float64(0.02),
+                 'mmengine_version': '0.10.7'},
+        'state_dict': state,
+        'message_hub': {'log_scalars': {}, 'runtime_info': {
+            'epoch': np.int64(12), 'iter': np.int64(1000)}},
+    }
+
+
+def _batch(package: str) -> Dict[str, list]:
+    """One seeded uint8 image with the data sample the model expects."""
+    gen = torch.Generator().manual_seed(FORWARD_SEED)
+    h, w = INPUT_SIZE
+    image = torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                scale_factor=(1.0, 1.0))
+    structures = importlib.import_module(f'{package}.structures')
+    sample_cls = structures.DetDataSample if package == 'mmdet' \
+        else structures.SegDataSample
+    return dict(inputs=[image], data_samples=[sample_cls(metainfo=meta)])
+
+
+def forward_outputs(model: nn.Module, package: str
+                    ) -> Tuple[Optional[Dict[str, torch.Tensor]], str]:
+    """Outputs of ``model(..., mode='tensor')`` (else ``extract_feat``) on a
+    fixed seeded 128x128 image, flattened by name (``tensor.0.1``,
+    ``extract_feat.2``); ``(None, reason)`` when neither runs."""
+    reasons = []
+    for how in ('tensor', 'extract_feat'):
+        try:
+            seed_all(FORWARD_SEED)
+            with torch.no_grad():
+                data = model.data_preprocessor(_batch(package), False)
+                if how == 'tensor':
+                    out = model(**data, mode='tensor')
+                else:
+                    out = model.extract_feat(data['inputs'])
+            return flatten_outputs(out, how), how
+        except Exception as exc:  # a model without that forward: say why
+            reasons.append(f'{how}: {first_line(exc)}')
+    return None, '; '.join(reasons)
+
+
+def flatten_outputs(out: Any, prefix: str = 'out') -> Dict[str, torch.Tensor]:
+    """Nested tuples/lists/dicts of tensors -> ``{'out.0.1': tensor}``."""
+    if isinstance(out, torch.Tensor):
+        return {prefix: out.detach()}
+    items: List[Tuple[Any, Any]] = []
+    if isinstance(out, dict):
+        items = list(out.items())
+    elif isinstance(out, (list, tuple)):
+        items = list(enumerate(out))
+    flat: Dict[str, torch.Tensor] = {}
+    for key, value in items:
+        flat.update(flatten_outputs(value, f'{prefix}.{key}'))
+    return flat
+
+
+def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bits (NaN payloads included)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32,
+                8: torch.int64}[a.element_size()]
+        a, b = a.contiguous().view(bits), b.contiguous().view(bits)
+    return torch.equal(a, b)
+
+
+def differing(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]
+              ) -> List[str]:
+    """Names (in ``a``'s order, then ``b``'s extra ones) whose tensors are
+    not bit-identical or exist on one side only."""
+    names = [n for n in a if n not in b or not bit_equal(a[n], b[n])]
+    return names + [n for n in b if n not in a]
+
+
+def stock_reach(model: nn.Module) -> Tuple[Set[str], Set[str]]:
+    """After stock ``init_weights()``: (modules whose ``init_weights`` the
+    recursion called, modules whose ``BaseModule.init_weights`` body ran).
+
+    Stock's body (``_is_init`` set at its end) calls ``init_weights`` of
+    every *direct* child that has one; an override that does not call
+    ``super()`` stops the recursion. So: called = root, plus the direct
+    children having ``init_weights`` of every module whose body ran, plus
+    the modules whose body ran (an override may call them itself)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    body_ran = {n for n, m in model.named_modules()
+                if getattr(m, '_is_init', False)}
+    called = {''} | set(body_ran)
+    for name, module in model.named_modules():
+        if name not in body_ran:
+            continue
+        for child in module.children():
+            if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
+                child = child.module
+            if hasattr(child, 'init_weights'):
+                called.add(names.get(id(child), ''))
+    return called, body_ran
+
+
+def overrides_init_weights(cls: type) -> bool:
+    """Whether a class between ``cls`` and ``BaseModule`` defines its own
+    ``init_weights`` (its modules may read a checkpoint themselves)."""
+    for cls in cls.__mro__:
+        if cls is BaseModule:
+            return False
+        if 'init_weights' in vars(cls):
+            return True
+    return False
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    text = str(exc).strip().splitlines()
+    line = ' '.join(text[0].split()) if text else ''
+    return f'{type(exc).__name__}: {line}'[:300]

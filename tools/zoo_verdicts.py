@@ -1,0 +1,238 @@
+"""Verdicts of the zoo sweep's checks 2, 3 and 5 (imported by the worker in
+both modes, so no mmext_init import here: ledgers are used duck-typed).
+
+Check 3's rule for explaining a difference from stock, per differing tensor,
+from its ledger entry:
+
+- ``unreached``: the entry is an ``initializer`` whose ``declared_by``
+  module's ``BaseModule.init_weights`` body never ran in stock, or an
+  ``init_weights`` entry whose module stock's recursion never called
+  (see ``zoo_models.stock_reach``);
+- ``rng-shift``: the entry is a random initializer (anything but
+  ``Constant``/``Zero``/``Identity``/``CopyFrom``) or an ``init_weights``
+  override, and an ``unreached`` random init ran before it: its module comes
+  earlier in ``named_modules()`` pre-order (MMEngine's init order) or lies
+  below the tensor's declaring module. The extra draws shift the random
+  stream of everything initialized after them;
+- anything else (a constructor default, a deterministic init, no ledger
+  entry, a tensor with no earlier unreached random init) is unexplained.
+"""
+import contextlib
+import logging
+import os
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+
+from zoo_models import bit_equal, differing, first_line, state_of
+
+DEFER_ENV = 'MMEXT_INIT_DEFER'
+DETERMINISTIC_INITS = {'Constant', 'Zero', 'Identity', 'CopyFrom',
+                       'Pretrained'}
+Outputs = Optional[Dict[str, torch.Tensor]]
+State = Dict[str, torch.Tensor]
+
+
+def verdict(ok: Optional[bool], detail: str, **data: Any) -> Dict[str, Any]:
+    """``{'status': 'pass'|'fail'|'n/a', 'detail': ..., **data}``."""
+    status = 'n/a' if ok is None else ('pass' if ok else 'fail')
+    return dict(status=status, detail=detail, **data)
+
+
+@contextlib.contextmanager
+def deferral_off() -> Iterator[None]:
+    """``MMEXT_INIT_DEFER=0`` while inside (read at every registry build)."""
+    before = os.environ.get(DEFER_ENV)
+    os.environ[DEFER_ENV] = '0'
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[DEFER_ENV]
+        else:
+            os.environ[DEFER_ENV] = before
+
+
+class LogCapture(logging.Handler):
+    """Inside ``with``: ``seen`` turns True when the current MMLogger logs a
+    message containing ``needle``."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.needle, self.seen = needle, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = self.seen or self.needle in record.getMessage()
+
+    def __enter__(self) -> 'LogCapture':
+        MMLogger.get_current_instance().addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        MMLogger.get_current_instance().removeHandler(self)
+
+
+def _forward_diff(a: Outputs, b: Outputs) -> Tuple[Optional[List[str]], str]:
+    """(differing output names or None when not comparable, description)."""
+    if a is None or b is None:
+        return None, 'forward not compared (no forward ran)'
+    diffs = differing(a, b)
+    return diffs, (f'forward differs at {diffs[:3]}' if diffs
+                   else 'forward identical')
+
+
+def check_deferral(shipped: Tuple[State, Outputs],
+                   off: Tuple[State, Outputs]) -> Dict[str, Any]:
+    """Check 2: deferral on vs off, bit-identical tensors and outputs."""
+    diffs = differing(shipped[0], off[0])
+    out_diffs, forward = _forward_diff(shipped[1], off[1])
+    if diffs or out_diffs:
+        return verdict(False, f'{len(diffs)} of {len(off[0])} tensors '
+                       f'differ, first {diffs[:5]}; {forward}',
+                       differing=diffs[:100])
+    return verdict(True, f'{len(off[0])} tensors identical, {forward}')
+
+
+def _is_random(entry: Any) -> bool:
+    return entry.kind == 'init_weights' or (
+        entry.kind == 'initializer'
+        and entry.source not in DETERMINISTIC_INITS)
+
+
+def _unreached(entry: Any, called: Set[str], body_ran: Set[str]) -> bool:
+    owner = entry.declared_by or ''
+    if entry.kind == 'initializer':
+        return owner not in body_ran
+    return entry.kind == 'init_weights' and owner not in called
+
+
+def _shifted(owner: str, shifters: List[str], order: Dict[str, int]) -> bool:
+    """Whether an unreached random init ran before ``owner``'s init."""
+    here = order.get(owner, 0)
+    return any(order.get(u, 0) < here or u.startswith(owner + '.')
+               or owner == '' for u in shifters)
+
+
+def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
+                   ledger: Any, model: nn.Module,
+                   stock_info: Dict[str, Any]) -> Dict[str, Any]:
+    """Check 3: plugin (deferral off) vs stock, no ``Pretrained``; every
+    difference explained by the ledger (rule in the module docstring)."""
+    called, body_ran = set(stock_info['called']), set(stock_info['body_ran'])
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    entries = ledger.entries
+    shifters = sorted({e.declared_by or '' for e in entries.values()
+                       if _unreached(e, called, body_ran) and _is_random(e)})
+    groups: Dict[str, List[str]] = {'unreached': [], 'rng-shift': [],
+                                    'unexplained': []}
+    for name in differing(off[0], stock[0]):
+        entry = entries.get(name)
+        if entry is not None and _unreached(entry, called, body_ran):
+            groups['unreached'].append(name)
+        elif entry is not None and _is_random(entry) and _shifted(
+                entry.declared_by or '', shifters, order):
+            groups['rng-shift'].append(name)
+        else:
+            groups['unexplained'].append(name)
+    counts = {k: len(v) for k, v in groups.items()}
+    modules = sorted({entries[n].declared_by or '<root>'
+                      for n in groups['unreached']})
+    if groups['unexplained']:
+        first = alias_of(model)
+        shown = [f'{n}: ' + (entries[n].describe() if n in entries
+                             else 'no ledger entry') + (
+                     f' [alias of {first[n]}: ' + entries[first[n]].describe()
+                     + ']' if n in first and first[n] in entries else '')
+                 for n in groups['unexplained'][:5]]
+        return verdict(False, f"{counts['unexplained']} unexplained "
+                       f"differences from stock ({counts['unreached']} "
+                       f"unreached, {counts['rng-shift']} rng-shift "
+                       f'explained), first {shown}',
+                       counts=counts, unexplained=groups['unexplained'][:100],
+                       unreached_modules=modules)
+    out_diffs, forward = _forward_diff(off[1], stock[1])
+    if counts['unreached'] or counts['rng-shift']:
+        forward = 'forward not compared (values differ, explained)'
+    elif out_diffs:
+        return verdict(False, f'tensors identical but {forward}')
+    return verdict(True, f"{counts['unreached']} explained by unreached "
+                   f"modules ({len(modules)}), {counts['rng-shift']} by the "
+                   f'shifted random stream; {forward}', counts=counts,
+                   unreached_modules=modules)
+
+
+def alias_of(model: nn.Module) -> Dict[str, str]:
+    """``{name: first name}`` for state-dict entries that are the same
+    tensor as an earlier one (tied weights, e.g. RetinaSepBNHead's convs)."""
+    seen: Dict[Tuple[int, Tuple[int, ...], Tuple[int, ...]], str] = {}
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+        if t.numel() and key in seen:
+            out[name] = seen[key]
+        seen.setdefault(key, name)
+    return out
+
+
+def check_ledger_values(ledger: Any, state: State, file_state: State,
+                        full: bool) -> Optional[str]:
+    """A problem when an entry says ``checkpoint`` for a tensor whose value
+    is not the file's at its key; with ``full`` also when the ledger credits
+    anything else for a tensor (the file provides every tensor)."""
+    wrong, not_credited = [], []
+    for name, entry in ledger.entries.items():
+        if entry.kind != 'checkpoint':
+            not_credited.append(f'{name}: {entry.describe()}')
+            continue
+        key = entry.key or name
+        if name not in state or key not in file_state or not bit_equal(
+                state[name], file_state[key]):
+            wrong.append(f'{name} (key {key})')
+    if wrong:
+        return (f"ledger says 'checkpoint' for {len(wrong)} tensors whose "
+                f'value is not the file\'s: {wrong[:5]}')
+    if full and not_credited:
+        return (f'ledger does not credit the checkpoint for '
+                f'{len(not_credited)} tensors the file provides: '
+                f'{not_credited[:5]}')
+    return None
+
+
+def check_backbone(model: Optional[nn.Module], ledger: Any,
+                   exc: Optional[BaseException], ckpt: str,
+                   file_state: State, self_loading: bool,
+                   report_seen: bool) -> Dict[str, Any]:
+    """Check 5: backbone bit-exact, all finite, report logged, ledger true;
+    or an error naming the entry and the file where the backbone reads the
+    checkpoint itself. A silent partial load fails."""
+    if exc is not None:
+        message = str(exc)
+        named = 'backbone' in message and (
+            ckpt in message or os.path.basename(ckpt) in message)
+        if named and self_loading:
+            return verdict(True, f'error (allowed, the backbone loads the '
+                           f'checkpoint itself): {first_line(exc)}')
+        why = 'does not name the entry and the file' if not named else \
+            'the backbone does not load the checkpoint itself'
+        return verdict(False, f'error ({why}): {first_line(exc)}')
+    state = state_of(model)
+    ours = {k: v for k, v in state.items() if k.startswith('backbone.')}
+    files = {k: v for k, v in file_state.items() if k.startswith('backbone.')}
+    diffs = differing(ours, files)
+    if diffs:
+        return verdict(False, f'silent partial load: {len(diffs)} of '
+                       f'{len(ours)} backbone tensors differ from the file, '
+                       f'first {diffs[:5]}', differing=diffs[:100])
+    bad = [n for n, t in state.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        return verdict(False, f'{len(bad)} non-finite tensors, first {bad[:5]}')
+    problem = check_ledger_values(ledger, state, file_state, full=False)
+    if problem:
+        return verdict(False, problem)
+    if not report_seen:
+        return verdict(False, 'no initialization report was logged')
+    return verdict(True, f'{len(ours)} backbone tensors bit-exact, report '
+                   'logged')
