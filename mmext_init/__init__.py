@@ -12,6 +12,7 @@ constructor init until ``init_weights`` knows what the checkpoint provides
 reloading is harmless.
 """
 from .adapt import ADAPT_TRANSFORMS
+from .adapt_classes import Classes  # noqa: F401  (registers the transform)
 from .converters import CHECKPOINT_CONVERTERS
 from .copy_from import CopyFromInit, copy_from
 from .deferred import materialize

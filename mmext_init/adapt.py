@@ -290,8 +290,3 @@ class Grow(AdaptTransform):
         crop = all(b <= a for a, b in zip(ckpt.shape, model_shape))
         return Adapted(out, None if crop else region,
                        self.describe(overlap=overlap))
-
-
-# Registers ``Classes`` (in its own module for size); at the bottom because
-# adapt_classes imports AdaptTransform and the registry from this module.
-from .adapt_classes import Classes  # noqa: E402,F401

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmext_init import CheckpointError, InitConfigError, get_provenance
-from mmext_init.adapt import (Classes, Grow, Inflate, InputChannels,
+from mmext_init.adapt_classes import Classes
+from mmext_init.adapt import (Grow, Inflate, InputChannels,
                               ResizePosEmbed, ResizeRelPosTable)
 
 
