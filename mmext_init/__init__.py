@@ -11,22 +11,23 @@ constructor init until ``init_weights`` knows what the checkpoint provides
 (:func:`materialize` computes pending values at once). Importing twice or
 reloading is harmless.
 """
-from .adapt import ADAPT_TRANSFORMS
-from .adapt_classes import Classes  # noqa: F401  (registers the transform)
-from .converters import CHECKPOINT_CONVERTERS
-from .copy_from import CopyFromInit, copy_from
-from .deferred import materialize
+from .loading.adapt import ADAPT_TRANSFORMS
+from .loading.adapt_classes import Classes  # noqa: F401
+from .checkpoint.converters import CHECKPOINT_CONVERTERS
+from .initializers.copy_from import CopyFromInit, copy_from
+from .deferred.construction import materialize
 from .errors import CheckpointError, InitConfigError
-from .formats import open_checkpoint
-from .initializers import (identity_init, lora_init, orthogonal_init,
+from .checkpoint.formats import open_checkpoint
+from .initializers.layer_types import (identity_init, lora_init, orthogonal_init,
                            zero_init)
-from .lsuv import LSUVInitHook
-from .mixin import InitWeightsMixin, install, stock_mmengine
-from .pretrained import PretrainedInit
-from .provenance import LoadRecord, Provenance, ProvenanceLedger, get_provenance
-from .report import fold_names, format_report
-from .safe_load import extract_state_dict, read_checkpoint
-from .tracking import add_note
+from .hooks.lsuv import LSUVInitHook
+from .plugin.mixin import InitWeightsMixin
+from .plugin.patches import install, stock_mmengine, uninstall
+from .initializers.pretrained import PretrainedInit
+from .provenance.ledger import LoadRecord, Provenance, ProvenanceLedger, get_provenance
+from .provenance.report import fold_names, format_report
+from .checkpoint.safe_load import extract_state_dict, read_checkpoint
+from .provenance.tracking import add_note
 
 __version__ = '0.1.0'
 __all__ = [

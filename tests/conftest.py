@@ -85,7 +85,7 @@ def _default_scope_restored():
 def spy_replays(monkeypatch):
     """``spy_replays()`` starts recording the tensors deferred init computes
     (replays); it returns the set of their ids, filled from then on."""
-    from mmext_init import deferred_replay
+    from mmext_init.deferred import replay as deferred_replay
     run = deferred_replay._run
 
     def start():
@@ -107,4 +107,4 @@ def _nothing_left_pending():
     yield
     deferred.materialize()
     gc.collect()
-    assert deferred.pending_count() == 0 and not deferred._HOOKS
+    assert deferred.pending_count() == 0 and not deferred.hooks_installed()

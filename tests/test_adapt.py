@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmext_init import CheckpointError, InitConfigError, get_provenance
-from mmext_init.adapt_classes import Classes
-from mmext_init.adapt import (Grow, Inflate, InputChannels,
+from mmext_init.loading.adapt_classes import Classes
+from mmext_init.loading.adapt import (Grow, Inflate, InputChannels,
                               ResizePosEmbed, ResizeRelPosTable)
 
 
@@ -185,7 +185,7 @@ def test_transform_that_cannot_apply_fails_while_planning(save_ckpt):
     (Inflate('w', mode='center'), (8, 3, 3, 3), (8, 3, 4, 3, 3)),
     (Grow('w'), (3, 4), (5, 4))])
 def test_dry_run_agrees_with_the_real_call(transform, ckpt, model):
-    from mmext_init.adapt import dry_run
+    from mmext_init.loading.adapt import dry_run
     shape_only = dry_run(transform, 'w', ckpt, model)
     real = transform('w', torch.randn(ckpt), model)
     assert shape_only.description == real.description

@@ -5,8 +5,8 @@ import torch
 from mmengine.registry import MODELS, init_default_scope
 
 from mmext_init import InitConfigError, format_report, get_provenance
-from mmext_init.adapt import dry_run
-from mmext_init.adapt_classes import Classes, readings
+from mmext_init.loading.adapt import dry_run
+from mmext_init.loading.adapt_classes import Classes, readings
 from toy_models import tiny_retinanet_cfg
 
 INDEX_MAP = [0, 2, 16, -1]  # model class i <- checkpoint class; 3 is new

@@ -5,7 +5,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmext_init import InitConfigError, get_provenance
-from mmext_init.converters import CHECKPOINT_CONVERTERS
+from mmext_init.checkpoint.converters import CHECKPOINT_CONVERTERS
 
 
 class TimmAttention(nn.Module):
@@ -198,8 +198,8 @@ def test_converter_runs_on_shapes_first(tmp_path):
     renamed key reads only its own source tensor."""
     from safetensors.torch import save_file
 
-    from mmext_init.converters import convert_source
-    from mmext_init.formats import open_checkpoint
+    from mmext_init.checkpoint.converters import convert_source
+    from mmext_init.checkpoint.formats import open_checkpoint
     save_file({'blocks.0.norm1.weight': torch.arange(3.),
                'head.weight': torch.ones(2)}, str(tmp_path / 'v.safetensors'))
     seen = []

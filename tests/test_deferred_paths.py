@@ -112,7 +112,7 @@ def test_replay_interrupted_midway_leaves_no_raw_memory():
     error propagates and every tensor that replay was computing holds NaN,
     not raw memory that a forward pass or a checkpoint could take for
     values (without ``nan_empty``: raw memory stays raw)."""
-    from mmext_init.deferred_state import _PENDING
+    from mmext_init.deferred.state import _PENDING
     torch.manual_seed(0)
     model = build_vit()
     names = own_pending(model)
@@ -140,7 +140,7 @@ def test_conversion_interrupted_leaves_no_raw_memory(monkeypatch):
     """The same for parameters converted while pending (``.double()``),
     interrupted while their values are computed as built: those taken out
     of pending are NaN, the others stay pending and compute later."""
-    from mmext_init import deferred_replay
+    from mmext_init.deferred import replay as deferred_replay
     torch.manual_seed(0)
     model = build_vit().double()
     names = own_pending(model)

@@ -5,7 +5,7 @@ off (``MMEXT_INIT_DEFER=0``), bit for bit.
 
 Every module here drops parameters during its own construction: their
 constructor init drew random numbers without deferral, so deferral must
-draw them too (``mmext_init.deferred_order``), where they were recorded.
+draw them too (``mmext_init.deferred.order``), where they were recorded.
 """
 import gc
 import os.path as osp
@@ -218,6 +218,6 @@ def test_a_model_deleted_pending_draws_what_it_would_have(monkeypatch):
         assert bool(deferred.pending_count()) == (defer == '1')
         del model
         gc.collect()
-        assert deferred.pending_count() == 0 and not deferred._HOOKS
+        assert deferred.pending_count() == 0 and not deferred.hooks_installed()
         draws.append(torch.rand(8))
     assert torch.equal(*draws)

@@ -73,7 +73,7 @@ def test_mmdet2_style_ema_buffers(save_ckpt):
 
 
 def test_dtypes_reported_from_headers(tmp_path):
-    from mmext_init.formats import open_checkpoint
+    from mmext_init.checkpoint.formats import open_checkpoint
     sd = {'a': torch.zeros(2, dtype=torch.bfloat16),
           'b': torch.zeros(3, dtype=torch.float16), 'c': torch.zeros(1)}
     save_file(sd, str(tmp_path / 'm.safetensors'))

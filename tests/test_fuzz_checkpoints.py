@@ -31,7 +31,7 @@ from toy_models import Model, Trunk
 from torch.utils.serialization import config as serialization_config
 
 from mmext_init import CheckpointError, read_checkpoint
-from mmext_init.zip_checks import verify_torch_zip
+from mmext_init.checkpoint.zip_checks import verify_torch_zip
 
 WORKER = os.path.join(os.path.dirname(__file__), 'fuzz_worker.py')
 SEEDS = {'zip': 12, 'runner': 12, 'legacy': 12, 'safetensors': 12,

@@ -16,7 +16,7 @@ from mmengine.registry import WEIGHT_INITIALIZERS, DefaultScope
 import mmext_init
 from mmext_init import (get_provenance, identity_init, lora_init,
                         orthogonal_init, zero_init)
-from mmext_init.initializers import (IdentityInit, LoRAInit, OrthogonalInit,
+from mmext_init.initializers.layer_types import (IdentityInit, LoRAInit, OrthogonalInit,
                                      ZeroInit)
 
 NEW_TYPES = {'Zero': ZeroInit, 'Identity': IdentityInit,

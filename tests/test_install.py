@@ -12,6 +12,7 @@ from toy_models import TrunkWithAdapters
 
 import mmext_init
 from mmext_init import PretrainedInit, stock_mmengine
+from mmext_init.plugin.patches import original
 
 
 def test_import_twice_and_reload_do_not_double_patch():
@@ -19,7 +20,7 @@ def test_import_twice_and_reload_do_not_double_patch():
     importlib.reload(mmext_init)
     importlib.reload(mmext_init)
     assert BaseModule.init_weights is mmext_init.InitWeightsMixin.init_weights
-    stock = BaseModule.__dict__['_mmext_stock']['init_weights']
+    stock = original(BaseModule, 'init_weights')
     assert stock.__module__ == 'mmengine.model.base_module'
     wrapped = SwinTransformer.__dict__['init_weights']
     inner = wrapped._mmext_wrapped_override

@@ -5,7 +5,7 @@ import torch
 from mmengine.registry import MODELS, init_default_scope
 
 from mmext_init import CheckpointError
-from mmext_init.load_checks import largest_groups
+from mmext_init.loading.load_checks import largest_groups
 from toy_models import tiny_retinanet_cfg
 
 

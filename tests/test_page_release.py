@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from mmext_init.formats import open_checkpoint
-from mmext_init.page_release import MappedFile, file_mappings
+from mmext_init.checkpoint.formats import open_checkpoint
+from mmext_init.checkpoint.page_release import MappedFile, file_mappings
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith('linux'),
                                 reason='madvise and /proc/self/maps: Linux')

@@ -8,7 +8,7 @@ from runner_utils import ToyModel, run_runner
 from toy_models import TrunkWithAdapters
 
 from mmext_init import fold_names, format_report, get_provenance
-from mmext_init.report import PROVENANCE_FILE, REPORT_TITLE
+from mmext_init.provenance.report import PROVENANCE_FILE, REPORT_TITLE
 
 STOCK_LINE = 'The value is the same before and after calling'
 

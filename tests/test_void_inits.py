@@ -14,7 +14,7 @@ from mmengine.model import BaseModule
 from toy_models import Trunk, tiny_retinanet_cfg
 
 from mmext_init import InitConfigError, format_report, get_provenance
-from mmext_init.report import VOID_TITLE
+from mmext_init.provenance.report import VOID_TITLE
 
 
 class LoRALinear(BaseModule):

@@ -36,7 +36,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from mmext_init.page_release import _libc_madvise
+from mmext_init.checkpoint.page_release import _libc_madvise
 
 VARIANTS = ('plain', 'premapped', 'premapped+fault', 'hugepages',
             'populate-src', 'check', 'check-chunked')

@@ -31,17 +31,16 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from mmext_init.adapt import AdaptTransform
-from mmext_init.adapt import dry_run as dry_run_transform
-from mmext_init.cfg_apply import as_cfg_list
+from mmext_init.loading.adapt import AdaptTransform
+from mmext_init.loading.adapt import dry_run as dry_run_transform
 from mmext_init.errors import (CheckpointError, InitConfigError, entry_label,
                                module_label)
-from mmext_init.key_matching import (MatchResult, match_keys,
-                                     suggest_mappings)
-from mmext_init.pretrained import (PretrainedInit, assign_transforms,
-                                   build_pretrained, is_pretrained_cfg,
-                                   open_source)
-from mmext_init.report import fold_names
+from mmext_init.loading.key_matching import (MatchResult, match_keys,
+                                             suggest_mappings)
+from mmext_init.loading.options import (PretrainedOptions, as_cfg_list,
+                                       build_options, is_pretrained_cfg)
+from mmext_init.loading.plan import assign_transforms, open_source
+from mmext_init.provenance.report import fold_names
 
 
 def build_model(cfg: Config) -> Tuple[nn.Module, str]:
@@ -56,7 +55,7 @@ def build_model(cfg: Config) -> Tuple[nn.Module, str]:
 
 
 def find_entry(model: nn.Module,
-               module: Optional[str]) -> Tuple[str, nn.Module, PretrainedInit]:
+               module: Optional[str]) -> Tuple[str, nn.Module, PretrainedOptions]:
     """The module path, module and its (first) ``Pretrained`` entry."""
     root = type(model).__name__
     try:
@@ -68,7 +67,7 @@ def find_entry(model: nn.Module,
     for path, sub in candidates:
         for cfg in as_cfg_list(getattr(sub, 'init_cfg', None)):
             if is_pretrained_cfg(cfg):
-                return path, sub, build_pretrained(
+                return path, sub, build_options(
                     cfg, entry_label(path, root, 'Pretrained'))
     where = f'--module {module!r}' if module else f'any module of {root}'
     raise InitConfigError(f'no Pretrained entry in the init_cfg of {where}: '

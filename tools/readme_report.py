@@ -34,7 +34,7 @@ from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from mmext_init.report import REPORT_TITLE
+from mmext_init.provenance.report import REPORT_TITLE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'mmdet',

@@ -1,0 +1,54 @@
+"""What is in force right now, process-wide: the init sessions in progress
+and :func:`mmext_init.stock_mmengine`. A leaf module: the deferred engine
+(which must not defer inside a session, nor in stock mode) and the session
+layer both read it, and it imports nothing of the package.
+
+Example:
+    >>> CONTEXT.current_session() is None, CONTEXT.stock_mode()
+    (True, False)
+    >>> with CONTEXT.stock():
+    ...     CONTEXT.stock_mode()
+    True
+"""
+import contextlib
+from typing import Any, Iterator, List, Optional
+
+
+class PluginContext:
+    """The stack of active init sessions (innermost last) and the depth of
+    nested ``stock_mmengine()`` blocks."""
+
+    def __init__(self) -> None:
+        self._sessions: List[Any] = []
+        self._stock_depth = 0
+
+    def current_session(self) -> Optional[Any]:
+        """The session of the ``init_weights()`` call in progress, if any."""
+        return self._sessions[-1] if self._sessions else None
+
+    def stock_mode(self) -> bool:
+        """Whether :func:`mmext_init.stock_mmengine` is in force."""
+        return self._stock_depth > 0
+
+    @contextlib.contextmanager
+    def session_active(self, session: Any) -> Iterator[Any]:
+        """``session`` is the current one inside the block."""
+        self._sessions.append(session)
+        try:
+            yield session
+        finally:
+            self._sessions.remove(session)
+
+    @contextlib.contextmanager
+    def stock(self) -> Iterator[None]:
+        """Stock mode inside the block (nestable)."""
+        self._stock_depth += 1
+        try:
+            yield
+        finally:
+            self._stock_depth -= 1
+
+
+CONTEXT = PluginContext()
+current_session = CONTEXT.current_session
+stock_mode = CONTEXT.stock_mode

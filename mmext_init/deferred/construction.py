@@ -1,0 +1,193 @@
+"""Deferred construction-time init (issue 6): PyTorch's constructor init
+(``kaiming_uniform_`` in ``nn.Linear.reset_parameters``...) is recorded while
+a model is built and replayed only for the tensors that need it.
+
+* :func:`deferred_construction` runs a ``TorchDispatchMode`` during a build:
+  an ATen op that writes a whole ``nn.Parameter`` and reads no other tensor
+  (``uniform_``, ``normal_``, ``fill_``, ``zero_``, ``erfinv_``, scalar
+  ``mul_``/``add_``/``clamp_``, ``eye.out``...) is recorded and skipped, the
+  parameter is *pending* (its memory stays ``torch.empty``); any other op on a
+  pending tensor replays its record first.
+* ``Registry.build`` runs the outermost build through a registry descending
+  from MMEngine's root ``MODELS`` under it (Runner, ``MODELS.build``,
+  ``init_detector``). Off with ``MMEXT_INIT_DEFER=0`` and in ``stock_mmengine()``.
+* :func:`settle` (init session, after planning) drops the pending tensors the
+  checkpoint provides and replays the others.
+* A pending parameter's class is :class:`PendingParameter`: any torch
+  function reading it after the build (``print``, ``sum``, a functional
+  call, an initializer of stock MMEngine) replays its init first.
+* While anything is pending, a global forward pre-hook and a global
+  optimizer step pre-hook replay everything first; :mod:`.deferred_guards`
+  covers the paths that read memory without a torch function call
+  (``state_dict``, ``deepcopy``, ``torch.save``, DDP) or must keep a tensor
+  pending (``load_state_dict``, ``.to()``).
+* Not guarded: raw memory reached through ``data_ptr()`` or
+  ``untyped_storage()`` (call :func:`materialize` first).
+
+Random ops replay in record order from the generator state saved when the
+first of them was deferred, so they draw what they would have drawn without
+deferral, whatever ran in between; only tensors dropped because the
+checkpoint provides them draw nothing (later draws shift). Parameters that
+die pending, or that the model does not hold, still draw, in their place
+(:mod:`.deferred_order`).
+
+Example:
+    >>> with deferred_construction():
+    ...     model = nn.Linear(4096, 4096)   # nothing drawn, nothing written
+    >>> pending_count()
+    2
+    >>> materialize(model)                  # the values it would have had
+"""
+import contextlib
+import os
+import weakref
+from typing import Iterator, List, Mapping, Set, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..context import current_session, stock_mode
+from .copies import awaiting, copied_sources
+from .ops import arg, generator_of, leaves, op_info, storage_ptr
+from .order import build_mates
+from .state import _pid_at
+from .replay import (_PENDING, _STATE, _Op,
+                              PendingParameter, _forget, _materialize, _run,
+                              _sync_hooks, _try_defer, _unsequence,
+                              is_pending, materialize, pending_count)
+
+__all__ = ['deferred_construction', 'settle', 'materialize', 'pending_count',
+           'is_pending', 'enabled', 'PendingParameter', 'Dropped', 'ENV_VAR']
+
+ENV_VAR = 'MMEXT_INIT_DEFER'
+
+
+def _defer_allowed() -> bool:
+    return current_session() is None
+
+
+class _DeferMode(TorchDispatchMode):
+    """Records whole-parameter init ops, replays before any other access."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # as WriteTracker: no dynamo import at start-up
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _STATE['replaying']:
+            return func(*args, **kwargs)
+        info = op_info(func)
+        if info.deferrable and _defer_allowed() and _try_defer(
+                func, info, args, kwargs):
+            return arg(args, kwargs, info.write)
+        if _PENDING and not info.no_read:
+            pids = {_pid_at(storage_ptr(x))
+                    for x in leaves(args, kwargs)}
+            if info.seeded:  # an eager draw: the deferred ones come first
+                target = arg(args, kwargs, info.write) if info.write else 0
+                key, _ = generator_of(
+                    info, args, kwargs, target.device if isinstance(
+                        target, torch.Tensor) else kwargs.get('device'))
+                pids.update(pid for pid, e in _PENDING.items()
+                            if any(op.gen == key for op in e.ops))
+            pids.discard(None)
+            if pids:
+                _materialize(pids, check_version=False)  # type: ignore
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def deferred_construction() -> Iterator[None]:
+    """Defer the constructor init of the parameters built inside (nestable).
+
+    Example:
+        >>> with deferred_construction():
+        ...     backbone = MyBackbone()
+    """
+    if _STATE['depth']:
+        yield
+        return
+    _STATE['depth'] += 1
+    _STATE['build'] += 1
+    try:
+        with _DeferMode():
+            yield
+    finally:
+        _STATE['depth'] -= 1
+        for entry in list(_PENDING.values()):  # later writes are outside
+            param = entry.ref()
+            if entry.version is None and param is not None:
+                entry.version = param._version
+
+
+def enabled() -> bool:
+    """Whether registry builds defer: ``MMEXT_INIT_DEFER`` is not ``0`` and
+    ``mmext_init.stock_mmengine()`` is not in force."""
+    value = os.environ.get(ENV_VAR, '1').strip().lower()
+    return value not in ('0', 'false', 'off', 'no') and not stock_mode()
+
+
+class Dropped:
+    """Pending parameters :func:`settle` dropped because the checkpoint was
+    to provide them. If the copy never comes (the init session failed),
+    :meth:`refill` runs their constructor init, so no uninitialized memory
+    survives an error (values from the generator's current state)."""
+
+    def __init__(self) -> None:
+        self.items: List[Tuple[weakref.ref, int, List[_Op]]] = []
+
+    def refill(self, also: Tuple[torch.Tensor, ...] = ()) -> int:
+        """Run the init of those not written since (and of those in
+        ``also``, e.g. spoiled by a failed copy); return how many.
+
+        Example:
+            >>> dropped = settle(tensors, protected)
+            >>> try: copy_checkpoint()
+            ... except Exception: dropped.refill(); raise
+        """
+        ops: List[Tuple[_Op, torch.Tensor]] = []
+        for ref, version, recorded in self.items:
+            target = ref()
+            if target is not None and (target._version == version or any(
+                    target is t for t in also)):
+                ops.extend((op, target) for op in recorded)
+        self.items.clear()
+        _run(sorted(ops, key=lambda item: item[0].seq))
+        return len({id(t) for _, t in ops})
+
+
+def settle(tensors: Mapping[str, torch.Tensor],
+           protected: Set[str],
+           later: Set[str] = frozenset()) -> Dropped:
+    """Drop the pending ``tensors`` named in ``protected`` (the checkpoint
+    copy overwrites them); replay the other pending ones now, except those
+    named in ``later`` (below a module whose own ``init_weights`` may load
+    them): they stay pending, and draw when they are replayed. The random
+    draws recorded in the same builds for tensors not among ``tensors``
+    (dead, or not registered as parameters) are replayed too: without
+    deferral they came before anything drawn after the build.
+
+    Example:
+        >>> dropped = settle(model.state_dict(keep_vars=True), {'fc.weight'})
+    """
+    dropped = Dropped()
+    if not _PENDING:
+        return dropped
+    named = {id(t) for t in tensors.values()}
+    mates = [pid for pid in build_mates(named) if pid not in named]
+    followed = copied_sources()
+    for name, t in tensors.items():
+        entry = _PENDING.get(id(t)) if name in protected else None
+        if entry is not None:
+            dropped.items.append((entry.ref, t._version, entry.ops))
+            _forget(id(t))
+            if id(t) in followed:
+                awaiting(t)
+        elif name in later and id(t) in _PENDING:
+            _unsequence(id(t))
+    _materialize([id(t) for name, t in tensors.items()
+                  if id(t) in _PENDING and name not in later] + mates,
+                 check_version=True)
+    _sync_hooks()
+    return dropped

@@ -1,0 +1,243 @@
+"""The safety net of deferred constructor init (see :mod:`mmext_init.deferred`).
+
+While a parameter is pending, the places that could read or lose it without
+a torch function call on it are wrapped:
+
+* ``Registry.build`` of a model registry: the outermost build is deferred;
+* ``Module._load_from_state_dict``: a pending tensor the state dict
+  overwrites is dropped; a pending source is computed first;
+* ``Module._apply`` (``.to()``, ``.double()``): pending stays pending on the
+  converted tensor;
+* ``state_dict``/``_save_to_state_dict`` (MMEngine's ``get_state_dict``),
+  ``__deepcopy__`` and ``__reduce_ex__`` (``torch.save``) compute all
+  pending values first;
+* ``BaseAveragedModel.__init__`` (``EMAHook`` builds it before
+  ``init_weights``): its deep copy of a pending parameter is a pending copy
+  and its ``state_dict()`` gives aliases (see :mod:`mmext_init.deferred.copies`);
+* ``DistributedDataParallel.__init__``: rank 0's broadcast of raw memory does
+  not count as a write; pending parameters stay pending on every rank.
+
+The wrappers are applied by the plugin's patch table
+(:mod:`mmext_init.plugin.patches`); ``_load_from_state_dict`` goes through
+:func:`guard_load` from the plugin's one wrapper of it.
+
+Example:
+    >>> import mmext_init, torch.nn as nn
+    >>> from mmext_init.deferred import deferred_construction, is_pending
+    >>> with deferred_construction():
+    ...     fc = nn.Linear(2, 2)
+    >>> sd = fc.state_dict()         # guarded: computed before the copy
+    >>> is_pending(fc.weight)
+    False
+"""
+from typing import Any, Callable, Dict
+
+import torch
+import torch.nn as nn
+from mmengine.registry import MODELS
+
+from ..context import current_session, stock_mode
+from .construction import deferred_construction, enabled
+from .copies import retarget
+from .ops import storage_ptr
+from .replay import (_BY_STORAGE, _PENDING, _STATE, _Entry,
+                              _entry_of, _forget, _mark, _materialize,
+                              _materialize_all, _sync_hooks, _unmark,
+                              alias, copy_pending, is_pending)
+
+
+def guard_load(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
+               load: Callable[[], Any]) -> Any:
+    """Run ``load`` (one ``_load_from_state_dict`` call on ``module``): a
+    pending tensor it copies into is dropped, a pending source is computed
+    first. Called by the plugin's ``_load_from_state_dict`` wrapper."""
+    if not _PENDING:
+        return load()
+    watch = []
+    for name, p in module._parameters.items():
+        src = state_dict.get(prefix + name)
+        if src is None:
+            continue
+        if id(p) in _PENDING:
+            watch.append((name, p, p._version))
+        entry = _entry_of(src) if isinstance(src, torch.Tensor) else None
+        if entry is not None:
+            _materialize([id(entry.ref())], check_version=True)
+    _STATE['loading'] += 1
+    try:
+        out = load()
+    finally:
+        _STATE['loading'] -= 1
+    for name, p, version in watch:
+        if module._parameters.get(name) is p and p._version != version:
+            _forget(id(p))
+    _sync_hooks()
+    return out
+
+
+def wrap_apply(original: Callable) -> Callable:
+    """``_apply`` (``.to()``, ``.half()``...): pending stays pending on the
+    converted tensor (same parameter object or a new one)."""
+
+    def _apply(self, *args, **kwargs):
+        if not _PENDING or _STATE['applying']:
+            return original(self, *args, **kwargs)
+        before = [(m, n, p) for m in self.modules()
+                  for n, p in m._parameters.items() if id(p) in _PENDING]
+        viewed = [id(p) for _, _, p in before if any(
+            ref() is not None for ref in _PENDING[id(p)].aliases)]
+        if viewed:  # an alias would be left on the old memory: compute now
+            _materialize(viewed, check_version=True)
+        _STATE['applying'] += 1
+        try:
+            out = original(self, *args, **kwargs)
+        finally:
+            _STATE['applying'] -= 1
+        for module, name, p in before:
+            new, entry = module._parameters.get(name), _PENDING.get(id(p))
+            if entry is None:
+                continue
+            if new is None or storage_ptr(new) is None:  # e.g. to meta
+                _forget(id(p))
+                retarget(p, None)
+                continue
+            if new is not p:
+                retarget(p, new)
+            del _PENDING[id(p)]
+            _BY_STORAGE.pop(entry.ptr, None)
+            if new is not p:
+                _unmark(p)
+            moved = _Entry(new, storage_ptr(new))  # type: ignore[arg-type]
+            moved.ops, moved.source = entry.ops, entry.source
+            moved.born, moved.aliases = entry.born, entry.aliases
+            moved.build = entry.build  # its build's draws replay with it
+            moved.like = entry.like  # as built: replayed so, then converted
+            _PENDING[id(new)], _BY_STORAGE[moved.ptr] = moved, id(new)
+            _mark(new)
+        return out
+
+    return _apply
+
+
+def wrap_read(original: Callable) -> Callable:
+    """``__deepcopy__``/``__reduce_ex__`` of a pending tensor."""
+
+    def wrapper(self, *args, **kwargs):
+        if _PENDING and is_pending(self):
+            _materialize_all()
+        return original(self, *args, **kwargs)
+
+    return wrapper
+
+
+def wrap_deepcopy(original: Callable) -> Callable:
+    """``Parameter.__deepcopy__``: a pending copy inside an averaged model's
+    constructor, else all pending values are computed first."""
+
+    def __deepcopy__(self, memo):
+        if (_STATE['averaging'] and id(self) in _PENDING
+                and _PENDING[id(self)].version is not None  # built
+                and id(self) not in memo):
+            memo[id(self)] = copy_pending(self)
+            return memo[id(self)]
+        if _PENDING and is_pending(self):
+            _materialize_all()
+        return original(self, memo)
+
+    return __deepcopy__
+
+
+def wrap_averaged_init(original: Callable) -> Callable:
+    """``BaseAveragedModel.__init__`` (``EMAHook``'s averaged model)."""
+
+    def __init__(self, *args, **kwargs):
+        _STATE['averaging'] += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _STATE['averaging'] -= 1
+
+    return __init__
+
+
+def _aliasing() -> bool:
+    """Whether ``state_dict()`` gives pending parameters as aliases: inside
+    an init session or an averaged model's constructor."""
+    return bool(_STATE['averaging']) or current_session() is not None
+
+
+def wrap_state_dict(original: Callable) -> Callable:
+
+    def state_dict(self, *args, **kwargs):
+        if _PENDING and not kwargs.get('keep_vars', args[2:3] == (
+                True, )) and not _aliasing():
+            _materialize_all()
+        return original(self, *args, **kwargs)
+
+    return state_dict
+
+
+def wrap_save(original: Callable) -> Callable:
+    """``_save_to_state_dict`` (MMEngine's ``get_state_dict`` calls it): all
+    pending values are computed first; inside an init session (a backbone's
+    own ``init_weights`` reading shapes) or an averaged model's constructor,
+    pending parameters are given as :class:`PendingAlias` instead."""
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars, *a, **k):
+        if not _PENDING or keep_vars or not any(
+                id(p) in _PENDING for p in self._parameters.values()):
+            return original(self, destination, prefix, keep_vars, *a, **k)
+        if not _aliasing():
+            _materialize_all()
+            return original(self, destination, prefix, keep_vars, *a, **k)
+        out = original(self, destination, prefix, True, *a, **k)
+        for owned in (self._parameters, self._buffers):
+            for name, t in owned.items():
+                if t is not None and destination.get(prefix + name) is t:
+                    destination[prefix + name] = alias(t)
+        return out
+
+    return _save_to_state_dict
+
+
+def wrap_ddp_init(original: Callable) -> Callable:
+    """``DistributedDataParallel.__init__`` broadcasts rank 0's memory into
+    the other ranks' parameters: pending ones stay pending on every rank
+    (each replays the same records from the same seed, and MMEngine's Runner
+    broadcasts again after ``init_weights``)."""
+
+    def __init__(self, module, *args, **kwargs):
+        pending = [(p, _PENDING[id(p)]) for p in module.parameters()
+                   if id(p) in _PENDING] if isinstance(module,
+                                                       nn.Module) else []
+        _STATE['wrapping'] += 1
+        try:
+            out = original(self, module, *args, **kwargs)
+        finally:
+            _STATE['wrapping'] -= 1
+        for p, entry in pending:
+            if _PENDING.get(id(p)) is entry:  # the broadcast is no outside
+                entry.version = p._version  # write: its values get replaced
+        return out
+
+    return __init__
+
+
+def wrap_build(original: Callable) -> Callable:
+    """``Registry.build``: the outermost model build runs deferred."""
+
+    def build(self, cfg, *args, **kwargs):
+        if _STATE['depth'] or not enabled() or not _is_model_registry(self):
+            return original(self, cfg, *args, **kwargs)
+        with deferred_construction():
+            return original(self, cfg, *args, **kwargs)
+
+    return build
+
+
+def _is_model_registry(registry: Any) -> bool:
+    while registry is not None:
+        if registry is MODELS:
+            return True
+        registry = getattr(registry, 'parent', None)
+    return False

@@ -1,0 +1,113 @@
+"""Step 3 of an init session: copy each planned checkpoint tensor once.
+
+The outermost ``Pretrained`` wins where two provide the same tensor (stock
+MMEngine applies a parent's after its children's); partly adapted tensors
+get the checkpoint's region after every full copy. Each copy is recorded as
+``checkpoint`` provenance; the pages of a memory-mapped source are given back
+once copied.
+
+All or nothing: every source tensor is read and checked (readable, and
+free of NaN/Inf unless ``check_finite=False``) before the first model tensor
+is written, so a damaged or non-finite checkpoint leaves the model untouched
+by the load, never half-loaded.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..errors import NonFiniteTensorError
+from .plan import LoadPlan, all_finite
+from ..provenance.ledger import CHECKPOINT, Provenance
+from ..provenance.tracking import WriteTracker
+
+Copy = Tuple[LoadPlan, str, bool]  # plan, model tensor name, partial
+
+
+def apply_loads(plans: List[LoadPlan], tensors: Dict[str, torch.Tensor],
+                tracker: WriteTracker) -> None:
+    """Copy what ``plans`` provide into ``tensors`` (the model's, by name),
+    each tensor once, and record its provenance in ``tracker``; check every
+    source first (:func:`check_sources`), so a failure writes nothing.
+
+    Example:
+        >>> apply_loads(session.all_plans(), model.state_dict(keep_vars=True),
+        ...             session.tracker)
+    """
+    todo = planned_copies(plans)
+    check_sources(todo)
+    with torch.no_grad():
+        for plan, name, partial in todo:
+            _copy(plan, name, tensors[name], partial, tracker)
+
+
+def planned_copies(plans: List[LoadPlan]) -> List[Copy]:
+    """The copies to make, in order: full copies (the outermost plan wins),
+    then the checkpoint parts of adapted tensors no full copy provides."""
+    final: Dict[str, LoadPlan] = {}
+
+    def depth(plan: LoadPlan) -> int:
+        return plan.module_path.count('.') if plan.module_path else -1
+
+    for plan in sorted(plans, key=depth, reverse=True):
+        for name in plan.copies:
+            final[name] = plan  # outer plans come later and win
+    todo = [(plan, name, False) for name, plan in final.items()]
+    todo += [(plan, name, True) for plan in plans for name in plan.partial
+             if name not in final]  # a full copy elsewhere wins
+    return todo
+
+
+def check_sources(todo: List[Copy]) -> None:
+    """Read every source tensor of ``todo`` (opening shards, raising a
+    :class:`~mmext_init.errors.CheckpointError` naming the file if one is
+    unreadable) and check it for NaN/Inf, before anything is written. The
+    pages a check read are given back; the copy reads them again."""
+    for plan, name, _ in todo:
+        key = plan.copies.get(name) or plan.partial[name]
+        src = plan.source.get(key)
+        if not plan.entry.check_finite:
+            continue
+        finite = all_finite(src)
+        plan.source.release(key, src)
+        if not finite:
+            raise _non_finite(plan, key)
+
+
+def _non_finite(plan: LoadPlan, key: str) -> NonFiniteTensorError:
+    """The error for ``key`` holding NaN/Inf, naming the shard holding it."""
+    error = plan.non_finite(key)
+    shard = plan.source.file_of(key)
+    if shard != plan.source.path:
+        error = NonFiniteTensorError(f'{error} (in shard {shard})')
+    return error
+
+
+def _copy(plan: LoadPlan, name: str, dst: torch.Tensor, partial: bool,
+          tracker: WriteTracker) -> None:
+    """Copy one checkpoint tensor (or the checkpoint part of an adapted
+    one, checked by :func:`check_sources`) into ``dst`` and record its
+    provenance."""
+    src, adapted = plan.fetch(name, tuple(dst.shape), check=False)
+    key = plan.source.origin(plan.copies.get(name) or plan.partial[name])
+    notes: Tuple[str, ...] = ()
+    if adapted is not None:
+        notes += (adapted.description, )
+        plan.record.adapted.append((name, adapted.description))
+    if partial:
+        before = tracker.written.get(name)
+        rest = before.describe() if before else 'constructor default'
+        dst[adapted.region] = src[adapted.region].to(dst.dtype)
+        notes += (f'rest: {rest}', )
+    else:
+        if src.dtype != dst.dtype:
+            notes += (f'cast {src.dtype} -> {dst.dtype}', )
+            plan.record.cast.append((name, str(src.dtype),
+                                     str(dst.dtype)))
+        dst.copy_(src)
+        if adapted is None:  # the file's own tensor: done with its pages
+            plan.source.release(plan.copies[name], src)
+    args = {'prefix': plan.entry.prefix} if plan.entry.prefix else None
+    tracker.record(
+        name,
+        Provenance(CHECKPOINT, plan.entry.checkpoint, plan.module_path,
+                   key, args, notes))

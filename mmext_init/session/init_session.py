@@ -1,0 +1,350 @@
+"""One ``init_weights()`` call on a model tree, start to finish.
+
+1. Plan: every ``Pretrained`` entry handled by MMEngine's init logic reads its
+   checkpoint (keys and shapes, memory-mapped) and decides what it provides;
+   those tensors become *protected*.
+2. Initialize, in MMEngine's order (a module's own entries, then its
+   children; the deeper declaration wins), skipping writes to protected
+   tensors. ``BaseModule`` children inside plain containers and below
+   ``init_weights`` overrides that never recurse are initialized too.
+3. Copy every planned tensor once (the outermost ``Pretrained`` wins where two
+   provide the same tensor, as in stock MMEngine).
+4. Build the provenance ledger, enforce ``on_missing``/``min_loaded`` and
+   report.
+"""
+import contextlib
+import logging
+from typing import (Callable, Dict, Iterable, Iterator, List, Optional, Set,
+                    Tuple)
+
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule, is_model_wrapper
+
+from ..deferred import construction as deferred
+from .cfg_apply import apply_init_cfgs
+from ..loading.copy import apply_loads
+from ..context import CONTEXT, current_session
+from ..errors import InitConfigError, entry_label
+from ..provenance.ledger import (CONSTRUCTOR, INIT_WEIGHTS, ProvenanceLedger,
+                         attach_ledger, entries_of)
+from ..checkpoint.page_release import MappedFile
+from ..loading.options import (PretrainedOptions, as_cfg_list, build_options,
+                               is_pretrained_cfg)
+from ..loading.plan import LoadPlan, plan_load
+from ..loading.load_checks import is_counter
+from ..provenance.report import emit_report, fold_names
+from .code_loads import (CodeLoadFindings, code_load_records, is_under,
+                         override_owner)
+from ..provenance.tracking import InitSource, WriteTracker
+
+_INIT_MISSING_NOTE = 'init_missing of Pretrained'
+
+
+def uses_contract(module: nn.Module) -> bool:
+    """Whether ``module.init_weights`` is mmext_init's (not an override)."""
+    impl = getattr(type(module), 'init_weights', None)
+    return bool(getattr(impl, '_mmext_contract', False))
+
+
+def _is_base_like(module: nn.Module) -> bool:
+    return isinstance(module, BaseModule) or uses_contract(module)
+
+
+class InitSession:
+    """Initializes ``root`` under the contract and records provenance."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.root_name = type(root).__name__
+        self._paths: Dict[int, str] = {}
+        for name, module in root.named_modules(remove_duplicate=False):
+            self._paths.setdefault(id(module), name)
+        self.tracker = WriteTracker(root.state_dict(keep_vars=True))
+        self.plans: Dict[int, List[LoadPlan]] = {}
+        self.handled: Set[int] = set()  # ids of modules whose init_cfg ran
+        self.beyond_stock: Set[int] = set()  # ids stock recursion never meets
+        self.code_entries: List[Tuple[nn.Module, str, PretrainedOptions]] = []
+        self.code_findings: Dict[str, CodeLoadFindings] = {}  # by path
+        self._overrides: List[nn.Module] = []
+        # (callable(session, module, since), module, tracker sequence) run
+        # after the checkpoint copy: initializers that read loaded values
+        self.after_loads: List[Tuple[Callable, nn.Module, int]] = []
+        self.dropped: List[deferred.Dropped] = []  # see refill_on_error
+        self.settled = False
+        self._mapped: Dict[str, MappedFile] = {}
+
+    # -- helpers -----------------------------------------------------------
+    def mapped_file(self, path: str) -> MappedFile:
+        """Page releaser of the checkpoint file ``path`` (one per file)."""
+        if path not in self._mapped:
+            self._mapped[path] = MappedFile(path)
+        return self._mapped[path]
+
+    def path_of(self, module: nn.Module) -> str:
+        return self._paths.get(id(module), f'<{type(module).__name__}>')
+
+    def label(self, path: str, kind: str) -> str:
+        return entry_label(path, self.root_name, kind)
+
+    def pretrained_entries(self, module: nn.Module) -> List[PretrainedOptions]:
+        path = self.path_of(module)
+        return [
+            build_options(cfg, self.label(path, 'Pretrained'))
+            for cfg in as_cfg_list(getattr(module, 'init_cfg', None))
+            if is_pretrained_cfg(cfg)
+        ]
+
+    def plans_for(self, module: nn.Module) -> List[LoadPlan]:
+        """Plans of ``module``'s Pretrained entries (made once, protected)."""
+        if id(module) not in self.plans:
+            path = self.path_of(module)
+            plans = [
+                plan_load(module, path, entry, self.label(path, 'Pretrained'))
+                for entry in self.pretrained_entries(module)
+            ]
+            for plan in plans:
+                self.protect(plan.copies)
+            self.plans[id(module)] = plans
+        return self.plans[id(module)]
+
+    def protect(self, names: Iterable[str]) -> None:
+        """The checkpoint provides ``names``: initializers skip them, and
+        after settling, their pending constructor init is dropped too."""
+        names = set(names)
+        self.tracker.protected.update(names)
+        if self.settled and names:
+            tensors = self.root.state_dict(keep_vars=True)
+            self.dropped.append(deferred.settle(
+                {n: tensors[n] for n in names if n in tensors}, names))
+
+    def add_plan(self, module: nn.Module, entry: PretrainedOptions) -> None:
+        """Plan an entry met outside any init_cfg (``initialize(m, cfg)``)."""
+        path = self.path_of(module)
+        plan = plan_load(module, path, entry, self.label(path, 'Pretrained'))
+        self.protect(plan.copies)
+        self.plans.setdefault(id(module), []).append(plan)
+
+    # -- 1. plan -------------------------------------------------------------
+    def plan_all(self) -> None:
+        for module in self.root.modules():
+            if uses_contract(module) and getattr(module, 'init_cfg', None):
+                self.plans_for(module)
+        self.settle_deferred()
+
+    def settle_deferred(self) -> None:
+        """Constructor init skipped at build time: dropped for the tensors
+        the checkpoint provides, replayed now for the others (before any
+        declared init), except below modules whose own ``init_weights``
+        handles a ``Pretrained`` entry (what they load is known after)."""
+        tensors = self.root.state_dict(keep_vars=True)
+        own = [self.path_of(m) for m in self.root.modules()
+               if not uses_contract(m) and self.pretrained_entries(m)]
+        later = {n for n in tensors if any(is_under(n, p) for p in own)}
+        self.dropped.append(deferred.settle(tensors, self.tracker.protected,
+                                            later))
+        self.settled = True
+
+    @contextlib.contextmanager
+    def refill_on_error(self) -> Iterator[None]:
+        """If the session fails, tensors whose constructor init was dropped
+        for a copy that never came get that init after all."""
+        try:
+            yield
+        except BaseException as exc:
+            spoiled = getattr(exc, 'target', None)  # a copy found non-finite
+            for dropped in self.dropped:
+                dropped.refill(() if spoiled is None else (spoiled, ))
+            raise
+
+    # -- 2. initialize -------------------------------------------------------
+    def init_module(self, module: nn.Module) -> None:
+        """MMEngine's ``BaseModule.init_weights`` body, under the contract."""
+        if getattr(module, '_is_init', False):
+            print_log(
+                f'init_weights of {type(module).__name__} has been called '
+                'more than once.',
+                logger='current',
+                level=logging.WARNING)
+            return
+        path = self.path_of(module)
+        cfgs = as_cfg_list(getattr(module, 'init_cfg', None))
+        others = [c for c in cfgs if not is_pretrained_cfg(c)]
+        self.handled.add(id(module))  # before planning: its errors are ours
+        plans = self.plans_for(module) if len(others) < len(cfgs) else []
+        apply_init_cfgs(module, others, path, self.root_name, self.tracker,
+                        lenient=id(module) in self.beyond_stock)
+        for plan in plans:
+            self.apply_init_missing(module, path, plan.entry)
+        for child in module.children():
+            self.init_child(child)
+        module._is_init = True
+
+    def apply_init_missing(self, module: nn.Module, path: str,
+                           entry: PretrainedOptions) -> None:
+        """The ``init_missing`` entries of ``entry``, declared at ``path``."""
+        apply_init_cfgs(module, entry.init_missing, path, self.root_name,
+                        self.tracker, _INIT_MISSING_NOTE, entry.checkpoint)
+
+    def init_child(self, child: nn.Module, direct: bool = True) -> None:
+        """Stock rule for direct children (call ``init_weights`` if any);
+        below a plain container only BaseModules are initialized, because
+        stock never reaches other modules there."""
+        if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
+            child = child.module
+        if _is_base_like(child) or (direct and hasattr(child, 'init_weights')):
+            if not getattr(child, 'is_init', False):
+                (self.call_init_weights if direct else self.call_beyond)(child)
+        else:  # plain container (or a stock-unreachable module): look inside
+            for grandchild in child.children():
+                self.init_child(grandchild, direct=False)
+
+    def call_init_weights(self, module: nn.Module) -> None:
+        if uses_contract(module):
+            module.init_weights()
+            return
+        path = self.path_of(module)
+        self._overrides.append(module)
+        try:
+            with self.tracker.source(
+                    InitSource(INIT_WEIGHTS, override_owner(module), path)):
+                module.init_weights()
+        except Exception as exc:
+            self.check_own_loader(module, path, exc)
+            raise
+        finally:
+            self._overrides.pop()
+        self.after_override(module, path)
+
+    def check_own_loader(self, module: nn.Module, path: str,
+                         exc: Optional[BaseException] = None) -> None:
+        """An override that loaded the checkpoint itself (or failed to)
+        ignored the entry's converter/adapt/key_map/match: say so."""
+        if id(module) in self.handled:
+            return
+        for entry in self.pretrained_entries(module):
+            ignored = entry.ignored_by_own_loader()
+            if ignored:
+                raise InitConfigError(
+                    f"{self.label(path, 'Pretrained')}: "
+                    f'{override_owner(module)}.init_weights loads '
+                    f'{entry.checkpoint} itself and ignores '
+                    f'{", ".join(ignored)}. Put the Pretrained entry on the '
+                    f'parent module (with revise_keys=[(r"^", '
+                    f'"{path.rsplit(".", 1)[-1] or "<child>"}.")]) or on a '
+                    'wrapper, where mmext_init applies every option.') from exc
+
+    def after_override(self, module: nn.Module, path: str) -> None:
+        """Finish what an ``init_weights`` override left undone."""
+        deferred.materialize(module)  # what its own loading left pending
+        self.check_own_loader(module, path)
+        if id(module) not in self.handled:
+            for entry in self.pretrained_entries(module):
+                self.code_entries.append((module, path, entry))
+                self.apply_init_missing(module, path, entry)
+        if hasattr(module, '_is_init'):
+            module._is_init = True
+        self.sweep(module)
+
+    def sweep(self, module: nn.Module) -> None:
+        """Initialize the BaseModules below ``module`` nobody initialized."""
+        for child in module.children():
+            if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
+                child = child.module
+            if not _is_base_like(child):
+                self.sweep(child)
+            elif not getattr(child, 'is_init', False):
+                self.call_beyond(child)
+
+    def call_beyond(self, module: nn.Module) -> None:
+        """Initialize a module stock recursion never reaches (it and all
+        below it: their invalid overrides are void, not errors)."""
+        self.beyond_stock.update(map(id, module.modules()))
+        self.call_init_weights(module)
+
+    def loading_override(self) -> Optional[nn.Module]:
+        """The innermost ``init_weights`` override running now, if any."""
+        return self._overrides[-1] if self._overrides else None
+
+    def override_checkpoint(self) -> str:
+        """Checkpoint file of the innermost override loading right now."""
+        for module in reversed(self._overrides):
+            for cfg in as_cfg_list(getattr(module, 'init_cfg', None)):
+                if is_pretrained_cfg(cfg) and cfg.get('checkpoint'):
+                    return str(cfg['checkpoint'])
+            if isinstance(getattr(module, 'pretrained', None), str):
+                return module.pretrained  # kept from init_cfg (DetectoRS)
+        return 'state dict'
+
+    # -- 3. copy -------------------------------------------------------------
+    def all_plans(self) -> List[LoadPlan]:
+        return [p for plans in self.plans.values() for p in plans]
+
+    # -- 4. ledger, checks, report ----------------------------------------
+    def enforce_on_missing(self, ledger: ProvenanceLedger) -> None:
+        entries = [(p.module_path, p.entry) for p in self.all_plans()]
+        entries += [(path, e) for _, path, e in self.code_entries]
+        for path, entry in entries:
+            bare = [n for n in ledger.names(CONSTRUCTOR)
+                    if is_under(n, path) and not is_counter(n)]
+            if not bare or entry.on_missing == 'ignore':
+                continue
+            label = self.label(path, 'Pretrained')
+            text = (f'{label}: {len(bare)} tensor(s) are not in '
+                    f'{entry.checkpoint} and have no declared init (kept '
+                    f'at constructor default): {", ".join(fold_names(bare))}. '
+                    'Declare one with init_missing=... or set on_missing.')
+            if entry.on_missing == 'error':
+                raise InitConfigError(text)
+            print_log(text, logger='current', level=logging.WARNING)
+
+    def finish(self) -> ProvenanceLedger:
+        deferred.materialize(self.root)
+        tensors = self.root.state_dict(keep_vars=True)
+        apply_loads(self.all_plans(), tensors, self.tracker)
+        for job, module, since in self.after_loads:
+            job(self, module, since)
+        ledger = ProvenanceLedger(self.root_name)
+        ledger.numel = {n: t.numel() for n, t in tensors.items()}
+        ledger.entries = entries_of(
+            tensors, self.tracker.written,
+            lambda name: self.tracker.name_of(tensors[name]))
+        ledger.loads = [p.record for p in self.all_plans() if p.record]
+        ledger.loads += code_load_records(self, tensors, ledger)
+        ledger.void_entries = list(self.tracker.void_entries)
+        self.enforce_on_missing(ledger)
+        attach_ledger(self.root, ledger)
+        emit_report(ledger, self.tracker.skipped_ops,
+                    self.tracker.skipped_calls)
+        return ledger
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator['InitSession']:
+        with CONTEXT.session_active(self):
+            yield self
+
+
+def run_init_weights(root: nn.Module) -> ProvenanceLedger:
+    """``root.init_weights()`` under the contract; returns the ledger."""
+    session = InitSession(root)
+    with session.refill_on_error():
+        with session.active():
+            session.plan_all()
+            session.call_init_weights(root)
+        return session.finish()
+
+
+def run_pretrained_alone(module: nn.Module, entry: PretrainedOptions) -> None:
+    """A ``Pretrained`` entry called directly (``initialize(m, cfg)``)."""
+    session = current_session()
+    if session is not None:
+        session.add_plan(module, entry)
+        return
+    session = InitSession(module)
+    with session.refill_on_error():
+        with session.active():
+            session.add_plan(module, entry)
+            session.settle_deferred()
+            session.handled.add(id(module))
+            session.apply_init_missing(module, '', entry)
+        session.finish()
