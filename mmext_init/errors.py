@@ -1,6 +1,7 @@
 """Exceptions raised by mmext_init. Every message names the file and the
 config entry at fault, so a user can fix the config without a debugger."""
-from typing import Optional
+import difflib
+from typing import Iterable, Optional
 
 
 class InitConfigError(ValueError):
@@ -59,3 +60,22 @@ def entry_label(module_path: str,
         owner = entry_label(module_path, root_name, 'Pretrained')
         label += f', in {owner} for {within}'
     return label
+
+
+def close_names(word: str, options: Iterable[str]) -> str:
+    """The options a misspelt ``word`` may have meant, quoted and joined by
+    'or' ('' if none): one differing only in case, else up to three close
+    ones.
+
+    Example:
+        >>> close_names('Conv2D', ['Conv2d', 'Linear'])
+        "'Conv2d'"
+        >>> close_names('neck', ['backbone', 'necks', 'head'])
+        "'necks'"
+    """
+    options = list(options)
+    lowered = {o.lower(): o for o in options}
+    if word.lower() in lowered:
+        return repr(lowered[word.lower()])
+    found = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    return ' or '.join(repr(f) for f in found)

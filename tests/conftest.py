@@ -1,6 +1,7 @@
 """Shared fixtures: the plugin imported, seeded RNG, checkpoint writers,
 uninitialized memory made visible, no deferred init left behind, the
 default scope restored after each test."""
+import contextlib
 import os
 import sys
 from typing import Dict
@@ -82,23 +83,12 @@ def _default_scope_restored():
 
 
 @pytest.fixture
-def spy_replays(monkeypatch):
+def spy_replays():
     """``spy_replays()`` starts recording the tensors deferred init computes
-    (replays); it returns the set of their ids, filled from then on."""
-    from mmext_init.deferred import replay as deferred_replay
-    run = deferred_replay._run
-
-    def start():
-        replayed = set()
-
-        def spy(ops, *args, **kwargs):
-            replayed.update(id(t) for _, t in ops)
-            return run(ops, *args, **kwargs)
-
-        monkeypatch.setattr(deferred_replay, '_run', spy)
-        return replayed
-
-    return start
+    (replays); it returns the set of their ids, filled from then on (until
+    the test ends)."""
+    with contextlib.ExitStack() as watching:
+        yield lambda: watching.enter_context(deferred.watch_replays())
 
 
 @pytest.fixture(autouse=True)

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from mmext_init import (CheckpointError, InitConfigError, get_provenance,
                         open_checkpoint)
-from mmext_init.checkpoint.safe_load import unreconstructed_class
+from mmext_init.checkpoint.restricted_pickle import unreconstructed_class
 
 State = Dict[str, torch.Tensor]
 FORMATS = ('zip', 'runner', 'legacy', 'safetensors', 'index-st', 'index-pt')

@@ -3,12 +3,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
 
 from mmext_init import CheckpointError, InitConfigError, get_provenance
 from mmext_init.loading.adapt_classes import Classes
 from mmext_init.loading.adapt import (Grow, Inflate, InputChannels,
-                              ResizePosEmbed, ResizeRelPosTable)
+                                      ResizePosEmbed, ResizeRelPosTable,
+                                      dry_run)
 
 
 def test_resize_pos_embed():
@@ -131,6 +133,7 @@ def test_classes_on_retinanet_anchor_grouped_rows(save_ckpt):
     """retina_cls has anchors x classes channels (``groups=2`` anchors):
     kept classes score the same on the same features, the new class gets
     the head's declared init."""
+    # mmdet: a heavy optional extra (openmmlab) only this test needs
     from mmdet.models.dense_heads import RetinaHead
     from mmdet.utils import register_all_modules
     register_all_modules()
@@ -185,7 +188,6 @@ def test_transform_that_cannot_apply_fails_while_planning(save_ckpt):
     (Inflate('w', mode='center'), (8, 3, 3, 3), (8, 3, 4, 3, 3)),
     (Grow('w'), (3, 4), (5, 4))])
 def test_dry_run_agrees_with_the_real_call(transform, ckpt, model):
-    from mmext_init.loading.adapt import dry_run
     shape_only = dry_run(transform, 'w', ckpt, model)
     real = transform('w', torch.randn(ckpt), model)
     assert shape_only.description == real.description
@@ -198,6 +200,7 @@ def test_dry_run_agrees_with_the_real_call(transform, ckpt, model):
 def test_resize_pos_embed_equals_mmseg_vit_runtime_resize():
     """A ViT trained at 32 px run at 48 px (mmseg resizes pos_embed on the
     fly, bicubic) equals a 48 px ViT loaded through ResizePosEmbed."""
+    # mmseg: a heavy optional extra (openmmlab) only this test needs
     from mmseg.models.backbones import VisionTransformer
     kw = dict(patch_size=8, embed_dims=16, num_layers=1, num_heads=2,
               mlp_ratio=2, out_indices=(0, ), final_norm=True)
@@ -220,8 +223,8 @@ def test_resize_pos_embed_equals_mmseg_vit_runtime_resize():
 def test_resize_rel_pos_table_equals_mmdet_swin_own_resize(tmp_path):
     """mmdet's Swin resizes the tables itself when it loads a checkpoint
     made with another window size: ResizeRelPosTable gives the same."""
+    # mmdet: a heavy optional extra (openmmlab) only this test needs
     from mmdet.models.backbones import SwinTransformer
-    from mmengine.config import ConfigDict
     kw = dict(pretrain_img_size=32, embed_dims=8, depths=(1, ),
               num_heads=(2, ), strides=(4, ), out_indices=(0, ))
     src = SwinTransformer(window_size=2, **kw)

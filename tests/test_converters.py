@@ -2,10 +2,15 @@
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
+from safetensors.torch import save_file
+from swin_official import SwinOfficial, layer_norm
 
 from mmext_init import InitConfigError, get_provenance
-from mmext_init.checkpoint.converters import CHECKPOINT_CONVERTERS
+from mmext_init.checkpoint.converters import (CHECKPOINT_CONVERTERS,
+                                              convert_source)
+from mmext_init.checkpoint.formats import open_checkpoint
 
 
 class TimmAttention(nn.Module):
@@ -87,6 +92,7 @@ class Wrapper(BaseModule):
 
 
 def test_timm_vit_checkpoint_into_mmseg_vit(save_ckpt):
+    # mmseg: a heavy optional extra (openmmlab) only this test needs
     from mmseg.models.backbones import VisionTransformer
     timm = TimmViT()
     with torch.no_grad():
@@ -138,8 +144,8 @@ def test_users_register_their_own_converter(save_ckpt):
 
 
 def test_swin_official_checkpoint_into_mmdet_swin(save_ckpt):
+    # mmdet: a heavy optional extra (openmmlab) only this test needs
     from mmdet.models.backbones import SwinTransformer
-    from swin_official import SwinOfficial, layer_norm
     official = SwinOfficial()
     with torch.no_grad():
         for p in official.parameters():
@@ -181,8 +187,8 @@ def test_swin_official_checkpoint_into_mmdet_swin(save_ckpt):
 def test_swin_official_matches_mmdet_swin_converter():
     """Same tensors as mmdet's own converter (minus its 'backbone.' prefix),
     plus the final norm; attn_mask and head dropped."""
+    # mmdet: a heavy optional extra (openmmlab) only this test needs
     from mmdet.models.backbones.swin import swin_converter
-    from swin_official import SwinOfficial
     state = SwinOfficial(img=32, depths=(2, 2, 1), heads=(1, 2, 4)).state_dict()
     ours = CHECKPOINT_CONVERTERS.get('swin_official')(dict(state))
     theirs = {k[len('backbone.'):]: v for k, v in swin_converter(state).items()
@@ -196,10 +202,6 @@ def test_swin_official_matches_mmdet_swin_converter():
 def test_converter_runs_on_shapes_first(tmp_path):
     """The plan reads no tensor data: the converter sees meta tensors; a
     renamed key reads only its own source tensor."""
-    from safetensors.torch import save_file
-
-    from mmext_init.checkpoint.converters import convert_source
-    from mmext_init.checkpoint.formats import open_checkpoint
     save_file({'blocks.0.norm1.weight': torch.arange(3.),
                'head.weight': torch.ones(2)}, str(tmp_path / 'v.safetensors'))
     seen = []
@@ -220,7 +222,7 @@ def test_converter_runs_on_shapes_first(tmp_path):
 def test_converter_on_a_backbone_loading_by_itself_is_an_error(save_ckpt):
     """mmseg's ViT loads its own init_cfg checkpoint and would ignore the
     converter (loading only cls_token/pos_embed): refuse instead."""
-    from mmengine.config import ConfigDict
+    # mmseg: a heavy optional extra (openmmlab) only this test needs
     from mmseg.models.backbones import VisionTransformer
     path = save_ckpt(TimmViT().state_dict(), wrap=False)
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dims=32,

@@ -20,6 +20,7 @@ from mmengine.registry import MODELS
 from toy_models import tiny_retinanet_cfg as retinanet_cfg
 
 from mmext_init import deferred, get_provenance, stock_mmengine
+from mmext_init.deferred.recording import copy_pending
 
 
 class Block(BaseModule):
@@ -334,7 +335,6 @@ def test_ema_built_before_pretrained_init_keeps_the_saving(
 def test_copy_of_a_tensor_without_values_runs_its_init(nan_empty):
     """A pending copy whose source was dropped for a checkpoint copy still
     to come, or is gone, runs the source's recorded init instead."""
-    from mmext_init.deferred.replay import copy_pending
     with deferred.deferred_construction():
         fc = nn.Linear(64, 64)
     awaiting = copy_pending(fc.weight)

@@ -11,7 +11,7 @@ from mmengine.model import BaseModule, ExponentialMovingAverage
 from mmengine.registry import MODELS
 
 from mmext_init import deferred, stock_mmengine
-from mmext_init.deferred.replay import copy_pending
+from mmext_init.deferred.recording import copy_pending
 
 
 def deferred_linear(*shape):

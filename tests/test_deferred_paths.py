@@ -112,12 +112,11 @@ def test_replay_interrupted_midway_leaves_no_raw_memory():
     error propagates and every tensor that replay was computing holds NaN,
     not raw memory that a forward pass or a checkpoint could take for
     values (without ``nan_empty``: raw memory stays raw)."""
-    from mmext_init.deferred.state import _PENDING
     torch.manual_seed(0)
     model = build_vit()
     names = own_pending(model)
     params = dict(model.named_parameters())
-    entries = sorted((_PENDING[id(params[n])] for n in names),
+    entries = sorted((deferred.record_of(params[n]) for n in names),
                      key=lambda entry: entry.ops[0].seq)
     assert len(entries) > 2
 
@@ -136,25 +135,21 @@ def test_replay_interrupted_midway_leaves_no_raw_memory():
     assert not raw, f'neither computed nor poisoned: {raw}'
 
 
-def test_conversion_interrupted_leaves_no_raw_memory(monkeypatch):
+def test_conversion_interrupted_leaves_no_raw_memory():
     """The same for parameters converted while pending (``.double()``),
     interrupted while their values are computed as built: those taken out
     of pending are NaN, the others stay pending and compute later."""
-    from mmext_init.deferred import replay as deferred_replay
     torch.manual_seed(0)
     model = build_vit().double()
     names = own_pending(model)
-    run = deferred_replay._run
 
-    def interrupted(ops, copy=None):
+    def interrupted(targets, copy):
         if copy is not None:  # computing a converted parameter as built
             raise KeyboardInterrupt
-        return run(ops, copy)
 
-    monkeypatch.setattr(deferred_replay, '_run', interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), deferred.observe_replays(
+            interrupted):
         deferred.materialize(model)
-    monkeypatch.undo()
     params = dict(model.named_parameters())
     left = own_pending(model)
     taken = [n for n in names if n not in left and n != 'offsets.bias']

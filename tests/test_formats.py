@@ -9,6 +9,7 @@ from test_safe_load import _trunk_sd as _sd
 from toy_models import Trunk
 
 from mmext_init import CheckpointError, get_provenance, read_checkpoint
+from mmext_init.checkpoint.formats import open_checkpoint
 
 
 def _load(path, **kwargs):
@@ -73,7 +74,6 @@ def test_mmdet2_style_ema_buffers(save_ckpt):
 
 
 def test_dtypes_reported_from_headers(tmp_path):
-    from mmext_init.checkpoint.formats import open_checkpoint
     sd = {'a': torch.zeros(2, dtype=torch.bfloat16),
           'b': torch.zeros(3, dtype=torch.float16), 'c': torch.zeros(1)}
     save_file(sd, str(tmp_path / 'm.safetensors'))

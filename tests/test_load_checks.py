@@ -1,7 +1,6 @@
 """min_loaded failures name the largest missing and shape-mismatched groups
 (folded, with shapes), on a real mmdet RetinaNet and a real checkpoint."""
 import pytest
-import torch
 from mmengine.registry import MODELS, init_default_scope
 
 from mmext_init import CheckpointError

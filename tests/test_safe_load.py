@@ -11,6 +11,7 @@ from toy_models import Model, Trunk
 
 from mmext_init import CheckpointError, InitConfigError, get_provenance
 from mmext_init.checkpoint.safe_load import read_checkpoint
+from mmext_init.loading.plan import all_finite
 
 
 class Evil:
@@ -269,7 +270,6 @@ def test_match_suffix_and_ambiguity(save_ckpt):
 ])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 def test_all_finite(values, finite, dtype):
-    from mmext_init.loading.plan import all_finite
     t = torch.tensor(values, dtype=torch.float64).to(dtype)
     expected = finite and bool(torch.isfinite(t).all())  # fp16 saturates
     assert all_finite(t) == expected

@@ -31,15 +31,12 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from mmext_init.loading.adapt import AdaptTransform
-from mmext_init.loading.adapt import dry_run as dry_run_transform
 from mmext_init.errors import (CheckpointError, InitConfigError, entry_label,
                                module_label)
-from mmext_init.loading.key_matching import (MatchResult, match_keys,
-                                             suggest_mappings)
+from mmext_init.loading.key_matching import suggest_mappings
 from mmext_init.loading.options import (PretrainedOptions, as_cfg_list,
-                                       build_options, is_pretrained_cfg)
-from mmext_init.loading.plan import assign_transforms, open_source
+                                        build_options, is_pretrained_cfg)
+from mmext_init.loading.plan import ModuleMatch, match_module, open_source
 from mmext_init.provenance.report import fold_names
 
 
@@ -74,20 +71,13 @@ def find_entry(model: nn.Module,
                           'nothing to dry-run')
 
 
-def adapted_entries(adapted: Dict[str, AdaptTransform],
-                    partial: Dict[str, str], result: MatchResult,
-                    model_shapes: Dict[str, Tuple[int, ...]],
-                    ckpt_shapes: Dict[str, Tuple[int, ...]]
-                    ) -> List[Dict[str, Any]]:
+def adapted_entries(match: ModuleMatch) -> List[Dict[str, Any]]:
     """The adapted tensors in module order: key, transform, whether only
     part comes from the checkpoint, and the transform's description."""
-    return [dict(key=k, transform=type(adapted[k]).__name__,
-                 partial=k in partial,
-                 description=dry_run_transform(
-                     adapted[k], k,
-                     ckpt_shapes[partial.get(k) or result.loaded[k]],
-                     model_shapes[k]).description)
-            for k in model_shapes if k in adapted]
+    done = match.assignment
+    return [dict(key=k, transform=type(done.adapted[k]).__name__,
+                 partial=k in done.partial, description=done.descriptions[k])
+            for k in match.model_shapes if k in done.adapted]
 
 
 def dry_run(config: str, module: Optional[str] = None,
@@ -104,34 +94,26 @@ def dry_run(config: str, module: Optional[str] = None,
     file = checkpoint or entry.checkpoint
     root = type(model).__name__
     label = entry_label(path, root, 'Pretrained')
-    ckpt_shapes = open_source(entry, label, file).shapes()
-    model_shapes = {k: tuple(v.shape)
-                    for k, v in sub.state_dict(keep_vars=True).items()}
-    try:
-        result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
-    except ValueError as exc:  # two checkpoint keys map to one model key
-        raise InitConfigError(f'{label}: {exc}') from exc
-    adapted, partial = assign_transforms(result, entry, model_shapes, label)
-    params = [n for n, _ in sub.named_parameters()]
-    fraction = result.loaded_fraction(model_shapes, params)
+    match = match_module(sub, open_source(entry, label, file), entry, label)
+    result = match.result
     out = dict(module=path, module_label=module_label(path, root),
                checkpoint=file, built_on=device,
                mapping=entry.mapping.describe(),
-               loaded=[n for n in model_shapes if n in result.loaded],
+               loaded=[n for n in match.model_shapes if n in result.loaded],
                missing=result.missing,
                unexpected=result.unexpected,
-               adapted=adapted_entries(adapted, partial, result,
-                                       model_shapes, ckpt_shapes),
+               adapted=adapted_entries(match),
                mismatched=[dict(key=k, checkpoint=c, model=m)
                            for k, _, c, m in result.mismatched],
-               loaded_fraction=fraction,
+               loaded_fraction=match.fraction,
                min_loaded=entry.min_loaded, suggestions=[])
-    if fraction < 0.5:
+    if match.fraction < 0.5:
         out['suggestions'] = [
             dict(setting=m.describe(), loaded_fraction=f)
-            for m, f in suggest_mappings(model_shapes, ckpt_shapes,
+            for m, f in suggest_mappings(match.model_shapes,
+                                         match.ckpt_shapes,
                                          current=entry.mapping,
-                                         counted=params)
+                                         counted=match.params)
         ]
     return out
 

@@ -27,6 +27,8 @@ from mmengine.registry import MODELS, init_default_scope
 PACKAGES = ('mmdet', 'mmseg')
 INPUT_SIZE = (128, 128)
 FORWARD_SEED = 1234
+PROPOSAL_CAP = 100  # test_cfg counts in the sweep's forward pass
+_COUNT_KEYS = ('nms_pre', 'max_per_img', 'max_num')
 
 
 def configs_root(package: str) -> str:
@@ -98,7 +100,49 @@ def load_config(path: str, package: str) -> Config:
     if not isinstance(cfg.get('model'), dict) or 'type' not in cfg.model:
         raise ValueError(f'{path} defines no model')
     strip_pretrained(cfg.model)
+    cap_test_proposals(cfg.model)
     return cfg
+
+
+def cap_test_proposals(node: Any, cap: int = PROPOSAL_CAP) -> int:
+    """Cap the proposal and detection counts of every ``test_cfg`` below
+    ``node`` (``nms_pre``, ``max_per_img``, ``max_num``) at ``cap``, in
+    place; return how many were lowered. Weights do not depend on them; the
+    forward pass on 1000 proposals of a 1203-class cascade mask head
+    (``seesaw_loss``) needs more than 24 GiB.
+
+    Example:
+        >>> model = dict(test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=1000),
+        ...                            rcnn=dict(max_per_img=100)))
+        >>> cap_test_proposals(model), model['test_cfg']['rpn']
+        (2, {'nms_pre': 100, 'max_per_img': 100})
+    """
+    lowered = 0
+    if isinstance(node, list):
+        return sum(cap_test_proposals(item, cap) for item in node)
+    if not isinstance(node, dict):
+        return 0
+    for key, value in node.items():
+        if key == 'test_cfg':
+            lowered += _cap_counts(value, cap)
+        else:
+            lowered += cap_test_proposals(value, cap)
+    return lowered
+
+
+def _cap_counts(node: Any, cap: int) -> int:
+    if isinstance(node, list):
+        return sum(_cap_counts(item, cap) for item in node)
+    if not isinstance(node, dict):
+        return 0
+    lowered = 0
+    for key, value in node.items():
+        if key in _COUNT_KEYS and isinstance(value, int) and value > cap:
+            node[key] = cap
+            lowered += 1
+        else:
+            lowered += _cap_counts(value, cap)
+    return lowered
 
 
 def with_init_cfg(model_cfg: Dict, where: Optional[str], entry: Dict) -> Dict:

@@ -4,13 +4,15 @@
 A converter is a function ``{key: tensor} -> {key: tensor}`` applied to the
 checkpoint's state dict before any key option.
 
-Example:
-    >>> @CHECKPOINT_CONVERTERS.register_module(name='my_layout')
-    ... def my_layout(state):
+Example (then ``converter='trunk_to_backbone'`` on a ``Pretrained`` entry):
+    >>> @CHECKPOINT_CONVERTERS.register_module(name='trunk_to_backbone',
+    ...                                        force=True)
+    ... def trunk_to_backbone(state):
     ...     return {k.replace('trunk.', 'backbone.'): v for k, v in state.items()}
-    >>> init_cfg = dict(type='Pretrained', checkpoint='x.pth', converter='my_layout')
+    >>> get_converter('trunk_to_backbone')({'trunk.conv.weight': 1})
+    {'backbone.conv.weight': 1}
 """
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from mmengine.registry import Registry
@@ -33,8 +35,10 @@ def timm_vit_to_mmseg(state: StateDict) -> StateDict:
     ``VisionTransformer`` naming (the classifier ``head`` is dropped).
 
     Example:
-        >>> timm_vit_to_mmseg({'blocks.0.attn.qkv.weight': w})
-        {'layers.0.attn.attn.in_proj_weight': w}
+        >>> w = torch.ones(1)
+        >>> list(timm_vit_to_mmseg({'blocks.0.attn.qkv.weight': w,
+        ...                         'norm.bias': w, 'head.weight': w}))
+        ['layers.0.attn.attn.in_proj_weight', 'ln1.bias']
     """
     out: StateDict = {}
     for key, value in state.items():
@@ -77,9 +81,11 @@ def swin_official_to_mm(state: StateDict) -> StateDict:
     ``swin_converter`` without its ``backbone.`` prefix.
 
     Example:
-        >>> init_cfg = dict(type='Pretrained', converter='swin_official',
-        ...                 checkpoint='swin_tiny_patch4_window7_224.pth',
-        ...                 revise_keys=[(r'^', 'backbone.')])  # on the detector
+        >>> w = torch.ones(1)
+        >>> list(swin_official_to_mm({'layers.0.blocks.0.attn.qkv.weight': w,
+        ...                           'layers.1.blocks.0.mlp.fc1.bias': w,
+        ...                           'norm.weight': w, 'head.weight': w}))
+        ['stages.0.blocks.0.attn.w_msa.qkv.weight', 'stages.1.blocks.0.ffn.layers.0.0.bias', 'norm1.weight']
     """
     stages = {int(k.split('.')[1]) for k in state if k.startswith('layers.')}
     last = max(stages) if stages else 0
@@ -122,28 +128,47 @@ def convert_source(source: CheckpointTensors,
     meta tensors (data-dependent) runs on the real tensors at once.
 
     Example:
-        >>> t = convert_source(open_checkpoint('vit.pth'), get_converter('timm_vit'))
-        >>> t.origin('layers.0.ln1.weight')
-        'blocks.0.norm1.weight'
+        >>> import os, tempfile
+        >>> from mmext_init.checkpoint.formats import open_checkpoint
+        >>> path = os.path.join(tempfile.mkdtemp(), 'vit.pth')
+        >>> torch.save({'blocks.0.norm1.weight': torch.ones(3)}, path)
+        >>> vit = open_checkpoint(path)
+        >>> t = convert_source(vit, get_converter('timm_vit'))
+        >>> t.keys(), t.origin('layers.0.ln1.weight')
+        (['layers.0.ln1.weight'], 'blocks.0.norm1.weight')
     """
     try:
         fake = {k: torch.empty(source.shape(k), dtype=source.dtype(k),
                                device='meta') for k in source.keys()}
-        by_id = {id(v): k for k, v in fake.items()}
-        out = converter(dict(fake))
+        out, origins = _run(converter, fake)
     except Exception:  # noqa: BLE001 - e.g. a data-dependent converter
-        real = {k: source.get(k) for k in source.keys()}
-        by_id = {id(v): k for k, v in real.items()}
-        out = converter(dict(real))
+        out, origins = _run(converter,
+                            {k: source.get(k) for k in source.keys()})
         return CheckpointTensors(
             source.path, {k: tuple(v.shape) for k, v in out.items()},
-            out.__getitem__,
-            {k: by_id[id(v)] for k, v in out.items() if id(v) in by_id},
-            {k: v.dtype for k, v in out.items()})
+            out.__getitem__, origins, {k: v.dtype for k, v in out.items()})
     bad = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise TypeError(f'{name} returned a non-tensor for {bad[0]!r}')
-    origins = {k: by_id[id(v)] for k, v in out.items() if id(v) in by_id}
+    return _lazily_converted(source, converter, out, origins)
+
+
+def _run(converter: Callable[[StateDict], StateDict],
+         state: StateDict) -> Tuple[StateDict, Dict[str, str]]:
+    """``converter(state)``, and the input key of each output that is an
+    input tensor itself (renamed, not computed)."""
+    by_id = {id(v): k for k, v in state.items()}
+    out = converter(dict(state))
+    return out, {k: by_id[id(v)] for k, v in out.items() if id(v) in by_id}
+
+
+def _lazily_converted(source: CheckpointTensors,
+                      converter: Callable[[StateDict], StateDict],
+                      meta: StateDict,
+                      origins: Dict[str, str]) -> CheckpointTensors:
+    """``source`` through ``converter``, given its output on meta tensors:
+    a renamed key reads its source tensor, a computed one runs the real
+    conversion (once)."""
     cache: Dict[str, Optional[StateDict]] = {'state': None}
 
     def get(key: str) -> torch.Tensor:
@@ -159,6 +184,6 @@ def convert_source(source: CheckpointTensors,
             source.release(origins[key], tensor)
 
     return CheckpointTensors(source.path,
-                             {k: tuple(v.shape) for k, v in out.items()},
-                             get, origins, {k: v.dtype for k, v in out.items()},
-                             release)
+                             {k: tuple(v.shape) for k, v in meta.items()},
+                             get, origins,
+                             {k: v.dtype for k, v in meta.items()}, release)

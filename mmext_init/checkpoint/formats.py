@@ -10,12 +10,23 @@
 Only the tensors a module copies are materialized; key matching needs
 shapes only. Dtypes are reported, never changed.
 
-Example:
-    >>> tensors = open_checkpoint('model.safetensors.index.json')
-    >>> tensors.shape('encoder.layer.0.attn.weight')   # opens one shard
-    (768, 768)
-    >>> w = tensors.get('encoder.layer.0.attn.weight')   # reads this one only
+Example (a checkpoint in two shards):
+    >>> import os, tempfile
+    >>> from safetensors.torch import save_file
+    >>> folder = tempfile.mkdtemp()
+    >>> save_file({'a.weight': torch.ones(2, 3)}, f'{folder}/1.safetensors')
+    >>> save_file({'b.bias': torch.zeros(2)}, f'{folder}/2.safetensors')
+    >>> index = os.path.join(folder, 'model.safetensors.index.json')
+    >>> with open(index, 'w') as f:
+    ...     json.dump({'weight_map': {'a.weight': '1.safetensors',
+    ...                               'b.bias': '2.safetensors'}}, f)
+    >>> tensors = open_checkpoint(index)   # reads the index only
+    >>> tensors.keys(), tensors.shape('a.weight')   # opens 1.safetensors
+    (['a.weight', 'b.bias'], (2, 3))
+    >>> tensors.get('b.bias'), os.path.basename(tensors.file_of('b.bias'))
+    (tensor([0., 0.]), '2.safetensors')
 """
+import contextlib
 import json
 import os
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
@@ -44,9 +55,12 @@ class CheckpointTensors:
     """Names, shapes, dtypes and on-demand tensors of one checkpoint.
 
     Example:
-        >>> t = open_checkpoint('r18.pth')
-        >>> t.shape('conv1.weight'), t.dtype('conv1.weight')
-        ((64, 3, 7, 7), torch.float32)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), 'r18.pth')
+        >>> torch.save({'conv1.weight': torch.ones(8, 3, 7, 7).half()}, path)
+        >>> t = open_checkpoint(path)
+        >>> t.keys(), t.shape('conv1.weight'), t.dtype('conv1.weight')
+        (['conv1.weight'], (8, 3, 7, 7), torch.float16)
     """
 
     def __init__(self,
@@ -179,42 +193,43 @@ def _open_torch(path: str, map_location: Any, trust: bool, label: str,
 
 
 def _open_safetensors(path: str, label: str) -> CheckpointTensors:
-    try:
+    try:  # imported here: only .safetensors files need it, and a missing
+        # package is then an error naming the file
         from safetensors import safe_open
     except ImportError as exc:  # pragma: no cover - declared dependency
         raise CheckpointError(
             f'{label}: reading {path} needs the safetensors package') from exc
     if not os.path.isfile(path):
         raise CheckpointError(f'{label}: checkpoint file not found: {path}')
-    try:
+    with _read_errors(path, label):
         handle = safe_open(path, framework='pt', device='cpu')
         slices = {k: handle.get_slice(k) for k in handle.keys()}
         shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
         dtypes = {k: _SAFETENSORS_DTYPES.get(s.get_dtype())
                   for k, s in slices.items()}
-    except MemoryError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types
-        raise _corrupt(path, label, exc) from exc
     if not shapes:
         raise CheckpointError(f'{label}: {path} holds an empty state dict')
 
     def get(key: str) -> torch.Tensor:
-        try:
+        with _read_errors(path, label):
             return handle.get_tensor(key)
-        except MemoryError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types
-            raise _corrupt(path, label, exc) from exc
 
     return CheckpointTensors(path, shapes, get, dtypes=dtypes,
                              release=_releaser(path))
 
 
-def _corrupt(path: str, label: str, exc: BaseException) -> CheckpointError:
-    return CheckpointError(
-        f'{label}: cannot read {path}: the file is truncated or corrupt '
-        f'({type(exc).__name__}: {exc})')
+@contextlib.contextmanager
+def _read_errors(path: str, label: str) -> Iterator[None]:
+    """safetensors' own error types (never ``MemoryError``) as a
+    :class:`CheckpointError` naming the file."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(
+            f'{label}: cannot read {path}: the file is truncated or corrupt '
+            f'({type(exc).__name__}: {exc})') from exc
 
 
 def _read_weight_map(path: str, label: str) -> Dict[str, str]:
@@ -281,10 +296,14 @@ def open_checkpoint(path: str,
                     use_ema: bool = False) -> CheckpointTensors:
     """Open a checkpoint of any supported format (see the module docstring).
 
-    Example:
-        >>> t = open_checkpoint('epoch_12.pth', use_ema=True)
-        >>> len(t)
-        320
+    Example (EMA weights kept as ``ema_`` buffers):
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), 'epoch_12.pth')
+        >>> torch.save({'state_dict': {'fc.w': torch.ones(1),
+        ...                            'ema_fc_w': torch.zeros(1)}}, path)
+        >>> ema = open_checkpoint(path, use_ema=True)
+        >>> open_checkpoint(path).keys(), ema.keys(), ema.get('fc.w')
+        (['fc.w', 'ema_fc_w'], ['fc.w'], tensor([0.]))
     """
     path = os.fspath(path)
     if use_ema and path.endswith(('.safetensors', '.index.json')):

@@ -12,10 +12,15 @@ Only byte ranges lying wholly inside a mapping of the checkpoint file itself
 anonymous memory is never advised; a later read of a released range faults
 the bytes back in from the file. Linux only; elsewhere a no-op.
 
-Example:
-    >>> pages = MappedFile('vit-l.pth')
-    >>> dst.copy_(src)
-    >>> pages.release(src)   # src still reads correctly, from the file
+Example (Linux):
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), 'vit-l.pth')
+    >>> torch.save({'w': torch.ones(1024, 256)}, path)   # 1 MiB
+    >>> src = torch.load(path, mmap=True)['w']
+    >>> dst = torch.empty(1024, 256).copy_(src)
+    >>> pages = MappedFile(path)
+    >>> pages.release(src), src.sum().item()   # src still reads, from the file
+    (True, 262144.0)
 """
 import ctypes
 import mmap
@@ -45,8 +50,8 @@ def file_mappings(path: str) -> List[Tuple[int, int]]:
     """``[(start, end)]`` address ranges of this process mapping ``path``.
 
     Example:
-        >>> file_mappings('vit-l.pth')      # after torch.load(mmap=True)
-        [(140212870660096, 140214088986624)]
+        >>> file_mappings('no/such/file.pth')
+        []
     """
     if not sys.platform.startswith('linux'):
         return []

@@ -4,7 +4,8 @@
 checkpoints an MMEngine ``Runner`` writes, because they hold numpy scalars,
 ``HistoryBuffer`` and ``ConfigDict`` objects next to the weights. Turning
 ``weights_only`` off runs arbitrary code from the file. This module reads with
-torch's own loader and a *restricted* unpickler instead:
+torch's own loader and a *restricted* unpickler
+(:mod:`.restricted_pickle`) instead:
 
 * torch's tensor rebuild functions, numpy arrays/scalars and a few plain data
   classes (``HistoryBuffer``, ``ConfigDict``, ``datetime``) are rebuilt;
@@ -17,161 +18,31 @@ tensor is an error that explains ``trust_checkpoint=True``.
 Zip checkpoints on local disk are memory-mapped, so only the bytes of the
 tensors a module actually copies are read.
 """
-import collections
-import copyreg
-import datetime
 import os
 import pickle
 import struct
-import types
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from mmengine.logging import print_log
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import CheckpointError
+from .restricted_pickle import (UnreconstructedObject,
+                                restricted_pickle_module,
+                                unreconstructed_class)
 from .zip_checks import is_torch_zip, verify_torch_zip
 
 __all__ = [
-    'UnreconstructedObject', 'read_checkpoint', 'extract_state_dict',
-    'load_from_safe_local', 'CheckpointMemoryError'
+    'UnreconstructedObject', 'unreconstructed_class', 'read_checkpoint',
+    'extract_state_dict', 'load_from_safe_local', 'CheckpointMemoryError'
 ]
 
 
 class CheckpointMemoryError(CheckpointError, MemoryError):
     """Out of memory while reading a checkpoint: still a ``MemoryError``
     (never swallowed as a corrupt file), with a message naming the file."""
-
-
-class UnreconstructedObject:
-    """Inert stand-in for a pickled global that was not allowed to run.
-
-    Example:
-        >>> obj = unreconstructed_class('posix', 'system')('echo hi')
-        >>> obj.qualname, obj.args
-        ('posix.system', ('echo hi',))
-    """
-    qualname = '?'
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> 'UnreconstructedObject':
-        self = object.__new__(cls)
-        self.args = args
-        self.state: Any = None
-        self.items: List[Any] = []
-        return self
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> 'UnreconstructedObject':
-        return type(self)(*args)  # calling a stand-in yields a stand-in
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.items.append((key, value))
-
-    def append(self, value: Any) -> None:
-        self.items.append(value)
-
-    def extend(self, values: Any) -> None:
-        self.items.extend(values)
-
-    def __repr__(self) -> str:
-        return f'<unreconstructed {self.qualname}>'
-
-
-_STUB_CLASSES: Dict[str, type] = {}
-
-
-def unreconstructed_class(module: str, name: str) -> type:
-    """The (cached) inert class standing for global ``module.name``."""
-    qualname = f'{module}.{name}'
-    if qualname not in _STUB_CLASSES:
-        _STUB_CLASSES[qualname] = type(f'Unreconstructed[{qualname}]',
-                                       (UnreconstructedObject, ),
-                                       {'qualname': qualname})
-    return _STUB_CLASSES[qualname]
-
-
-def _data_only_globals() -> Dict[str, Any]:
-    """Globals rebuilt for real: pure data, no side effects when built."""
-    from torch._weights_only_unpickler import _get_allowed_globals
-    allowed = dict(_get_allowed_globals())
-    allowed.update({
-        'builtins.frozenset': frozenset,
-        'builtins.slice': slice,
-        'collections.defaultdict': collections.defaultdict,
-        'collections.deque': collections.deque,
-        'copyreg._reconstructor': copyreg._reconstructor,
-        'datetime.datetime': datetime.datetime,
-        'datetime.date': datetime.date,
-        'datetime.timedelta': datetime.timedelta,
-    })
-    try:
-        import numpy as np
-        for mod in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-            allowed[f'{mod}._reconstruct'] = _numpy_attr('_reconstruct')
-            allowed[f'{mod}.scalar'] = _numpy_attr('scalar')
-        allowed['numpy.ndarray'] = np.ndarray
-        allowed['numpy.dtype'] = np.dtype
-        for name in dir(np.dtypes):
-            if name.endswith('DType'):
-                allowed[f'numpy.dtypes.{name}'] = getattr(np.dtypes, name)
-    except ImportError:  # numpy is optional for torch
-        pass
-    try:
-        from mmengine.config.config import ConfigDict
-        from mmengine.logging.history_buffer import HistoryBuffer
-        allowed['mmengine.logging.history_buffer.HistoryBuffer'] = HistoryBuffer
-        allowed['mmengine.config.config.ConfigDict'] = ConfigDict
-    except ImportError:
-        pass
-    allowed = {k: v for k, v in allowed.items() if v is not None}
-    # only HistoryBuffer needs it; never numpy/torch (ndarray.tofile writes files)
-    getattr_owners = tuple(
-        v for k, v in allowed.items() if k.endswith('.HistoryBuffer'))
-
-    def safe_getattr(obj: Any, name: str) -> Any:
-        """``getattr`` for public attributes of HistoryBuffer only (it
-        pickles its statistics methods this way)."""
-        if (isinstance(obj, type) and obj in getattr_owners
-                and isinstance(name, str) and not name.startswith('_')):
-            return getattr(obj, name)
-        return unreconstructed_class('builtins', 'getattr')(obj, name)
-
-    allowed['builtins.getattr'] = allowed['__builtin__.getattr'] = \
-        safe_getattr
-    return allowed
-
-
-def _numpy_attr(name: str) -> Any:
-    import numpy as np
-    core = getattr(np, '_core', None) or np.core
-    return getattr(core.multiarray, name)
-
-
-def _restricted_pickle_module(
-        seen: List[str]) -> Tuple[types.ModuleType, Dict[str, Any]]:
-    """A ``pickle``-like module whose Unpickler only builds data-only globals."""
-    allowed = _data_only_globals()
-
-    class RestrictedUnpickler(pickle.Unpickler):
-
-        def find_class(self, module: str, name: str) -> Any:
-            full = f'{module}.{name}'
-            if full in allowed:
-                return allowed[full]
-            seen.append(full)
-            return unreconstructed_class(module, name)
-
-    mod = types.ModuleType('mmext_init_restricted_pickle')
-    mod.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
-    mod.load = lambda f, **kw: RestrictedUnpickler(f, **kw).load(
-    )  # type: ignore[attr-defined]
-    return mod, allowed
 
 
 def _is_local_cpu_zip(path: str, map_location: Any) -> bool:
@@ -201,12 +72,16 @@ def read_checkpoint(path: str,
     Returns the unpickled object and the sorted names of the globals that were
     replaced by :class:`UnreconstructedObject` (empty when ``trust``). A
     damaged file is a :class:`CheckpointError` naming it (zip files are
-    checked first, see :mod:`mmext_init.zip_checks`).
+    checked first, see :mod:`.zip_checks`).
 
     Example:
-        >>> ckpt, skipped = read_checkpoint('epoch_12.pth')
-        >>> skipped  # a Runner checkpoint loads with nothing skipped
-        []
+        >>> import fractions, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), 'epoch_1.pth')
+        >>> torch.save({'state_dict': {'w': torch.ones(2)},
+        ...             'meta': {'lr': fractions.Fraction(1, 3)}}, path)
+        >>> ckpt, skipped = read_checkpoint(path)
+        >>> ckpt['state_dict']['w'], ckpt['meta']['lr'], skipped
+        (tensor([1., 1.]), <unreconstructed fractions.Fraction>, ['fractions.Fraction'])
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -216,7 +91,7 @@ def read_checkpoint(path: str,
         if is_torch_zip(path):
             verify_torch_zip(path, label)
         mmap = _is_local_cpu_zip(path, map_location)
-        module = pickle if trust else _restricted_pickle_module(seen)[0]
+        module = pickle if trust else restricted_pickle_module(seen)
         obj = torch.load(
             path,
             map_location=map_location,
@@ -260,9 +135,12 @@ def file_key(tensor: Any) -> Optional[str]:
     :func:`load_from_safe_local` (None if it was made since, e.g. resized).
 
     Example:
-        >>> ckpt = load_from_safe_local('det.pth')
-        >>> file_key(ckpt['state_dict']['backbone.conv1.weight'])
-        'backbone.conv1.weight'
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), 'det.pth')
+        >>> torch.save({'state_dict': {'conv1.weight': torch.ones(1)}}, path)
+        >>> w = load_from_safe_local(path)['state_dict']['conv1.weight']
+        >>> file_key(w), file_key(w * 2)
+        ('conv1.weight', None)
     """
     return _FILE_KEYS.get(tensor) if isinstance(tensor, torch.Tensor) else None
 
@@ -286,8 +164,14 @@ def extract_state_dict(ckpt: Any,
     for an empty state dict or a value that is not a tensor.
 
     Example:
-        >>> extract_state_dict({'state_dict': {'module.fc.weight': w}}, 'x.pth')
-        {'fc.weight': w}
+        >>> ckpt = {'state_dict': {'module.fc.weight': torch.ones(2),
+        ...                        'module.step': 3}}
+        >>> extract_state_dict(ckpt, 'x.pth')
+        {'fc.weight': tensor([1., 1.])}
+        >>> extract_state_dict({'state_dict': {}}, 'x.pth')
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.CheckpointError: checkpoint: x.pth holds an empty state dict
     """
     sd = _unwrap(ckpt)
     if isinstance(sd, UnreconstructedObject):
@@ -330,15 +214,16 @@ def load_from_safe_local(filename: str, map_location: Any = None) -> Any:
     torch >= 2.6 without running code from them.
 
     Example:
-        >>> ckpt = load_from_safe_local('work_dirs/x/epoch_1.pth')
-        >>> ckpt['meta']['epoch']
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), 'epoch_1.pth')
+        >>> torch.save({'meta': {'epoch': 1}, 'state_dict': {}}, path)
+        >>> load_from_safe_local(path)['meta']['epoch']
         1
     """
     path = os.path.expanduser(filename)
     obj, skipped = read_checkpoint(path, map_location)
     _stamp_file_keys(obj)  # the ledger names a backbone's own loads by them
     if skipped:
-        from mmengine.logging import print_log
         print_log(
             f'mmext_init: read {path} without running code from it; objects '
             f'of these types were not reconstructed: {", ".join(skipped)}. '

@@ -21,7 +21,11 @@ module copies only the tensors it needs. A damaged byte inside tensor data
 is therefore not detected here (NaN/Inf are, by ``check_finite``).
 
 Example:
-    >>> verify_torch_zip('epoch_12.pth', "init_cfg of 'backbone' (Pretrained)")
+    >>> import os, tempfile, torch
+    >>> path = os.path.join(tempfile.mkdtemp(), 'w.pth')
+    >>> torch.save({'w': torch.ones(2)}, path)
+    >>> is_torch_zip(path), verify_torch_zip(path, 'checkpoint')
+    (True, None)
 """
 import os
 import re
@@ -60,10 +64,17 @@ def verify_torch_zip(path: str, label: str) -> None:
     """Raise :class:`CheckpointError` naming ``path`` and the damaged record
     if the zip structure or a small record of a torch zip file is damaged.
 
-    Example:
-        >>> verify_torch_zip('bad.pth', 'checkpoint')
-        CheckpointError: checkpoint: cannot read checkpoint bad.pth: the zip
-        structure is damaged (record archive/data.pkl: CRC-32 ...)
+    Example (one byte of ``data.pkl`` changed):
+        >>> import os, tempfile, torch
+        >>> path = os.path.join(tempfile.mkdtemp(), 'bad.pth')
+        >>> torch.save({'w': torch.ones(2)}, path)
+        >>> with open(path, 'r+b') as f:
+        ...     _ = f.seek(f.read().index(b'_rebuild_tensor'))
+        ...     _ = f.write(b'X')
+        >>> verify_torch_zip(path, 'checkpoint')  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.CheckpointError: checkpoint: cannot read checkpoint .../bad.pth: the zip structure is damaged (record bad/data.pkl: BadZipFile: Bad CRC-32 for file 'bad/data.pkl'); the file is truncated or corrupt, write or download it again
     """
     record = '(central directory)'
     try:

@@ -1,10 +1,13 @@
 """Deferred constructor init: the engine (see :mod:`.construction`).
 
 The public names of the engine; its modules, bottom up: :mod:`.ops` (what
-an ATen op reads, writes, draws), :mod:`.state` (the engine's state),
-:mod:`.order` (draw order), :mod:`.copies` (pending copies and aliases),
-:mod:`.replay` (recording and replaying), :mod:`.construction` (the build
-mode and ``settle``) and :mod:`.guards` (wrappers the plugin installs).
+an ATen op reads, writes, draws), :mod:`.state` (the engine's state,
+:data:`ENGINE`), :mod:`.running` (running recorded ops), :mod:`.order`
+(draw order), :mod:`.copies` (pending copies and aliases), :mod:`.plan`
+(what one replay does), :mod:`.replay` (pending parameters, replaying),
+:mod:`.recording` (recording), :mod:`.construction` (the build mode and
+``settle``), :mod:`.guards` (wrappers the plugin installs) and
+:mod:`.debug` (watching replays, for tests).
 
 Example:
     >>> import torch.nn as nn
@@ -18,9 +21,12 @@ Example:
 """
 from .construction import (ENV_VAR, Dropped, deferred_construction, enabled,
                            settle)
+from .debug import observe_replays, record_of, watch_replays
 from .replay import (PendingParameter, hooks_installed, is_pending,
                      materialize, pending_count)
+from .state import ENGINE, EngineState
 
 __all__ = ['deferred_construction', 'settle', 'materialize', 'pending_count',
            'is_pending', 'enabled', 'PendingParameter', 'Dropped', 'ENV_VAR',
-           'hooks_installed']
+           'hooks_installed', 'ENGINE', 'EngineState', 'observe_replays',
+           'watch_replays', 'record_of']

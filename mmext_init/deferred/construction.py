@@ -10,14 +10,15 @@ a model is built and replayed only for the tensors that need it.
   pending tensor replays its record first.
 * ``Registry.build`` runs the outermost build through a registry descending
   from MMEngine's root ``MODELS`` under it (Runner, ``MODELS.build``,
-  ``init_detector``). Off with ``MMEXT_INIT_DEFER=0`` and in ``stock_mmengine()``.
+  ``init_detector``). Off with ``MMEXT_INIT_DEFER=0`` and in
+  ``stock_mmengine()``.
 * :func:`settle` (init session, after planning) drops the pending tensors the
   checkpoint provides and replays the others.
 * A pending parameter's class is :class:`PendingParameter`: any torch
   function reading it after the build (``print``, ``sum``, a functional
   call, an initializer of stock MMEngine) replays its init first.
 * While anything is pending, a global forward pre-hook and a global
-  optimizer step pre-hook replay everything first; :mod:`.deferred_guards`
+  optimizer step pre-hook replay everything first; :mod:`.guards`
   covers the paths that read memory without a torch function call
   (``state_dict``, ``deepcopy``, ``torch.save``, DDP) or must keep a tensor
   pending (``load_state_dict``, ``.to()``).
@@ -29,14 +30,17 @@ first of them was deferred, so they draw what they would have drawn without
 deferral, whatever ran in between; only tensors dropped because the
 checkpoint provides them draw nothing (later draws shift). Parameters that
 die pending, or that the model does not hold, still draw, in their place
-(:mod:`.deferred_order`).
+(:mod:`.order`).
 
 Example:
+    >>> import torch.nn as nn
     >>> with deferred_construction():
-    ...     model = nn.Linear(4096, 4096)   # nothing drawn, nothing written
+    ...     model = nn.Linear(1024, 1024)   # nothing drawn, nothing written
     >>> pending_count()
     2
     >>> materialize(model)                  # the values it would have had
+    >>> pending_count()
+    0
 """
 import contextlib
 import os
@@ -49,12 +53,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..context import current_session, stock_mode
 from .copies import awaiting, copied_sources
 from .ops import arg, generator_of, leaves, op_info, storage_ptr
-from .order import build_mates
-from .state import _pid_at
-from .replay import (_PENDING, _STATE, _Op,
-                              PendingParameter, _forget, _materialize, _run,
-                              _sync_hooks, _try_defer, _unsequence,
-                              is_pending, materialize, pending_count)
+from .order import build_mates, unsequence
+from .recording import try_defer
+from .replay import (PendingParameter, forget, is_pending, materialize,
+                     materialize_ids, pending_count, sync_hooks)
+from .running import run_ops
+from .state import ENGINE, Op, pid_at
 
 __all__ = ['deferred_construction', 'settle', 'materialize', 'pending_count',
            'is_pending', 'enabled', 'PendingParameter', 'Dropped', 'ENV_VAR']
@@ -75,25 +79,25 @@ class _DeferMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _STATE['replaying']:
+        if ENGINE.replay_depth:
             return func(*args, **kwargs)
         info = op_info(func)
-        if info.deferrable and _defer_allowed() and _try_defer(
+        if info.deferrable and _defer_allowed() and try_defer(
                 func, info, args, kwargs):
             return arg(args, kwargs, info.write)
-        if _PENDING and not info.no_read:
-            pids = {_pid_at(storage_ptr(x))
-                    for x in leaves(args, kwargs)}
+        pending = ENGINE.pending
+        if pending and not info.no_read:
+            pids = {pid_at(storage_ptr(x)) for x in leaves(args, kwargs)}
             if info.seeded:  # an eager draw: the deferred ones come first
                 target = arg(args, kwargs, info.write) if info.write else 0
                 key, _ = generator_of(
                     info, args, kwargs, target.device if isinstance(
                         target, torch.Tensor) else kwargs.get('device'))
-                pids.update(pid for pid, e in _PENDING.items()
+                pids.update(pid for pid, e in pending.items()
                             if any(op.gen == key for op in e.ops))
             pids.discard(None)
             if pids:
-                _materialize(pids, check_version=False)  # type: ignore
+                materialize_ids(pids, check_version=False)  # type: ignore
         return func(*args, **kwargs)
 
 
@@ -102,20 +106,21 @@ def deferred_construction() -> Iterator[None]:
     """Defer the constructor init of the parameters built inside (nestable).
 
     Example:
+        >>> import torch.nn as nn
         >>> with deferred_construction():
-        ...     backbone = MyBackbone()
+        ...     fc = nn.Linear(2, 2)
+        >>> is_pending(fc.weight), is_pending(fc.bias)
+        (True, True)
+        >>> materialize(fc)
     """
-    if _STATE['depth']:
+    if ENGINE.build_depth:
         yield
         return
-    _STATE['depth'] += 1
-    _STATE['build'] += 1
     try:
-        with _DeferMode():
+        with ENGINE.building(), _DeferMode():
             yield
     finally:
-        _STATE['depth'] -= 1
-        for entry in list(_PENDING.values()):  # later writes are outside
+        for entry in list(ENGINE.pending.values()):  # later writes: outside
             param = entry.ref()
             if entry.version is None and param is not None:
                 entry.version = param._version
@@ -135,25 +140,30 @@ class Dropped:
     survives an error (values from the generator's current state)."""
 
     def __init__(self) -> None:
-        self.items: List[Tuple[weakref.ref, int, List[_Op]]] = []
+        self.items: List[Tuple[weakref.ref, int, List[Op]]] = []
 
     def refill(self, also: Tuple[torch.Tensor, ...] = ()) -> int:
         """Run the init of those not written since (and of those in
         ``also``, e.g. spoiled by a failed copy); return how many.
 
         Example:
-            >>> dropped = settle(tensors, protected)
-            >>> try: copy_checkpoint()
-            ... except Exception: dropped.refill(); raise
+            >>> import torch.nn as nn
+            >>> with deferred_construction():
+            ...     fc = nn.Linear(2, 2)
+            >>> dropped = settle(dict(fc.named_parameters()), {'weight'})
+            >>> dropped.refill()          # the checkpoint copy failed
+            1
+            >>> bool(fc.weight.isfinite().all())
+            True
         """
-        ops: List[Tuple[_Op, torch.Tensor]] = []
+        ops: List[Tuple[Op, torch.Tensor]] = []
         for ref, version, recorded in self.items:
             target = ref()
             if target is not None and (target._version == version or any(
                     target is t for t in also)):
                 ops.extend((op, target) for op in recorded)
         self.items.clear()
-        _run(sorted(ops, key=lambda item: item[0].seq))
+        run_ops(sorted(ops, key=lambda item: item[0].seq))
         return len({id(t) for _, t in ops})
 
 
@@ -169,25 +179,31 @@ def settle(tensors: Mapping[str, torch.Tensor],
     deferral they came before anything drawn after the build.
 
     Example:
-        >>> dropped = settle(model.state_dict(keep_vars=True), {'fc.weight'})
+        >>> import torch.nn as nn
+        >>> with deferred_construction():
+        ...     fc = nn.Linear(2, 2)
+        >>> dropped = settle(dict(fc.named_parameters()), {'weight'})
+        >>> is_pending(fc.weight), is_pending(fc.bias), len(dropped.items)
+        (False, False, 1)
     """
     dropped = Dropped()
-    if not _PENDING:
+    pending = ENGINE.pending
+    if not pending:
         return dropped
     named = {id(t) for t in tensors.values()}
     mates = [pid for pid in build_mates(named) if pid not in named]
     followed = copied_sources()
     for name, t in tensors.items():
-        entry = _PENDING.get(id(t)) if name in protected else None
+        entry = pending.get(id(t)) if name in protected else None
         if entry is not None:
             dropped.items.append((entry.ref, t._version, entry.ops))
-            _forget(id(t))
+            forget(id(t))
             if id(t) in followed:
                 awaiting(t)
-        elif name in later and id(t) in _PENDING:
-            _unsequence(id(t))
-    _materialize([id(t) for name, t in tensors.items()
-                  if id(t) in _PENDING and name not in later] + mates,
-                 check_version=True)
-    _sync_hooks()
+        elif name in later and id(t) in pending:
+            unsequence(id(t))
+    materialize_ids([id(t) for name, t in tensors.items()
+                     if id(t) in pending and name not in later] + mates,
+                    check_version=True)
+    sync_hooks()
     return dropped

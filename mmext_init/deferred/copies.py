@@ -2,16 +2,25 @@
 
 MMEngine's averaged models (``EMAHook``) deep-copy the model before
 ``init_weights``. Inside their constructor a pending parameter's copy is
-pending too (:func:`.deferred_replay.copy_pending`): it costs nothing until
+pending too (:func:`.recording.copy_pending`): it costs nothing until
 read, then takes the original's values, computed first if the original is
 still pending. If the original is gone, or its values are not there yet
 (dropped by the init session for a checkpoint copy still to come, see
 :func:`awaiting`), the copy runs the original's recorded init instead.
 
 Example:
-    >>> ema = ExponentialMovingAverage(model)   # copies stay pending
-    >>> model.init_weights()                    # checkpoint copied in
-    >>> ema.module.fc.weight.sum()              # now the loaded values
+    >>> import torch.nn as nn
+    >>> from mmext_init.deferred import (deferred_construction, is_pending,
+    ...                                  materialize)
+    >>> from mmext_init.deferred.recording import copy_pending
+    >>> with deferred_construction():
+    ...     fc = nn.Linear(2, 2)
+    >>> twin = copy_pending(fc.weight)        # nothing computed
+    >>> is_pending(fc.weight), is_pending(twin)
+    (True, True)
+    >>> bool((twin == fc.weight).all())       # computed, then copied
+    True
+    >>> materialize(fc)
 """
 import weakref
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -19,7 +28,11 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 
 from .ops import storage_ptr
-from .state import _AWAITING, _PENDING, _run
+from .running import run_ops
+from .state import ENGINE
+
+__all__ = ['awaiting', 'copied_sources', 'retarget', 'add_sources',
+           'fill_copies', 'moved_alias', 'fill_views']
 
 
 def awaiting(param: torch.Tensor) -> None:
@@ -28,32 +41,43 @@ def awaiting(param: torch.Tensor) -> None:
     pending copy of it does not copy that memory.
 
     Example:
-        >>> awaiting(model.fc.weight)    # done by deferred.settle
+        >>> import torch
+        >>> weight = torch.nn.Parameter(torch.empty(2))
+        >>> awaiting(weight)             # done by deferred.settle
+        >>> ENGINE.awaiting[id(weight)][1] == weight._version
+        True
     """
     key = id(param)
 
     def gone(ref: weakref.ref) -> None:
-        if _AWAITING.get(key, (None, ))[0] is ref:
-            del _AWAITING[key]
+        if ENGINE.awaiting.get(key, (None, ))[0] is ref:
+            del ENGINE.awaiting[key]
 
-    _AWAITING[key] = (weakref.ref(param, gone), param._version)
+    ENGINE.awaiting[key] = (weakref.ref(param, gone), param._version)
 
 
 def copied_sources() -> Set[int]:
     """Ids of the parameters that pending copies follow.
 
     Example:
-        >>> id(model.fc.weight) in copied_sources()   # EMA built before
-        True
+        >>> import torch.nn as nn
+        >>> from mmext_init.deferred import deferred_construction, materialize
+        >>> from mmext_init.deferred.recording import copy_pending
+        >>> with deferred_construction():
+        ...     fc = nn.Linear(2, 2)
+        >>> twin = copy_pending(fc.weight)
+        >>> id(fc.weight) in copied_sources(), id(fc.bias) in copied_sources()
+        (True, False)
+        >>> materialize()
     """
-    return {id(e.source()) for e in _PENDING.values()
+    return {id(e.source()) for e in ENGINE.pending.values()
             if e.source is not None and e.source() is not None}
 
 
 def retarget(old: torch.Tensor, new: Optional[torch.Tensor]) -> None:
     """Copies following ``old`` follow ``new`` (``.to()`` made a new
     parameter); with no ``new``, ``old`` holds no values for them."""
-    followers = [e for e in _PENDING.values()
+    followers = [e for e in ENGINE.pending.values()
                  if e.source is not None and e.source() is old]
     for entry in followers:
         if new is not None:
@@ -67,16 +91,17 @@ def add_sources(todo: Dict[int, Any]) -> None:
     new = list(todo.values())
     while new:
         sources = [e.source() for e in new if e.source is not None]
-        found = {id(s): _PENDING[id(s)] for s in sources
-                 if s is not None and id(s) in _PENDING and id(s) not in todo}
+        pending = ENGINE.pending
+        found = {id(s): pending[id(s)] for s in sources
+                 if s is not None and id(s) in pending and id(s) not in todo}
         todo.update(found)
         new = list(found.values())
 
 
 def _has_values(source: Optional[torch.Tensor]) -> bool:
-    if source is None or id(source) in _PENDING:
+    if source is None or id(source) in ENGINE.pending:
         return False
-    ref, version = _AWAITING.get(id(source), (None, None))
+    ref, version = ENGINE.awaiting.get(id(source), (None, None))
     return not (ref is not None and ref() is source
                 and source._version == version)
 
@@ -89,7 +114,7 @@ def fill_copies(copies: List[Tuple[Any, torch.Tensor]]) -> None:
     for entry, target in sorted(copies, key=lambda item: item[0].born):
         source = entry.source()
         if _has_values(source) and source.shape == target.shape:
-            _run([], copy=(source, target))
+            run_ops([], copy=(source, target))
             continue
         cuda = [target.device.index or 0] if target.is_cuda else []
         with torch.random.fork_rng(devices=cuda):
@@ -97,7 +122,7 @@ def fill_copies(copies: List[Tuple[Any, torch.Tensor]]) -> None:
             torch.default_generator.manual_seed(seed)
             if cuda:
                 torch.cuda.manual_seed(seed)
-            _run([(op, target) for op in entry.ops])
+            run_ops([(op, target) for op in entry.ops])
 
 
 def moved_alias(ref: weakref.ref,
@@ -106,7 +131,13 @@ def moved_alias(ref: weakref.ref,
     parameter ``target`` now (moved or replaced while pending), else None.
 
     Example:
-        >>> moved_alias(weakref.ref(alias), model.fc.weight.double())
+        >>> import torch
+        >>> weight = torch.zeros(2)
+        >>> view = weight.detach()
+        >>> moved_alias(weakref.ref(view), weight) is None   # same memory
+        True
+        >>> moved_alias(weakref.ref(view), weight.double()) is view
+        True
     """
     view = ref()
     if view is None or storage_ptr(view) == storage_ptr(target):
@@ -120,4 +151,4 @@ def fill_views(views: List[Tuple[weakref.ref, torch.Tensor]]) -> None:
     for ref, target in views:
         view = moved_alias(ref, target)
         if view is not None and view.shape == target.shape:
-            _run([], copy=(target, view))
+            run_ops([], copy=(target, view))

@@ -1,4 +1,5 @@
-"""The safety net of deferred constructor init (see :mod:`mmext_init.deferred`).
+"""The safety net of deferred constructor init (see
+:mod:`mmext_init.deferred`).
 
 While a parameter is pending, the places that could read or lose it without
 a torch function call on it are wrapped:
@@ -13,7 +14,8 @@ a torch function call on it are wrapped:
   pending values first;
 * ``BaseAveragedModel.__init__`` (``EMAHook`` builds it before
   ``init_weights``): its deep copy of a pending parameter is a pending copy
-  and its ``state_dict()`` gives aliases (see :mod:`mmext_init.deferred.copies`);
+  and its ``state_dict()`` gives aliases (see
+  :mod:`mmext_init.deferred.copies`);
 * ``DistributedDataParallel.__init__``: rank 0's broadcast of raw memory does
   not count as a write; pending parameters stay pending on every rank.
 
@@ -36,14 +38,18 @@ import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
 
-from ..context import current_session, stock_mode
+from ..context import current_session
 from .construction import deferred_construction, enabled
 from .copies import retarget
 from .ops import storage_ptr
-from .replay import (_BY_STORAGE, _PENDING, _STATE, _Entry,
-                              _entry_of, _forget, _mark, _materialize,
-                              _materialize_all, _sync_hooks, _unmark,
-                              alias, copy_pending, is_pending)
+from .recording import alias, copy_pending
+from .replay import (Entry, entry_of, forget, is_pending, mark,
+                     materialize_all, materialize_ids, sync_hooks, unmark)
+from .state import ENGINE
+
+__all__ = ['guard_load', 'wrap_apply', 'wrap_read', 'wrap_deepcopy',
+           'wrap_averaged_init', 'wrap_state_dict', 'wrap_save',
+           'wrap_ddp_init', 'wrap_build']
 
 
 def guard_load(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
@@ -51,27 +57,24 @@ def guard_load(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
     """Run ``load`` (one ``_load_from_state_dict`` call on ``module``): a
     pending tensor it copies into is dropped, a pending source is computed
     first. Called by the plugin's ``_load_from_state_dict`` wrapper."""
-    if not _PENDING:
+    if not ENGINE.pending:
         return load()
     watch = []
     for name, p in module._parameters.items():
         src = state_dict.get(prefix + name)
         if src is None:
             continue
-        if id(p) in _PENDING:
+        if id(p) in ENGINE.pending:
             watch.append((name, p, p._version))
-        entry = _entry_of(src) if isinstance(src, torch.Tensor) else None
+        entry = entry_of(src) if isinstance(src, torch.Tensor) else None
         if entry is not None:
-            _materialize([id(entry.ref())], check_version=True)
-    _STATE['loading'] += 1
-    try:
+            materialize_ids([id(entry.ref())], check_version=True)
+    with ENGINE.no_replay():
         out = load()
-    finally:
-        _STATE['loading'] -= 1
     for name, p, version in watch:
         if module._parameters.get(name) is p and p._version != version:
-            _forget(id(p))
-    _sync_hooks()
+            forget(id(p))
+    sync_hooks()
     return out
 
 
@@ -80,51 +83,55 @@ def wrap_apply(original: Callable) -> Callable:
     converted tensor (same parameter object or a new one)."""
 
     def _apply(self, *args, **kwargs):
-        if not _PENDING or _STATE['applying']:
+        if not ENGINE.pending or ENGINE.apply_depth:
             return original(self, *args, **kwargs)
+        pending = ENGINE.pending
         before = [(m, n, p) for m in self.modules()
-                  for n, p in m._parameters.items() if id(p) in _PENDING]
+                  for n, p in m._parameters.items() if id(p) in pending]
         viewed = [id(p) for _, _, p in before if any(
-            ref() is not None for ref in _PENDING[id(p)].aliases)]
+            ref() is not None for ref in pending[id(p)].aliases)]
         if viewed:  # an alias would be left on the old memory: compute now
-            _materialize(viewed, check_version=True)
-        _STATE['applying'] += 1
-        try:
+            materialize_ids(viewed, check_version=True)
+        with ENGINE.applying():
             out = original(self, *args, **kwargs)
-        finally:
-            _STATE['applying'] -= 1
         for module, name, p in before:
-            new, entry = module._parameters.get(name), _PENDING.get(id(p))
-            if entry is None:
-                continue
-            if new is None or storage_ptr(new) is None:  # e.g. to meta
-                _forget(id(p))
-                retarget(p, None)
-                continue
-            if new is not p:
-                retarget(p, new)
-            del _PENDING[id(p)]
-            _BY_STORAGE.pop(entry.ptr, None)
-            if new is not p:
-                _unmark(p)
-            moved = _Entry(new, storage_ptr(new))  # type: ignore[arg-type]
-            moved.ops, moved.source = entry.ops, entry.source
-            moved.born, moved.aliases = entry.born, entry.aliases
-            moved.build = entry.build  # its build's draws replay with it
-            moved.like = entry.like  # as built: replayed so, then converted
-            _PENDING[id(new)], _BY_STORAGE[moved.ptr] = moved, id(new)
-            _mark(new)
+            _follow(p, module._parameters.get(name))
         return out
 
     return _apply
+
+
+def _follow(p: nn.Parameter, new: Any) -> None:
+    """The record of the pending ``p`` goes to ``new``, what ``_apply`` made
+    of it (``p`` itself, converted in place, or a new parameter)."""
+    entry = ENGINE.pending.get(id(p))
+    if entry is None:
+        return
+    if new is None or storage_ptr(new) is None:  # e.g. to meta
+        forget(id(p))
+        retarget(p, None)
+        return
+    if new is not p:
+        retarget(p, new)
+    del ENGINE.pending[id(p)]
+    ENGINE.by_storage.pop(entry.ptr, None)
+    if new is not p:
+        unmark(p)
+    moved = Entry(new, storage_ptr(new))  # type: ignore[arg-type]
+    moved.ops, moved.source = entry.ops, entry.source
+    moved.born, moved.aliases = entry.born, entry.aliases
+    moved.build = entry.build  # its build's draws replay with it
+    moved.like = entry.like  # as built: replayed so, then converted
+    ENGINE.pending[id(new)], ENGINE.by_storage[moved.ptr] = moved, id(new)
+    mark(new)
 
 
 def wrap_read(original: Callable) -> Callable:
     """``__deepcopy__``/``__reduce_ex__`` of a pending tensor."""
 
     def wrapper(self, *args, **kwargs):
-        if _PENDING and is_pending(self):
-            _materialize_all()
+        if ENGINE.pending and is_pending(self):
+            materialize_all()
         return original(self, *args, **kwargs)
 
     return wrapper
@@ -135,13 +142,14 @@ def wrap_deepcopy(original: Callable) -> Callable:
     constructor, else all pending values are computed first."""
 
     def __deepcopy__(self, memo):
-        if (_STATE['averaging'] and id(self) in _PENDING
-                and _PENDING[id(self)].version is not None  # built
+        pending = ENGINE.pending
+        if (ENGINE.average_depth and id(self) in pending
+                and pending[id(self)].version is not None  # built
                 and id(self) not in memo):
             memo[id(self)] = copy_pending(self)
             return memo[id(self)]
-        if _PENDING and is_pending(self):
-            _materialize_all()
+        if pending and is_pending(self):
+            materialize_all()
         return original(self, memo)
 
     return __deepcopy__
@@ -151,11 +159,8 @@ def wrap_averaged_init(original: Callable) -> Callable:
     """``BaseAveragedModel.__init__`` (``EMAHook``'s averaged model)."""
 
     def __init__(self, *args, **kwargs):
-        _STATE['averaging'] += 1
-        try:
+        with ENGINE.averaging():
             return original(self, *args, **kwargs)
-        finally:
-            _STATE['averaging'] -= 1
 
     return __init__
 
@@ -163,15 +168,15 @@ def wrap_averaged_init(original: Callable) -> Callable:
 def _aliasing() -> bool:
     """Whether ``state_dict()`` gives pending parameters as aliases: inside
     an init session or an averaged model's constructor."""
-    return bool(_STATE['averaging']) or current_session() is not None
+    return bool(ENGINE.average_depth) or current_session() is not None
 
 
 def wrap_state_dict(original: Callable) -> Callable:
 
     def state_dict(self, *args, **kwargs):
-        if _PENDING and not kwargs.get('keep_vars', args[2:3] == (
+        if ENGINE.pending and not kwargs.get('keep_vars', args[2:3] == (
                 True, )) and not _aliasing():
-            _materialize_all()
+            materialize_all()
         return original(self, *args, **kwargs)
 
     return state_dict
@@ -184,11 +189,12 @@ def wrap_save(original: Callable) -> Callable:
     pending parameters are given as :class:`PendingAlias` instead."""
 
     def _save_to_state_dict(self, destination, prefix, keep_vars, *a, **k):
-        if not _PENDING or keep_vars or not any(
-                id(p) in _PENDING for p in self._parameters.values()):
+        pending = ENGINE.pending
+        if not pending or keep_vars or not any(
+                id(p) in pending for p in self._parameters.values()):
             return original(self, destination, prefix, keep_vars, *a, **k)
         if not _aliasing():
-            _materialize_all()
+            materialize_all()
             return original(self, destination, prefix, keep_vars, *a, **k)
         out = original(self, destination, prefix, True, *a, **k)
         for owned in (self._parameters, self._buffers):
@@ -207,16 +213,14 @@ def wrap_ddp_init(original: Callable) -> Callable:
     broadcasts again after ``init_weights``)."""
 
     def __init__(self, module, *args, **kwargs):
-        pending = [(p, _PENDING[id(p)]) for p in module.parameters()
-                   if id(p) in _PENDING] if isinstance(module,
-                                                       nn.Module) else []
-        _STATE['wrapping'] += 1
-        try:
+        records = ENGINE.pending
+        pending = [(p, records[id(p)]) for p in module.parameters()
+                   if id(p) in records] if isinstance(module,
+                                                      nn.Module) else []
+        with ENGINE.no_replay():
             out = original(self, module, *args, **kwargs)
-        finally:
-            _STATE['wrapping'] -= 1
         for p, entry in pending:
-            if _PENDING.get(id(p)) is entry:  # the broadcast is no outside
+            if records.get(id(p)) is entry:  # the broadcast is no outside
                 entry.version = p._version  # write: its values get replaced
         return out
 
@@ -227,7 +231,8 @@ def wrap_build(original: Callable) -> Callable:
     """``Registry.build``: the outermost model build runs deferred."""
 
     def build(self, cfg, *args, **kwargs):
-        if _STATE['depth'] or not enabled() or not _is_model_registry(self):
+        if ENGINE.build_depth or not enabled() or not _is_model_registry(
+                self):
             return original(self, cfg, *args, **kwargs)
         with deferred_construction():
             return original(self, cfg, *args, **kwargs)

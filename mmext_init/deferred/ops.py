@@ -6,6 +6,7 @@ reads nothing else), whether it only looks at metadata or makes a view, and
 whether it draws random numbers (and from which ``Generator`` argument).
 
 Example:
+    >>> import torch
     >>> info = op_info(torch.ops.aten.uniform_.default)
     >>> info.write, info.deferrable, info.seeded
     ((0, 'self'), True, True)
@@ -14,6 +15,8 @@ import itertools
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
+
+from ..aten import op_schema
 
 _NEVER = frozenset({'resize_', 'resize_as_', 'set_', 'set_data', 'copy_',
                     'detach_', 'requires_grad_', 'share_memory_'})
@@ -36,21 +39,26 @@ _INFO: Dict[Any, OpInfo] = {}
 
 
 def op_info(func: Any) -> OpInfo:
-    """What ``func`` (an ``OpOverload``) writes, reads and draws."""
+    """What ``func`` (an ``OpOverload``) writes, reads and draws (cached).
+
+    Example:
+        >>> import torch
+        >>> op_info(torch.ops.aten.fill_.Scalar).deferrable
+        True
+        >>> copy = torch.ops.aten.copy_.default    # reads its source
+        >>> op_info(copy).deferrable
+        False
+    """
     info = _INFO.get(func)
     if info is None:
-        schema, name = func._schema, func._schema.name.split('::')[-1]
-        args = list(enumerate(schema.arguments))
-        writes = [(i, a.name) for i, a in args
-                  if a.alias_info is not None and a.alias_info.is_write]
-        gens = [(i, a.name) for i, a in args if 'Generator' in str(a.type)]
-        view = not writes and bool(schema.returns) and all(
-            r.alias_info is not None for r in schema.returns)
+        schema = op_schema(func)
+        writes, gens = schema.writes, schema.generators
         info = _INFO[func] = OpInfo(
             writes[0] if len(writes) == 1 else None,
             len(writes) == 1 and func.namespace == 'aten'
-            and name not in _NEVER and torch.Tag.inplace_view not in func.tags,
-            view or name in _NO_READ, gens[0] if gens else None,
+            and schema.name not in _NEVER
+            and torch.Tag.inplace_view not in func.tags,
+            schema.view or schema.name in _NO_READ, gens[0] if gens else None,
             bool(gens) or torch.Tag.nondeterministic_seeded in func.tags)
     return info
 
@@ -96,6 +104,7 @@ def function_name(func: Any) -> str:
     property's getter or setter is named after the property.
 
     Example:
+        >>> import torch
         >>> function_name(torch.Tensor.sum)
         'sum'
     """

@@ -21,7 +21,6 @@ Example (config):
     ...                 override=dict(type='CopyFrom', name='branch2',
     ...                               source='backbone.layer4'))
 """
-import difflib
 import functools
 from typing import Dict, Optional
 
@@ -29,7 +28,7 @@ import torch
 import torch.nn as nn
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from ..errors import InitConfigError, module_label
+from ..errors import InitConfigError, close_names, module_label
 from ..checkpoint.formats import open_checkpoint
 from ..provenance.ledger import INITIALIZER, Provenance
 from ..context import current_session
@@ -61,7 +60,11 @@ def copy_from(module: nn.Module, source: nn.Module) -> None:
     ``module`` (names must line up, shapes must match).
 
     Example:
-        >>> copy_from(model.branch2, model.backbone.layer4)
+        >>> import torch.nn as nn
+        >>> new, old = nn.Linear(2, 2), nn.Linear(2, 2)
+        >>> copy_from(new, old)
+        >>> bool((new.weight == old.weight).all())
+        True
     """
     target = _state(module)
     src = _state(source)
@@ -78,9 +81,8 @@ def resolve_source(root: nn.Module, path: str, owner: str) -> nn.Module:
         return root.get_submodule(path)
     except AttributeError:
         names = [n for n, _ in root.named_modules() if n]
-        close = difflib.get_close_matches(path, names, n=3, cutoff=0.6)
-        hint = f'; did you mean {" or ".join(map(repr, close))}?' \
-            if close else ''
+        close = close_names(path, names)
+        hint = f'; did you mean {close}?' if close else ''
         raise InitConfigError(
             f'CopyFrom into {owner}: source {path!r} is not a module of '
             f'{type(root).__name__}{hint}') from None
@@ -98,8 +100,17 @@ class CopyFromInit:
             sub-tree to copy, e.g. ``'backbone.layer4.'``.
 
     Example:
-        >>> dict(type='CopyFrom', source='backbone.layer4')
-        >>> dict(type='CopyFrom', checkpoint='r50.pth', prefix='layer4.')
+        >>> import torch, torch.nn as nn
+        >>> from mmengine.model import BaseModule
+        >>> class Net(BaseModule):
+        ...     def __init__(self):
+        ...         super().__init__(init_cfg=dict(
+        ...             type='CopyFrom', source='old', override=dict(name='new')))
+        ...         self.old, self.new = nn.Linear(2, 2), nn.Linear(2, 2)
+        >>> net = Net()
+        >>> net.init_weights()
+        >>> torch.equal(net.new.weight, net.old.weight)
+        True
     """
 
     def __init__(self,

@@ -60,8 +60,15 @@ class PretrainedInit(PretrainedOptions):
         check_finite (bool): refuse NaN/Inf values. Defaults to True.
 
     Example:
+        >>> import os, tempfile, torch, torch.nn as nn
         >>> from mmengine.model import initialize
-        >>> initialize(model, dict(type='Pretrained', checkpoint='r18.pth'))
+        >>> path = os.path.join(tempfile.mkdtemp(), 'fc.pth')
+        >>> torch.save({'weight': torch.ones(2, 2), 'bias': torch.ones(2)},
+        ...            path)
+        >>> fc = nn.Linear(2, 2)
+        >>> initialize(fc, dict(type='Pretrained', checkpoint=path))
+        >>> float(fc.weight.sum())
+        4.0
     """
 
     def __call__(self, module: nn.Module) -> None:

@@ -77,7 +77,14 @@ def build_transform(cfg: Dict[str, Any]) -> AdaptTransform:
     warns under ``default_scope='mmdet'``); unknown types list the known ones.
 
     Example:
-        >>> build_transform(dict(type='Grow', keys=r'head\\..*'))
+        >>> t = build_transform(dict(type='InputChannels', keys='conv1.weight',
+        ...                          mode='tile'))
+        >>> type(t).__name__, t.keys, t.mode
+        ('InputChannels', ['conv1.weight'], 'tile')
+        >>> build_transform(dict(type='Shrink'))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        KeyError: "unknown transform 'Shrink' (registered: Classes, Grow, ...)"
     """
     args = dict(cfg)
     kind = args.pop('type', None)
@@ -141,8 +148,12 @@ class ResizePosEmbed(AdaptTransform):
     """Absolute position embeddings ``(1, P + g*g, C)`` to a new square grid
     (interpolated in float32), keeping ``num_prefix_tokens`` P as they are.
 
-    Example:
-        >>> dict(type='ResizePosEmbed', keys=r'.*pos_embed', num_prefix_tokens=1)
+    Example (a 4x4 grid and a class token to an 8x8 grid):
+        >>> done = ResizePosEmbed('pos_embed')('pos_embed',
+        ...                                    torch.zeros(1, 1 + 4 * 4, 8),
+        ...                                    (1, 1 + 8 * 8, 8))
+        >>> tuple(done.tensor.shape), done.description
+        ((1, 65, 8), "ResizePosEmbed(num_prefix_tokens=1, grid='4x4->8x8')")
     """
 
     def __init__(self, keys, num_prefix_tokens: int = 1,
@@ -174,8 +185,11 @@ class ResizeRelPosTable(AdaptTransform):
     """Swin relative position bias tables ``((2W-1)^2, heads)`` to a new
     window size.
 
-    Example:
-        >>> dict(type='ResizeRelPosTable', keys=r'.*relative_position_bias_table')
+    Example (window 7 to window 13, 3 heads):
+        >>> done = ResizeRelPosTable('table')('table', torch.zeros(13 * 13, 3),
+        ...                                   (25 * 25, 3))
+        >>> tuple(done.tensor.shape), done.description
+        ((625, 3), "ResizeRelPosTable(table='13x13->25x25')")
     """
 
     def __init__(self, keys, mode: str = 'bicubic') -> None:
@@ -204,8 +218,11 @@ class InputChannels(AdaptTransform):
     ``'copy'`` (the first min(I, I_new) channels; the rest keeps its
     declared init).
 
-    Example:
-        >>> dict(type='InputChannels', keys='stem.conv.weight', mode='sum')
+    Example (RGB to one channel):
+        >>> done = InputChannels('conv1.weight', mode='sum')(
+        ...     'conv1.weight', torch.ones(8, 3, 3, 3), (8, 1, 3, 3))
+        >>> done.tensor[0, 0, 0, 0].item(), done.description
+        (3.0, "InputChannels(mode='sum', channels='3->1')")
     """
 
     def __init__(self, keys, mode: str = 'sum') -> None:
@@ -244,7 +261,10 @@ class Inflate(AdaptTransform):
     ``'replicate'`` over time and divide by T, or ``'center'`` frame.
 
     Example:
-        >>> dict(type='Inflate', keys=r'.*conv\\d?\\.weight', mode='replicate')
+        >>> done = Inflate('conv.weight', mode='center')(
+        ...     'conv.weight', torch.ones(2, 3, 3, 3), (2, 3, 3, 3, 3))
+        >>> done.tensor[0, 0, :, 0, 0], done.description
+        (tensor([0., 1., 0.]), "Inflate(mode='center', time=3)")
     """
 
     def __init__(self, keys, mode: str = 'replicate') -> None:
@@ -275,8 +295,10 @@ class Grow(AdaptTransform):
     rest keeps the declared init (``region`` is ``None`` when the model
     tensor is no larger in any dimension: a crop).
 
-    Example:
-        >>> dict(type='Grow', keys=r'head\\..*')
+    Example (two classes to three: the third row keeps its declared init):
+        >>> done = Grow('fc.weight')('fc.weight', torch.ones(2, 3), (3, 3))
+        >>> done.tensor.tolist(), done.region
+        ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], (slice(0, 2, None), slice(0, 3, None)))
     """
 
     def __call__(self, name, ckpt, model_shape):

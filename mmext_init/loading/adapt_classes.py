@@ -9,9 +9,15 @@ are (a background row). The shapes alone cannot tell ``9 anchors x C`` from
 nor ``inner`` says how, every reading that would give other rows is listed in
 an error instead of being guessed.
 
-Example (config):
-    >>> dict(type='Classes', keys=r'bbox_head\\.fc_reg\\.(weight|bias)',
-    ...      index_map=[0, 2, 16, -1], inner=4)
+Example (3 checkpoint classes of 2 rows each, 2 model classes):
+    >>> Classes('cls.bias', index_map=[1, 0])(
+    ...     'cls.bias', torch.arange(6.), (4, ))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Classes on cls.bias: checkpoint (6,) -> model (4,): each class has 2 rows, which can be read 2 ways that copy different rows: inner=2 (class-major: 3 classes x 2 rows each); groups=2 (groups-major: 2 groups x 3 classes). State which with groups= or inner= ...
+    >>> Classes('cls.bias', index_map=[1, 0], inner=2)(
+    ...     'cls.bias', torch.arange(6.), (4, )).tensor
+    tensor([2., 3., 0., 1.])
 """
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -107,10 +113,13 @@ class Classes(AdaptTransform):
     ``retina_cls``: ``groups=num_anchors``) or ``inner`` (class-specific box
     regression: ``inner=4``); ``extra=1`` for a trailing background row.
 
-    Example:
-        >>> dict(type='Classes', keys=r'bbox_head\\.retina_cls\\.(weight|bias)',
-        ...      old_classes=['cat', 'dog', 'car'], new_classes=['dog', 'bus'],
-        ...      groups=9)
+    Example (config: ``dict(type='Classes', keys=..., old_classes=...,
+    new_classes=...)``):
+        >>> t = Classes('fc.bias', old_classes=['cat', 'dog', 'car'],
+        ...             new_classes=['dog', 'bus'])
+        >>> done = t('fc.bias', torch.tensor([0., 1., 2.]), (2, ))
+        >>> done.tensor, done.region, done.description
+        (tensor([1., 0.]), tensor([ True, False]), "Classes(classes='1 kept', new=['bus'], rows='3->2 classes')")
     """
 
     def __init__(self, keys, index_map: Optional[Sequence[int]] = None,

@@ -30,8 +30,20 @@ def apply_loads(plans: List[LoadPlan], tensors: Dict[str, torch.Tensor],
     source first (:func:`check_sources`), so a failure writes nothing.
 
     Example:
-        >>> apply_loads(session.all_plans(), model.state_dict(keep_vars=True),
-        ...             session.tracker)
+        >>> import os, tempfile, torch.nn as nn
+        >>> from mmext_init.loading.options import PretrainedOptions
+        >>> from mmext_init.loading.plan import plan_load
+        >>> path = os.path.join(tempfile.mkdtemp(), 'fc.pth')
+        >>> torch.save({'weight': torch.ones(2, 3)}, path)
+        >>> fc = nn.Linear(3, 2)
+        >>> tensors = fc.state_dict(keep_vars=True)
+        >>> tracker = WriteTracker(tensors)
+        >>> apply_loads([plan_load(fc, '', PretrainedOptions(path), 'fc')],
+        ...             tensors, tracker)
+        >>> fc.weight.sum().item(), list(tracker.written)
+        (6.0, ['weight'])
+        >>> tracker.written['weight'].kind, tracker.written['weight'].key
+        ('checkpoint', 'weight')
     """
     todo = planned_copies(plans)
     check_sources(todo)

@@ -15,10 +15,12 @@ Example:
     >>> result.loaded
     {'conv.weight': 'backbone.conv.weight'}
 """
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (Container, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Tuple)
 
 Shape = Tuple[int, ...]
 
@@ -105,18 +107,28 @@ class MatchResult:
                         counted: Optional[Iterable[str]] = None) -> float:
         """Fraction of the elements of ``counted`` (default: all) loaded,
         the checkpoint's part of partly adapted tensors included."""
-        names = list(model_shapes if counted is None else counted)
-        total = sum(_numel(model_shapes[n]) for n in names)
-        got = sum(_numel(model_shapes[n]) if n in self.loaded else
-                  self.partly.get(n, 0) for n in names)
-        return got / total if total else 0.0
+        names = model_shapes if counted is None else counted
+        sizes = {n: math.prod(int(s) for s in model_shapes[n]) for n in names}
+        return element_fraction(sizes, self.loaded, self.partly)
 
 
-def _numel(shape: Shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+def element_fraction(sizes: Mapping[str, int], loaded: Container[str],
+                     partly: Optional[Mapping[str, int]] = None) -> float:
+    """Fraction of the elements of ``sizes`` (name -> element count) that a
+    load provides: all of each name in ``loaded``, ``partly[name]`` of a
+    partly adapted one; 0.0 when ``sizes`` holds no element.
+
+    Example:
+        >>> element_fraction({'w': 6, 'b': 2}, {'b'})
+        0.25
+        >>> element_fraction({'w': 6, 'b': 2}, {'b'}, partly={'w': 3})
+        0.625
+    """
+    partly = partly or {}
+    total = sum(sizes.values())
+    got = sum(size if name in loaded else partly.get(name, 0)
+              for name, size in sizes.items())
+    return got / total if total else 0.0
 
 
 def match_keys(model_shapes: Mapping[str, Shape],

@@ -4,8 +4,15 @@ entry: something matched, ``min_loaded``, ``on_mismatch='error'``,
 is written) and for those a backbone's ``init_weights`` makes itself.
 
 Example:
-    >>> check_load_options(entry, label, fraction=0.97, missing=[],
+    >>> from mmext_init.loading.options import PretrainedOptions
+    >>> entry = PretrainedOptions('r50.pth', min_loaded=0.9)
+    >>> check_load_options(entry, 'backbone', 0.97, missing=[],
     ...                    unexpected=['head.fc.weight'], mismatched=[])
+    >>> check_load_options(entry, 'backbone', 0.5, ['fc.weight'], [], [],
+    ...                    {'fc.weight': (10, 2048)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mmext_init.errors.CheckpointError: backbone: r50.pth provides 50.0% of the module's parameter elements, below min_loaded=0.9. Largest missing (not in the checkpoint): fc.weight (10, 2048): 1 tensor, 20.5K elements. Fix the key options ...
 """
 import math
 import re
@@ -38,8 +45,15 @@ def check_coverage(result: MatchResult, fraction: float,
     nothing matched at all.
 
     Example:
-        >>> check_coverage(result, 0.0, model_shapes, ckpt_shapes, entry, label)
-        CheckpointError: ...nothing in det.pth matches the module with ...
+        >>> from mmext_init.loading.key_matching import match_keys
+        >>> from mmext_init.loading.options import PretrainedOptions
+        >>> entry = PretrainedOptions('det.pth', prefix='neck.')
+        >>> model, ckpt = {'conv.w': (4, 3)}, {'backbone.conv.w': (4, 3)}
+        >>> result = match_keys(model, ckpt, entry.mapping)
+        >>> check_coverage(result, 0.0, model, ckpt, entry, 'backbone')
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.CheckpointError: backbone: nothing in det.pth matches the module with prefix='neck.'. Most common checkpoint key prefixes: 'backbone.' (1 keys). Try: prefix='backbone.' would load 100%.
     """
     if not result.loaded and not partial:
         prefixes = ', '.join(
@@ -145,8 +159,13 @@ def check_load_options(entry: Any, label: str, fraction: float,
     into a ``min_loaded`` error.
 
     Example:
-        >>> check_load_options(entry, label, 0.98, ['adapter.weight'], [], [])
-        CheckpointError: ...strict=True and missing keys: adapter.weight
+        >>> from mmext_init.loading.options import PretrainedOptions
+        >>> entry = PretrainedOptions('r50.pth', strict=True)
+        >>> check_load_options(entry, 'backbone', 0.98, ['adapter.weight'], [],
+        ...                    [])
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.CheckpointError: backbone: strict=True and missing keys: adapter.weight
     """
     if entry.min_loaded is not None and fraction < entry.min_loaded:
         details = coverage_details(missing, mismatched, shapes)

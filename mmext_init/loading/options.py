@@ -13,7 +13,7 @@ Example:
     ...
     mmext_init.errors.InitConfigError: Pretrained: on_missing must be one of ('warn', 'error', 'ignore'), got 'sometimes'
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from mmengine.model.weight_init import PretrainedInit as StockPretrained
 

@@ -12,8 +12,8 @@ Example:
     >>> plan.copies, plan.record.missing
     ({'fc.weight': 'weight'}, ['fc.bias'])
 """
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ from ..checkpoint.formats import CheckpointTensors, open_checkpoint
 from ..errors import CheckpointError, InitConfigError, NonFiniteTensorError
 from ..provenance.ledger import LoadRecord
 from .adapt import AdaptTransform, Adapted, dry_run, region_numel
-from .key_matching import MatchResult, match_keys
+from .key_matching import MatchResult, Shape, match_keys
 from .load_checks import check_coverage, is_counter
 from .options import PretrainedOptions
 
@@ -108,6 +108,144 @@ def open_source(entry: PretrainedOptions, label: str,
     return convert_source(source, entry.converter)
 
 
+@dataclass
+class TransformAssignment:
+    """What :func:`assign_transforms` decides: each adapted model tensor's
+    transform and description, the partial ones (name -> checkpoint key),
+    and the match's new ``loaded``, ``partly`` and ``mismatched``."""
+    adapted: Dict[str, AdaptTransform] = field(default_factory=dict)
+    descriptions: Dict[str, str] = field(default_factory=dict)
+    partial: Dict[str, str] = field(default_factory=dict)
+    loaded: Dict[str, str] = field(default_factory=dict)
+    partly: Dict[str, int] = field(default_factory=dict)
+    mismatched: List[Tuple[str, str, Shape, Shape]] = field(
+        default_factory=list)
+
+    def applied_to(self, result: MatchResult) -> MatchResult:
+        """A copy of ``result`` with this assignment's ``loaded``,
+        ``partly`` and ``mismatched``."""
+        return replace(result, loaded=dict(self.loaded),
+                       partly=dict(self.partly),
+                       mismatched=list(self.mismatched))
+
+
+def assign_transforms(result: MatchResult, entry: PretrainedOptions,
+                      model_shapes: Mapping[str, Shape],
+                      label: str) -> TransformAssignment:
+    """Give each shape-mismatched tensor its ``adapt`` transform (and each
+    equal-shaped one a transform that still changes it, e.g. ``Classes``
+    reordering classes), checked on shapes only; ``result`` is not changed.
+
+    Fully adapted tensors are loaded, partial ones are not (they are listed
+    with their checkpoint key and the elements the checkpoint provides). A
+    transform selecting no tensor of the module, or that cannot apply to the
+    shapes, is an error.
+
+    Example:
+        >>> entry = PretrainedOptions('fc.pth', adapt=[dict(type='Grow',
+        ...                                                 keys='weight')])
+        >>> shapes = {'weight': (4, 3), 'bias': (4, )}
+        >>> found = match_keys(shapes, {'weight': (2, 3)}, entry.mapping)
+        >>> done = assign_transforms(found, entry, shapes, 'fc')
+        >>> done.partial, done.partly, done.descriptions
+        ({'weight': 'weight'}, {'weight': 6}, {'weight': "Grow(overlap='2x3')"})
+        >>> found.mismatched, done.applied_to(found).mismatched
+        ([('weight', 'weight', (2, 3), (4, 3))], [])
+    """
+    check_selection(entry.adapt, model_shapes, label)
+    todo = [(n, k, c, m, True) for n, k, c, m in result.mismatched]
+    todo += [(n, k, model_shapes[n], model_shapes[n], False)
+             for n, k in result.loaded.items()]
+    out = TransformAssignment(loaded=dict(result.loaded),
+                              partly=dict(result.partly))
+    for name, key, ckpt_shape, model_shape, mismatched in todo:
+        transform = next((t for t in entry.adapt if t.selects(name)), None)
+        done = shape_run(transform, name, ckpt_shape, model_shape, label)
+        if done is None:
+            if mismatched:
+                out.mismatched.append((name, key, ckpt_shape, model_shape))
+            continue
+        out.adapted[name] = transform
+        out.descriptions[name] = done.description
+        if done.region is not None:
+            out.partial[name] = key
+            out.loaded.pop(name, None)
+            out.partly[name] = region_numel(done.region, model_shape)
+        else:
+            out.loaded[name] = key
+    return out
+
+
+def check_selection(transforms: Sequence[AdaptTransform],
+                    model_shapes: Mapping[str, Shape], label: str) -> None:
+    """Each transform selects some tensor of the module."""
+    for transform in transforms:
+        if not any(transform.selects(n) for n in model_shapes):
+            raise InitConfigError(
+                f'{label}: adapt transform {type(transform).__name__} with '
+                f'keys={transform.keys!r} matches no tensor of the module')
+
+
+def shape_run(transform: Optional[AdaptTransform], name: str,
+              ckpt_shape: Shape, model_shape: Shape,
+              label: str) -> Optional[Adapted]:
+    """The shape-only run of ``transform`` on tensor ``name``; None when
+    there is no transform or it leaves the tensor as it is. A transform that
+    cannot apply fails here, before any initializer ran (and in the dry
+    run)."""
+    if transform is None:
+        return None
+    try:
+        if not transform.changes(ckpt_shape, model_shape):
+            return None
+        return dry_run(transform, name, ckpt_shape, model_shape)
+    except ValueError as exc:
+        raise InitConfigError(f'{label}: {exc}') from exc
+
+
+@dataclass
+class ModuleMatch:
+    """A checkpoint matched to one module, ``adapt`` transforms applied:
+    the shapes of both, the module's parameter names, the match, the
+    transform assignment and the loaded fraction of parameter elements."""
+    model_shapes: Dict[str, Shape]
+    ckpt_shapes: Mapping[str, Shape]
+    params: List[str]
+    result: MatchResult
+    assignment: TransformAssignment
+    fraction: float
+
+
+def match_module(module: nn.Module, source: CheckpointTensors,
+                 entry: PretrainedOptions, label: str) -> ModuleMatch:
+    """Match ``source`` (names and shapes only) to ``module`` with the key
+    options and ``adapt`` transforms of ``entry``: what :func:`plan_load`
+    plans from and the dry run (``tools/match_checkpoint.py``) reports.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), 'fc.pth')
+        >>> torch.save({'weight': torch.ones(2, 3)}, path)
+        >>> entry = PretrainedOptions(path)
+        >>> found = match_module(nn.Linear(3, 2), open_source(entry, 'fc'),
+        ...                      entry, 'fc')
+        >>> found.result.loaded, found.result.missing, found.fraction
+        ({'weight': 'weight'}, ['bias'], 0.75)
+    """
+    model_shapes = {k: tuple(v.shape)
+                    for k, v in module.state_dict(keep_vars=True).items()}
+    ckpt_shapes = source.shapes()
+    try:
+        result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
+    except ValueError as exc:  # two checkpoint keys map to one model key
+        raise InitConfigError(f'{label}: {exc}') from exc
+    assignment = assign_transforms(result, entry, model_shapes, label)
+    result = assignment.applied_to(result)
+    params = [n for n, _ in module.named_parameters()]
+    return ModuleMatch(model_shapes, ckpt_shapes, params, result, assignment,
+                       result.loaded_fraction(model_shapes, params))
+
+
 def plan_load(module: nn.Module, path: str, entry: PretrainedOptions,
               label: str) -> LoadPlan:
     """Read the checkpoint (memory-mapped) and decide what it provides.
@@ -115,19 +253,23 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedOptions,
     Checks ``strict`` and ``min_loaded`` before any tensor is written.
     """
     source = open_source(entry, label)
-    model_tensors = module.state_dict(keep_vars=True)
-    model_shapes = {k: tuple(v.shape) for k, v in model_tensors.items()}
-    ckpt_shapes = source.shapes()
-    try:
-        result = match_keys(model_shapes, ckpt_shapes, entry.mapping)
-    except ValueError as exc:
-        raise InitConfigError(f'{label}: {exc}') from exc
-    adapted, partial = assign_transforms(result, entry, model_shapes, label)
-    params = [n for n, _ in module.named_parameters()]
-    fraction = result.loaded_fraction(model_shapes, params)
-    check_coverage(result, fraction, model_shapes, ckpt_shapes, entry, label,
-                   bool(partial))
-    record = LoadRecord(
+    match = match_module(module, source, entry, label)
+    result, assignment = match.result, match.assignment
+    check_coverage(result, match.fraction, match.model_shapes,
+                   match.ckpt_shapes, entry, label, bool(assignment.partial))
+    copies = {_full(path, name): key for name, key in result.loaded.items()}
+    return LoadPlan(
+        path, entry, label, source, copies,
+        load_record(path, entry, result, match.fraction),
+        {_full(path, n): t for n, t in assignment.adapted.items()},
+        {_full(path, n): k for n, k in assignment.partial.items()})
+
+
+def load_record(path: str, entry: PretrainedOptions, result: MatchResult,
+                fraction: float) -> LoadRecord:
+    """The ledger's record of a planned load into the module at ``path``
+    (names relative to the session root)."""
+    return LoadRecord(
         module=path,
         checkpoint=entry.checkpoint,
         via='Pretrained',
@@ -137,53 +279,3 @@ def plan_load(module: nn.Module, path: str, entry: PretrainedOptions,
         unexpected=result.unexpected,
         mismatched=[(_full(path, k), c, m) for k, _, c, m in result.mismatched],
         loaded_fraction=fraction)
-    copies = {_full(path, name): key for name, key in result.loaded.items()}
-    return LoadPlan(path, entry, label, source, copies, record,
-                    {_full(path, n): t for n, t in adapted.items()},
-                    {_full(path, n): k for n, k in partial.items()})
-
-
-def assign_transforms(
-        result: MatchResult, entry: PretrainedOptions,
-        model_shapes: Dict[str, Tuple[int, ...]],
-        label: str) -> Tuple[Dict[str, AdaptTransform], Dict[str, str]]:
-    """Give each shape-mismatched tensor its ``adapt`` transform (and each
-    equal-shaped one a transform that still changes it, e.g. ``Classes``
-    reordering classes), checked on shapes only.
-
-    Fully adapted tensors join ``result.loaded``; partial ones are returned
-    separately (name -> checkpoint key). A transform selecting no tensor of
-    the module, or that cannot apply to the shapes, is an error.
-    """
-    adapted: Dict[str, AdaptTransform] = {}
-    partial: Dict[str, str] = {}
-    for transform in entry.adapt:
-        if not any(transform.selects(n) for n in model_shapes):
-            raise InitConfigError(
-                f'{label}: adapt transform {type(transform).__name__} with '
-                f'keys={transform.keys!r} matches no tensor of the module')
-    todo = [(n, k, c, m, True) for n, k, c, m in result.mismatched]
-    todo += [(n, k, model_shapes[n], model_shapes[n], False)
-             for n, k in result.loaded.items()]
-    still = []
-    for name, key, ckpt_shape, model_shape, mismatched in todo:
-        transform = next((t for t in entry.adapt if t.selects(name)), None)
-        try:  # shape-only run: a transform that cannot apply fails here,
-            # before any initializer ran (and in the dry run)
-            if transform is None or not transform.changes(ckpt_shape,
-                                                          model_shape):
-                if mismatched:
-                    still.append((name, key, ckpt_shape, model_shape))
-                continue
-            region = dry_run(transform, name, ckpt_shape, model_shape).region
-        except ValueError as exc:
-            raise InitConfigError(f'{label}: {exc}') from exc
-        adapted[name] = transform
-        if region is not None:
-            partial[name] = key
-            result.loaded.pop(name, None)
-            result.partly[name] = region_numel(region, model_shape)
-        else:
-            result.loaded[name] = key
-    result.mismatched = still
-    return adapted, partial

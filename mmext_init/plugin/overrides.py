@@ -14,8 +14,19 @@ does any call inside :func:`mmext_init.stock_mmengine`.
 Classes defined after import are wrapped through ``__init_subclass__``.
 
 Example:
-    >>> wrap_overrides(BaseModule)   # done by mmext_init.install()
-    >>> swin.init_weights()          # loads, then adapters get their init_cfg
+    >>> import mmext_init, torch.nn as nn
+    >>> from mmengine.model import BaseModule
+    >>> class Own(BaseModule):   # wrapped when defined
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = nn.Linear(2, 2)
+    ...     def init_weights(self):
+    ...         nn.init.zeros_(self.fc.weight)
+    >>> own = Own()
+    >>> own.init_weights()       # a session: tracked, reported
+    >>> entry = mmext_init.get_provenance(own).entries['fc.weight']
+    >>> entry.kind, entry.source
+    ('init_weights', 'Own')
 """
 import functools
 import sys

@@ -1,11 +1,14 @@
 """The provenance ledger: where the value of every parameter and persistent
 buffer came from, exactly (no mean-value heuristics).
 
-Example:
-    >>> model.init_weights()
-    >>> ledger = get_provenance(model)
-    >>> ledger.entries['backbone.conv1.weight'].kind
-    'checkpoint'
+Example (``init_weights()`` fills one per model, see :func:`get_provenance`):
+    >>> ledger = ProvenanceLedger('RetinaNet', {
+    ...     'backbone.conv1.weight': Provenance(CHECKPOINT, 'r50.pth',
+    ...                                         'backbone', 'conv1.weight'),
+    ...     'backbone.adapters.0.up.weight': Provenance(INITIALIZER, 'Zero',
+    ...                                                 'backbone.adapters.0')})
+    >>> ledger.counts()
+    {'checkpoint': 1, 'initializer': 1, 'init_weights': 0, 'constructor': 0}
     >>> ledger.entries['backbone.adapters.0.up.weight'].describe()
     'Zero from backbone.adapters.0'
 """
@@ -135,8 +138,11 @@ class ProvenanceLedger:
         """Names of the tensors of one kind, in model order.
 
         Example:
-            >>> ledger.names('constructor')
-            ['neck.extra.weight']
+            >>> ledger = ProvenanceLedger('Net', {
+            ...     'fc.weight': Provenance(CHECKPOINT, 'r50.pth'),
+            ...     'extra.weight': Provenance(CONSTRUCTOR, 'constructor default')})
+            >>> ledger.names(CONSTRUCTOR)
+            ['extra.weight']
         """
         return [n for n, p in self.entries.items() if p.kind == kind]
 
@@ -195,8 +201,14 @@ def get_provenance(model: nn.Module) -> ProvenanceLedger:
     """The ledger of the last ``init_weights()`` run on ``model``.
 
     Example:
-        >>> get_provenance(model).counts()
-        {'checkpoint': 310, 'initializer': 8, 'init_weights': 0, 'constructor': 0}
+        >>> model = nn.Linear(2, 2)
+        >>> attach_ledger(model, ProvenanceLedger('Linear'))
+        >>> get_provenance(model).root
+        'Linear'
+        >>> get_provenance(nn.ReLU())
+        Traceback (most recent call last):
+        ...
+        LookupError: ReLU has no provenance ledger: init_weights() has not run on it with mmext_init active
     """
     ledger = model.__dict__.get(_LEDGER_ATTR)
     if ledger is None:

@@ -12,10 +12,12 @@ model it
   so no initializer work is spent on values the checkpoint overwrites.
 
 Example:
-    >>> tracker = WriteTracker(dict(model.state_dict(keep_vars=True)))
+    >>> import torch.nn as nn
+    >>> head = nn.Linear(2, 2)
+    >>> tracker = WriteTracker(dict(head.named_parameters()))
     >>> with tracker.source(InitSource('initializer', 'Zero', 'head')):
-    ...     nn.init.zeros_(model.head.weight)
-    >>> tracker.written['head.weight'].source
+    ...     _ = nn.init.zeros_(head.weight)
+    >>> tracker.written['weight'].source
     'Zero'
 """
 import contextlib
@@ -25,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..aten import op_schema
 from .ledger import CHECKPOINT, Provenance, VoidEntry
 
 __all__ = [
@@ -67,20 +70,6 @@ class InitSource:
         return Provenance(self.kind, self.source, self.declared_by,
                           self.keys.get(name), self.args,
                           (self.note, ) if self.note else ())
-
-
-_WRITE_ARGS: Dict[Any, Tuple[Tuple[int, str], ...]] = {}
-
-
-def _write_args(func: Any) -> Tuple[Tuple[int, str], ...]:
-    """(position, name) of the arguments an ATen op writes to (cached)."""
-    found = _WRITE_ARGS.get(func)
-    if found is None:
-        found = tuple((i, a.name)
-                      for i, a in enumerate(func._schema.arguments)
-                      if a.alias_info is not None and a.alias_info.is_write)
-        _WRITE_ARGS[func] = found
-    return found
 
 
 class WriteTracker(TorchDispatchMode):
@@ -177,7 +166,7 @@ class WriteTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         src = self.current
-        writes = _write_args(func) if src is not None else ()
+        writes = op_schema(func).writes if src is not None else ()
         if not writes:
             return func(*args, **kwargs)
         targets = [
@@ -213,8 +202,15 @@ def provided_by_checkpoint(module: torch.nn.Module) -> bool:
     must not reject it: its own values are never used).
 
     Example:
-        >>> if provided_by_checkpoint(conv):
-        ...     return
+        >>> import torch.nn as nn
+        >>> conv = nn.Conv2d(1, 1, 1)
+        >>> provided_by_checkpoint(conv)    # outside init_weights
+        False
+        >>> tracker = WriteTracker(dict(conv.named_parameters()))
+        >>> tracker.protected.update({'weight', 'bias'})
+        >>> with tracker.source(InitSource('initializer', 'Kaiming', '')):
+        ...     provided_by_checkpoint(conv)
+        True
     """
     tracker = active_tracker()
     params = list(module.parameters(recurse=False))
@@ -229,8 +225,11 @@ def count_skipped_layer() -> None:
     checkpoint made it moot. No-op outside ``init_weights``.
 
     Example:
-        >>> if provided_by_checkpoint(conv):
+        >>> src = InitSource('initializer', 'Kaiming', '')
+        >>> with WriteTracker({}).source(src):
         ...     count_skipped_layer()
+        >>> src.skipped
+        1
     """
     tracker = active_tracker()
     if tracker is not None and tracker.current is not None:
@@ -244,7 +243,14 @@ def add_note(tensor: torch.Tensor, note: str) -> None:
     know (e.g. a rectangular identity). No-op outside ``init_weights``.
 
     Example:
-        >>> add_note(conv.weight, 'identity on the first 16 channels, zeros elsewhere')
+        >>> import torch.nn as nn
+        >>> fc = nn.Linear(2, 2)
+        >>> tracker = WriteTracker(dict(fc.named_parameters()))
+        >>> with tracker.source(InitSource('initializer', 'Eye', 'fc')):
+        ...     _ = nn.init.eye_(fc.weight)
+        ...     add_note(fc.weight, 'identity')
+        >>> tracker.written['weight'].notes
+        ('identity',)
     """
     tracker = active_tracker()
     if tracker is not None:

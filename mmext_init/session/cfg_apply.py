@@ -18,11 +18,16 @@ stay bit-identical for the same seed), plus:
   checkpoint made moot) is recorded in ``tracker.void_entries``.
 
 Example:
-    >>> apply_init_cfgs(head, [dict(type='Normal', std=0.01, layer='Conv2d')],
-    ...                 'bbox_head', 'RetinaNet', tracker)
+    >>> import torch.nn as nn
+    >>> from mmext_init.provenance.tracking import WriteTracker
+    >>> head = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Linear(2, 2))
+    >>> tracker = WriteTracker(head.state_dict(keep_vars=True))
+    >>> apply_init_cfgs(head, [dict(type='Constant', val=0, layer='Conv2d')],
+    ...                 '', 'Head', tracker)
+    >>> sorted(tracker.written), int(head[0].weight.count_nonzero())
+    (['0.bias', '0.weight'], 0)
 """
 import copy
-import difflib
 from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
                     Set)
 
@@ -31,7 +36,7 @@ import torch.nn as nn
 from mmengine.model import weight_init
 from mmengine.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
-from ..errors import InitConfigError, entry_label
+from ..errors import InitConfigError, close_names, entry_label
 from ..loading.options import as_cfg_list
 from ..provenance.ledger import INITIALIZER, VoidEntry
 from ..provenance.tracking import InitSource, WriteTracker
@@ -71,9 +76,10 @@ def check_layer_names(cfg: Dict[str, Any], label: str) -> None:
     """Raise for a ``layer`` entry that names no ``nn.Module`` class at all.
 
     Example:
-        >>> check_layer_names(dict(type='Kaiming', layer='Conv2D'), 'init_cfg of head')
+        >>> check_layer_names(dict(type='Kaiming', layer='Conv2D'), 'head')
         Traceback (most recent call last):
-        InitConfigError: init_cfg of head: layer 'Conv2D' is not the name of any nn.Module class; did you mean 'Conv2d'?
+        ...
+        mmext_init.errors.InitConfigError: head: layer 'Conv2D' is not the name of any nn.Module class; did you mean 'Conv2d'?
     """
     layers = cfg.get('layer')
     if layers is None:
@@ -87,20 +93,11 @@ def check_layer_names(cfg: Dict[str, Any], label: str) -> None:
         known = _all_module_class_names()  # classes defined since: look again
         _CLASS_NAMES.update(known)
         if layer not in known:
-            close = _close(layer, known)
+            close = close_names(layer, known)
             hint = f'; did you mean {close}?' if close else ''
             raise InitConfigError(
                 f'{label}: layer {layer!r} is not the name of any nn.Module '
                 f'class{hint}')
-
-
-def _close(word: str, options: Iterable[str]) -> str:
-    options = list(options)
-    lowered = {o.lower(): o for o in options}
-    if word.lower() in lowered:
-        return repr(lowered[word.lower()])
-    found = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
-    return ' or '.join(repr(f) for f in found)
 
 
 def _submodule(module: nn.Module, name: str) -> Optional[nn.Module]:
@@ -117,13 +114,15 @@ def resolve_override(module: nn.Module, name: str, label: str) -> nn.Module:
     """The submodule at dotted path ``name`` (error with close names if none).
 
     Example:
-        >>> resolve_override(model, 'layer1.0.conv1', 'init_cfg of backbone')
-        Conv2d(64, 64, kernel_size=(3, 3), ...)
+        >>> import torch.nn as nn
+        >>> model = nn.Sequential(nn.Sequential(nn.Conv2d(2, 4, 3)))
+        >>> resolve_override(model, '0.0', 'init_cfg')
+        Conv2d(2, 4, kernel_size=(3, 3), stride=(1, 1))
     """
     target = _submodule(module, name)
     if target is None:
         names = [n for n, _ in module.named_modules() if n]
-        close = _close(name, names)
+        close = close_names(name, names)
         hint = f'; did you mean {close}?' if close else ''
         raise InitConfigError(
             f'{label}: override name {name!r} is not a submodule of '
@@ -138,7 +137,7 @@ def _build(cfg: Dict[str, Any], label: str) -> Any:
         return build_from_cfg(cfg, WEIGHT_INITIALIZERS)
     except KeyError as exc:
         known = sorted(WEIGHT_INITIALIZERS.module_dict)
-        close = _close(type_name(cfg), known)
+        close = close_names(type_name(cfg), known)
         hint = f'; did you mean {close}?' if close else ''
         raise InitConfigError(
             f'{label}: unknown init type {type_name(cfg)!r}{hint} '

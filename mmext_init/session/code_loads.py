@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parameter import is_lazy
 
+from ..loading.key_matching import element_fraction
 from ..loading.load_checks import check_load_options, is_counter
 from ..provenance.ledger import CHECKPOINT, LoadRecord, ProvenanceLedger
 from ..checkpoint.safe_load import file_key
@@ -52,8 +53,14 @@ def override_owner(module: nn.Module) -> str:
     """Name of the class whose ``init_weights`` a module runs.
 
     Example:
-        >>> override_owner(SwinTransformer(...))
-        'SwinTransformer'
+        >>> from mmengine.model import BaseModule
+        >>> class Own(BaseModule):
+        ...     def init_weights(self):
+        ...         pass
+        >>> class Child(Own):
+        ...     pass
+        >>> override_owner(Child())
+        'Own'
     """
     for cls in type(module).__mro__:
         if 'init_weights' in cls.__dict__:
@@ -179,9 +186,6 @@ def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
     the checks of the entry's options (``strict``, ``on_mismatch``,
     ``min_loaded``) and that it loaded anything at all (BatchNorm counters
     alone do not count).
-
-    Example:
-        >>> ledger.loads += code_load_records(session, tensors, ledger)
     """
     _check_loads_without_entry(session)
     records = []
@@ -191,9 +195,8 @@ def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
         loaded = [n for n in names if n in session.tracker.loaded_by_code]
         params = {f'{path}.{n}' if path else n
                   for n, _ in module.named_parameters()}
-        total = sum(tensors[n].numel() for n in params if n in tensors)
-        got = sum(tensors[n].numel() for n in loaded if n in params)
-        fraction = got / total if total else 0.0
+        sizes = {n: tensors[n].numel() for n in params if n in tensors}
+        fraction = element_fraction(sizes, set(loaded))
         found = session.code_findings.get(path, CodeLoadFindings())
         if all(is_counter(n) for n in loaded):  # counters alone: nothing
             raise nothing_loaded_error(

@@ -14,54 +14,41 @@
 """
 import contextlib
 import logging
-from typing import (Callable, Dict, Iterable, Iterator, List, Optional, Set,
-                    Tuple)
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.model import BaseModule, is_model_wrapper
+from mmengine.model import is_model_wrapper
 
-from ..deferred import construction as deferred
-from .cfg_apply import apply_init_cfgs
-from ..loading.copy import apply_loads
-from ..context import CONTEXT, current_session
-from ..errors import InitConfigError, entry_label
-from ..provenance.ledger import (CONSTRUCTOR, INIT_WEIGHTS, ProvenanceLedger,
-                         attach_ledger, entries_of)
 from ..checkpoint.page_release import MappedFile
-from ..loading.options import (PretrainedOptions, as_cfg_list, build_options,
+from ..context import CONTEXT, current_session
+from ..deferred import construction as deferred
+from ..errors import InitConfigError
+from ..loading.copy import apply_loads
+from ..loading.options import (PretrainedOptions, as_cfg_list,
                                is_pretrained_cfg)
-from ..loading.plan import LoadPlan, plan_load
-from ..loading.load_checks import is_counter
-from ..provenance.report import emit_report, fold_names
-from .code_loads import (CodeLoadFindings, code_load_records, is_under,
-                         override_owner)
+from ..provenance.ledger import INIT_WEIGHTS, ProvenanceLedger, attach_ledger
+from ..provenance.report import emit_report
 from ..provenance.tracking import InitSource, WriteTracker
+from .cfg_apply import apply_init_cfgs
+from .code_loads import CodeLoadFindings, override_owner
+from .ledger_build import build_ledger, enforce_on_missing
+from .load_plans import SessionPlans
+from .model_names import ModelNames, is_base_like, uses_contract
 
 _INIT_MISSING_NOTE = 'init_missing of Pretrained'
-
-
-def uses_contract(module: nn.Module) -> bool:
-    """Whether ``module.init_weights`` is mmext_init's (not an override)."""
-    impl = getattr(type(module), 'init_weights', None)
-    return bool(getattr(impl, '_mmext_contract', False))
-
-
-def _is_base_like(module: nn.Module) -> bool:
-    return isinstance(module, BaseModule) or uses_contract(module)
 
 
 class InitSession:
     """Initializes ``root`` under the contract and records provenance."""
 
     def __init__(self, root: nn.Module) -> None:
-        self.root = root
-        self.root_name = type(root).__name__
-        self._paths: Dict[int, str] = {}
-        for name, module in root.named_modules(remove_duplicate=False):
-            self._paths.setdefault(id(module), name)
+        self.names = ModelNames(root)
+        self.root, self.root_name = root, self.names.root_name
+        self.path_of, self.label = self.names.path_of, self.names.label
+        self.pretrained_entries = self.names.pretrained_entries
         self.tracker = WriteTracker(root.state_dict(keep_vars=True))
-        self.plans: Dict[int, List[LoadPlan]] = {}
+        self.plans = SessionPlans(self.names, self.tracker)
         self.handled: Set[int] = set()  # ids of modules whose init_cfg ran
         self.beyond_stock: Set[int] = set()  # ids stock recursion never meets
         self.code_entries: List[Tuple[nn.Module, str, PretrainedOptions]] = []
@@ -70,92 +57,13 @@ class InitSession:
         # (callable(session, module, since), module, tracker sequence) run
         # after the checkpoint copy: initializers that read loaded values
         self.after_loads: List[Tuple[Callable, nn.Module, int]] = []
-        self.dropped: List[deferred.Dropped] = []  # see refill_on_error
-        self.settled = False
         self._mapped: Dict[str, MappedFile] = {}
 
-    # -- helpers -----------------------------------------------------------
     def mapped_file(self, path: str) -> MappedFile:
         """Page releaser of the checkpoint file ``path`` (one per file)."""
         if path not in self._mapped:
             self._mapped[path] = MappedFile(path)
         return self._mapped[path]
-
-    def path_of(self, module: nn.Module) -> str:
-        return self._paths.get(id(module), f'<{type(module).__name__}>')
-
-    def label(self, path: str, kind: str) -> str:
-        return entry_label(path, self.root_name, kind)
-
-    def pretrained_entries(self, module: nn.Module) -> List[PretrainedOptions]:
-        path = self.path_of(module)
-        return [
-            build_options(cfg, self.label(path, 'Pretrained'))
-            for cfg in as_cfg_list(getattr(module, 'init_cfg', None))
-            if is_pretrained_cfg(cfg)
-        ]
-
-    def plans_for(self, module: nn.Module) -> List[LoadPlan]:
-        """Plans of ``module``'s Pretrained entries (made once, protected)."""
-        if id(module) not in self.plans:
-            path = self.path_of(module)
-            plans = [
-                plan_load(module, path, entry, self.label(path, 'Pretrained'))
-                for entry in self.pretrained_entries(module)
-            ]
-            for plan in plans:
-                self.protect(plan.copies)
-            self.plans[id(module)] = plans
-        return self.plans[id(module)]
-
-    def protect(self, names: Iterable[str]) -> None:
-        """The checkpoint provides ``names``: initializers skip them, and
-        after settling, their pending constructor init is dropped too."""
-        names = set(names)
-        self.tracker.protected.update(names)
-        if self.settled and names:
-            tensors = self.root.state_dict(keep_vars=True)
-            self.dropped.append(deferred.settle(
-                {n: tensors[n] for n in names if n in tensors}, names))
-
-    def add_plan(self, module: nn.Module, entry: PretrainedOptions) -> None:
-        """Plan an entry met outside any init_cfg (``initialize(m, cfg)``)."""
-        path = self.path_of(module)
-        plan = plan_load(module, path, entry, self.label(path, 'Pretrained'))
-        self.protect(plan.copies)
-        self.plans.setdefault(id(module), []).append(plan)
-
-    # -- 1. plan -------------------------------------------------------------
-    def plan_all(self) -> None:
-        for module in self.root.modules():
-            if uses_contract(module) and getattr(module, 'init_cfg', None):
-                self.plans_for(module)
-        self.settle_deferred()
-
-    def settle_deferred(self) -> None:
-        """Constructor init skipped at build time: dropped for the tensors
-        the checkpoint provides, replayed now for the others (before any
-        declared init), except below modules whose own ``init_weights``
-        handles a ``Pretrained`` entry (what they load is known after)."""
-        tensors = self.root.state_dict(keep_vars=True)
-        own = [self.path_of(m) for m in self.root.modules()
-               if not uses_contract(m) and self.pretrained_entries(m)]
-        later = {n for n in tensors if any(is_under(n, p) for p in own)}
-        self.dropped.append(deferred.settle(tensors, self.tracker.protected,
-                                            later))
-        self.settled = True
-
-    @contextlib.contextmanager
-    def refill_on_error(self) -> Iterator[None]:
-        """If the session fails, tensors whose constructor init was dropped
-        for a copy that never came get that init after all."""
-        try:
-            yield
-        except BaseException as exc:
-            spoiled = getattr(exc, 'target', None)  # a copy found non-finite
-            for dropped in self.dropped:
-                dropped.refill(() if spoiled is None else (spoiled, ))
-            raise
 
     # -- 2. initialize -------------------------------------------------------
     def init_module(self, module: nn.Module) -> None:
@@ -171,7 +79,8 @@ class InitSession:
         cfgs = as_cfg_list(getattr(module, 'init_cfg', None))
         others = [c for c in cfgs if not is_pretrained_cfg(c)]
         self.handled.add(id(module))  # before planning: its errors are ours
-        plans = self.plans_for(module) if len(others) < len(cfgs) else []
+        plans = self.plans.of_module(module) if len(others) < len(cfgs) \
+            else []
         apply_init_cfgs(module, others, path, self.root_name, self.tracker,
                         lenient=id(module) in self.beyond_stock)
         for plan in plans:
@@ -192,7 +101,7 @@ class InitSession:
         stock never reaches other modules there."""
         if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
             child = child.module
-        if _is_base_like(child) or (direct and hasattr(child, 'init_weights')):
+        if is_base_like(child) or (direct and hasattr(child, 'init_weights')):
             if not getattr(child, 'is_init', False):
                 (self.call_init_weights if direct else self.call_beyond)(child)
         else:  # plain container (or a stock-unreachable module): look inside
@@ -251,7 +160,7 @@ class InitSession:
         for child in module.children():
             if is_model_wrapper(child) and not hasattr(child, 'init_weights'):
                 child = child.module
-            if not _is_base_like(child):
+            if not is_base_like(child):
                 self.sweep(child)
             elif not getattr(child, 'is_init', False):
                 self.call_beyond(child)
@@ -276,43 +185,17 @@ class InitSession:
                 return module.pretrained  # kept from init_cfg (DetectoRS)
         return 'state dict'
 
-    # -- 3. copy -------------------------------------------------------------
-    def all_plans(self) -> List[LoadPlan]:
-        return [p for plans in self.plans.values() for p in plans]
-
-    # -- 4. ledger, checks, report ----------------------------------------
-    def enforce_on_missing(self, ledger: ProvenanceLedger) -> None:
-        entries = [(p.module_path, p.entry) for p in self.all_plans()]
-        entries += [(path, e) for _, path, e in self.code_entries]
-        for path, entry in entries:
-            bare = [n for n in ledger.names(CONSTRUCTOR)
-                    if is_under(n, path) and not is_counter(n)]
-            if not bare or entry.on_missing == 'ignore':
-                continue
-            label = self.label(path, 'Pretrained')
-            text = (f'{label}: {len(bare)} tensor(s) are not in '
-                    f'{entry.checkpoint} and have no declared init (kept '
-                    f'at constructor default): {", ".join(fold_names(bare))}. '
-                    'Declare one with init_missing=... or set on_missing.')
-            if entry.on_missing == 'error':
-                raise InitConfigError(text)
-            print_log(text, logger='current', level=logging.WARNING)
-
+    # -- 3. copy, 4. ledger, checks, report ----------------------------------
     def finish(self) -> ProvenanceLedger:
+        """Copy the checkpoints, run what waited for them, build the
+        ledger, check ``on_missing``, report."""
         deferred.materialize(self.root)
         tensors = self.root.state_dict(keep_vars=True)
-        apply_loads(self.all_plans(), tensors, self.tracker)
+        apply_loads(self.plans.all(), tensors, self.tracker)
         for job, module, since in self.after_loads:
             job(self, module, since)
-        ledger = ProvenanceLedger(self.root_name)
-        ledger.numel = {n: t.numel() for n, t in tensors.items()}
-        ledger.entries = entries_of(
-            tensors, self.tracker.written,
-            lambda name: self.tracker.name_of(tensors[name]))
-        ledger.loads = [p.record for p in self.all_plans() if p.record]
-        ledger.loads += code_load_records(self, tensors, ledger)
-        ledger.void_entries = list(self.tracker.void_entries)
-        self.enforce_on_missing(ledger)
+        ledger = build_ledger(self, tensors)
+        enforce_on_missing(self, ledger)
         attach_ledger(self.root, ledger)
         emit_report(ledger, self.tracker.skipped_ops,
                     self.tracker.skipped_calls)
@@ -327,9 +210,9 @@ class InitSession:
 def run_init_weights(root: nn.Module) -> ProvenanceLedger:
     """``root.init_weights()`` under the contract; returns the ledger."""
     session = InitSession(root)
-    with session.refill_on_error():
+    with session.plans.refill_on_error():
         with session.active():
-            session.plan_all()
+            session.plans.plan_declared()
             session.call_init_weights(root)
         return session.finish()
 
@@ -338,13 +221,13 @@ def run_pretrained_alone(module: nn.Module, entry: PretrainedOptions) -> None:
     """A ``Pretrained`` entry called directly (``initialize(m, cfg)``)."""
     session = current_session()
     if session is not None:
-        session.add_plan(module, entry)
+        session.plans.add(module, entry)
         return
     session = InitSession(module)
-    with session.refill_on_error():
+    with session.plans.refill_on_error():
         with session.active():
-            session.add_plan(module, entry)
-            session.settle_deferred()
+            session.plans.add(module, entry)
+            session.plans.settle()
             session.handled.add(id(module))
             session.apply_init_missing(module, '', entry)
         session.finish()

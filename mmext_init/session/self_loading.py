@@ -12,8 +12,18 @@ module (where mmext_init applies every key option), a checkpoint of the
 backbone alone, or ``convert_weights=False`` (Swin).
 
 Example:
-    >>> load = SelfLoad.of(session, swin, 'SwinTransformer', entry)
-    >>> raise key_error(load, exc) from exc
+    >>> from mmext_init.loading.options import PretrainedOptions
+    >>> load = SelfLoad("init_cfg of 'backbone' (Pretrained)", 'BEiT',
+    ...                 'backbone', 'EncoderDecoder',
+    ...                 PretrainedOptions('seg.pth', prefix='backbone.'),
+    ...                 ['blocks.0.w'], convert_weights=False)
+    >>> print(key_error(load, KeyError('backbone.blocks.0.w')))
+    ... # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
+    init_cfg of 'backbone' (Pretrained): BEiT.init_weights reads seg.pth
+    itself, with its own key handling, and ignores `prefix` (prefix='backbone.'
+    is not applied): it looked the key 'backbone.blocks.0.w' up among its own
+    tensors, which are named without the leading 'backbone.', and failed with
+    KeyError. Fix: move the Pretrained entry to the parent, ...
 """
 import re
 from dataclasses import dataclass

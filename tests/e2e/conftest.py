@@ -23,7 +23,8 @@ def library_script(library: str, name: str) -> str:
     """``tools/<name>.py`` shipped inside the installed mmdet/mmseg.
 
     Example:
-        >>> library_script('mmdet', 'train')  # .../mmdet/.mim/tools/train.py
+        >>> library_script('mmdet', 'train')  # doctest: +ELLIPSIS
+        '.../mmdet/.mim/tools/train.py'
     """
     module = __import__(library)
     return os.path.join(os.path.dirname(module.__file__), '.mim', 'tools',

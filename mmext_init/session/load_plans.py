@@ -1,0 +1,115 @@
+"""The load plans of one init session, and what the deferred engine is
+told about them.
+
+Every ``Pretrained`` entry reads its checkpoint's names and shapes and
+decides what it provides; those tensors are *protected*: initializers skip
+them, and their pending constructor init is dropped instead of replayed
+(:meth:`SessionPlans.settle`). If the session fails, :meth:`refill_on_error`
+gives the dropped tensors their constructor init after all.
+
+Example:
+    >>> import os, tempfile, torch, torch.nn as nn
+    >>> from mmext_init.provenance.tracking import WriteTracker
+    >>> path = os.path.join(tempfile.mkdtemp(), 'fc.pth')
+    >>> torch.save({'weight': torch.ones(2, 2)}, path)
+    >>> fc = nn.Linear(2, 2)
+    >>> fc.init_cfg = dict(type='Pretrained', checkpoint=path)
+    >>> plans = SessionPlans(ModelNames(fc),
+    ...                      WriteTracker(fc.state_dict(keep_vars=True)))
+    >>> [p.copies for p in plans.of_module(fc)], sorted(plans.protected)
+    ([{'weight': 'weight'}], ['weight'])
+"""
+import contextlib
+from typing import Dict, Iterable, Iterator, List, Set
+
+import torch.nn as nn
+
+from ..deferred import construction as deferred
+from ..loading.options import PretrainedOptions
+from ..loading.plan import LoadPlan, plan_load
+from ..provenance.tracking import WriteTracker
+from .code_loads import is_under
+from .model_names import ModelNames, uses_contract
+
+
+class SessionPlans:
+    """The plans of every ``Pretrained`` entry met in one session."""
+
+    def __init__(self, names: ModelNames, tracker: WriteTracker) -> None:
+        self.names = names
+        self.tracker = tracker
+        self.by_module: Dict[int, List[LoadPlan]] = {}
+        self.dropped: List[deferred.Dropped] = []  # see refill_on_error
+        self.settled = False
+
+    @property
+    def protected(self) -> Set[str]:
+        """Names of the tensors the checkpoints provide."""
+        return self.tracker.protected
+
+    def all(self) -> List[LoadPlan]:
+        """Every plan, in the order the modules were planned."""
+        return [p for plans in self.by_module.values() for p in plans]
+
+    def of_module(self, module: nn.Module) -> List[LoadPlan]:
+        """Plans of ``module``'s own entries (made once, protected)."""
+        if id(module) not in self.by_module:
+            plans = [self._plan(module, entry)
+                     for entry in self.names.pretrained_entries(module)]
+            self.by_module[id(module)] = plans
+        return self.by_module[id(module)]
+
+    def add(self, module: nn.Module, entry: PretrainedOptions) -> None:
+        """Plan an entry met outside any init_cfg (``initialize(m, cfg)``)."""
+        self.by_module.setdefault(id(module), []).append(
+            self._plan(module, entry))
+
+    def _plan(self, module: nn.Module, entry: PretrainedOptions) -> LoadPlan:
+        path = self.names.path_of(module)
+        plan = plan_load(module, path, entry,
+                         self.names.label(path, 'Pretrained'))
+        self.protect(plan.copies)
+        return plan
+
+    def protect(self, names: Iterable[str]) -> None:
+        """The checkpoint provides ``names``: initializers skip them, and
+        after settling, their pending constructor init is dropped too."""
+        names = set(names)
+        self.tracker.protected.update(names)
+        if self.settled and names:
+            tensors = self.names.root.state_dict(keep_vars=True)
+            self.dropped.append(deferred.settle(
+                {n: tensors[n] for n in names if n in tensors}, names))
+
+    def plan_declared(self) -> None:
+        """Plan the entries of every module whose ``init_cfg`` mmext_init
+        applies, then settle deferred init."""
+        for module in self.names.root.modules():
+            if uses_contract(module) and getattr(module, 'init_cfg', None):
+                self.of_module(module)
+        self.settle()
+
+    def settle(self) -> None:
+        """Constructor init skipped at build time: dropped for the tensors
+        the checkpoint provides, replayed now for the others (before any
+        declared init), except below modules whose own ``init_weights``
+        handles a ``Pretrained`` entry (what they load is known after)."""
+        root = self.names.root
+        tensors = root.state_dict(keep_vars=True)
+        own = [self.names.path_of(m) for m in root.modules()
+               if not uses_contract(m) and self.names.pretrained_entries(m)]
+        later = {n for n in tensors if any(is_under(n, p) for p in own)}
+        self.dropped.append(deferred.settle(tensors, self.protected, later))
+        self.settled = True
+
+    @contextlib.contextmanager
+    def refill_on_error(self) -> Iterator[None]:
+        """If the session fails, tensors whose constructor init was dropped
+        for a copy that never came get that init after all."""
+        try:
+            yield
+        except BaseException as exc:
+            spoiled = getattr(exc, 'target', None)  # a copy found non-finite
+            for dropped in self.dropped:
+                dropped.refill(() if spoiled is None else (spoiled, ))
+            raise

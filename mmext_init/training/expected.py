@@ -1,0 +1,123 @@
+"""Provenance before ``init_weights()``: the Runner builds the optim wrapper
+first, so what will be loaded is predicted from the plans of the model's
+``Pretrained`` entries (names and shapes only: no tensor data is read, no
+initializer runs, deferred init is not settled), and checked against the
+real ledger once ``init_weights()`` has run.
+
+Example:
+    >>> import os, tempfile, torch, torch.nn as nn
+    >>> from mmengine.model import Sequential
+    >>> path = os.path.join(tempfile.mkdtemp(), 'fc.pth')
+    >>> torch.save({'0.weight': torch.ones(2, 2)}, path)
+    >>> net = Sequential(nn.Linear(2, 2),
+    ...                  init_cfg=dict(type='Pretrained', checkpoint=path))
+    >>> origins = expected_origins(net)
+    >>> list(origins), origins['0.weight'].kind
+    (['0.weight'], 'checkpoint')
+"""
+from typing import Dict, List
+
+import torch.nn as nn
+
+from ..errors import InitConfigError
+from ..loading.copy import planned_copies
+from ..loading.plan import LoadPlan, plan_load
+from ..provenance.ledger import CHECKPOINT, ProvenanceLedger, get_provenance
+from ..provenance.report import fold_names
+from ..session.model_names import ModelNames, is_base_like
+from .selectors import Origin, ParamTable
+
+
+def declared_plans(root: nn.Module) -> List[LoadPlan]:
+    """The load plan of every ``Pretrained`` entry in the ``init_cfg`` of a
+    ``BaseModule`` of ``root`` (those an ``init_weights`` override loads
+    itself too: the real ledger checks the prediction)."""
+    names = ModelNames(root)
+    plans = []
+    for module in filter(is_base_like, root.modules()):
+        path = names.path_of(module)
+        for entry in names.pretrained_entries(module):
+            plans.append(plan_load(module, path, entry,
+                                   names.label(path, 'Pretrained')))
+    return plans
+
+
+def expected_origins(root: nn.Module) -> Dict[str, Origin]:
+    """Tensor name -> predicted origin, for the tensors a checkpoint will
+    provide (all or part; the outermost entry wins, as when loading)."""
+    return {
+        name: Origin(CHECKPOINT, plan.entry.checkpoint, plan.module_path)
+        for plan, name, _ in planned_copies(declared_plans(root))
+    }
+
+
+def ledger_origins(ledger: ProvenanceLedger) -> Dict[str, Origin]:
+    """Tensor name -> origin, from a real ledger.
+
+    Example:
+        >>> from mmext_init.provenance.ledger import Provenance
+        >>> ledger = ProvenanceLedger('Net', {
+        ...     'a': Provenance('checkpoint', 'r.pth', 'backbone'),
+        ...     'b': Provenance('initializer', 'Zero', 'head')})
+        >>> ledger_origins(ledger)['b']
+        Origin(kind='initializer', source=None, declared_by='head')
+    """
+    return {
+        name: Origin(p.kind, p.source if p.kind == CHECKPOINT else None,
+                     p.declared_by)
+        for name, p in ledger.entries.items()
+    }
+
+
+def param_table(root: nn.Module) -> ParamTable:
+    """The table selectors read: from the ledger if ``init_weights()`` has
+    run, else predicted (``exact=False``)."""
+    try:
+        ledger = get_provenance(root)
+    except LookupError:
+        return ParamTable.build(root, expected_origins(root), exact=False)
+    return ParamTable.build(root, ledger_origins(ledger), exact=True)
+
+
+def disagreements(predicted: ParamTable,
+                  ledger: ProvenanceLedger) -> List[str]:
+    """How the prediction differs from the ledger, one line per kind of
+    difference (folded names); empty when they agree."""
+    real = ledger_origins(ledger)
+    unloaded, unplanned, moved = [], [], []
+    for info in predicted.params:
+        origin = real.get(info.name)
+        was = origin is not None and origin.kind == CHECKPOINT
+        if info.loaded and not was:
+            unloaded.append(info.name)
+        elif was and not info.loaded:
+            unplanned.append(info.name)
+        elif was and origin.source != info.origin.source:
+            moved.append(f'{info.name} ({info.origin.source} -> '
+                         f'{origin.source})')
+    lines = []
+    for names, what in ((unloaded, 'planned as loaded, not loaded'),
+                        (unplanned, 'loaded, not planned'),
+                        (moved, 'loaded from another file than planned')):
+        if names:
+            shown = fold_names(names) if names is not moved else names
+            lines.append(f'{what}: {", ".join(shown)}')
+    return lines
+
+
+def check_prediction(predicted: ParamTable, root: nn.Module) -> None:
+    """Raise if the ledger of ``root`` says other parameters were loaded
+    (or from other files) than predicted when the optimizer was built."""
+    try:
+        ledger = get_provenance(root)
+    except LookupError as exc:
+        raise InitConfigError(
+            'ProvenanceOptimWrapperConstructor chose parameters by their '
+            f'planned provenance, but {exc}') from None
+    lines = disagreements(predicted, ledger)
+    if lines:
+        raise InitConfigError(
+            'ProvenanceOptimWrapperConstructor: the optimizer was built from '
+            'the load plan, and init_weights() loaded something else:\n  ' +
+            '\n  '.join(lines))
+

@@ -1,0 +1,125 @@
+"""The trainable report, logged at the start of training (rank 0, INFO) and
+written as ``trainable_params.json`` next to ``init_provenance.json``.
+
+Example of the text::
+
+    mmext_init: trainable parameters of RetinaNet: 40 of 190 tensors (0.1M of 12.1M elements) train
+      checkpoint     trainable     0 tensors        0   frozen   150 tensors    11.2M
+      initializer    trainable    24 tensors    50.2K   frozen     0 tensors        0
+    parameter groups (SGD):
+      group 0: lr=0.005 weight_decay=0.0001, 40 tensors: backbone.adapters.{0..2}.up.{weight,bias}, ...
+    frozen: backbone.{conv1,bn1}.weight, ...
+"""
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from mmengine.dist import get_rank
+
+from ..provenance.ledger import KINDS
+from ..provenance.report import MAX_LINES, fold_names, runner_log_dir
+from .plan import TrainingPlan
+
+TRAINABLE_TITLE = 'mmext_init: trainable parameters'
+TRAINABLE_FILE = 'trainable_params.json'
+
+
+def _human(n: float) -> str:
+    for unit, size in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
+        if n >= size:
+            return f'{n / size:.1f}{unit}'
+    return str(int(n))
+
+
+def _number(value: Any) -> str:
+    return f'{value:.6g}' if isinstance(value, float) else str(value)
+
+
+def report_data(root: str, plan: TrainingPlan,
+                optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """The report as JSON-ready data: counts by provenance (trainable and
+    frozen), the groups with their options, depth and names, the frozen
+    names and the norm layers kept in eval mode."""
+    names = {id(p.param): p.names for p in plan.table.params}
+    depth = {id(p.param): plan.setting(p.name).depth
+             for p in plan.table.params}
+    frozen = {id(p.param) for p in plan.frozen}
+    counts = {k: {s: {'tensors': 0, 'elements': 0}
+                  for s in ('trainable', 'frozen')}
+              for k in KINDS + ('new', )}
+    for info in plan.table.params:
+        state = 'frozen' if id(info.param) in frozen or \
+            not info.param.requires_grad else 'trainable'
+        count = counts[info.origin.kind or 'new'][state]
+        count['tensors'] += 1
+        count['elements'] += info.param.numel()
+    groups = []
+    for group in optimizer.param_groups:
+        depths = sorted({depth.get(id(p)) for p in group['params']} - {None})
+        groups.append({
+            'lr': group.get('lr'), 'weight_decay': group.get('weight_decay'),
+            'depth': depths, 'names': [n for p in group['params']
+                                       for n in names.get(id(p), ('?', ))]})
+    return {'version': 1, 'root': root,
+            'optimizer': type(optimizer).__name__,
+            'counts': {k: v for k, v in counts.items()
+                       if v['trainable']['tensors'] or v['frozen']['tensors']},
+            'groups': groups,
+            'frozen': [n for p in plan.frozen for n in p.names]}
+
+
+def format_trainable(data: Dict[str, Any]) -> str:
+    """The text of :func:`report_data`'s result."""
+    total = sum(c[s]['tensors'] for c in data['counts'].values()
+                for s in c)
+    elems = sum(c[s]['elements'] for c in data['counts'].values()
+                for s in c)
+    train = sum(c['trainable']['tensors'] for c in data['counts'].values())
+    train_el = sum(c['trainable']['elements']
+                   for c in data['counts'].values())
+    lines = [f'{TRAINABLE_TITLE} of {data["root"]}: {train} of {total} '
+             f'tensors ({_human(train_el)} of {_human(elems)} elements) '
+             'train']
+    for kind, c in data['counts'].items():
+        t, f = c['trainable'], c['frozen']
+        lines.append(f'  {kind:<13} trainable {t["tensors"]:>5} tensors '
+                     f'{_human(t["elements"]):>8}   frozen {f["tensors"]:>5}'
+                     f' tensors {_human(f["elements"]):>8}')
+    lines.append(f'parameter groups ({data["optimizer"]}):')
+    for i, group in enumerate(data['groups']):
+        depth = group['depth']
+        where = f' depth {",".join(map(str, depth))}' if depth else ''
+        folded = fold_names(group['names'])
+        shown = ', '.join(folded[:MAX_LINES])
+        more = f', ... {len(folded) - MAX_LINES} more' \
+            if len(folded) > MAX_LINES else ''
+        lines.append(f'  group {i}: lr={_number(group["lr"])} weight_decay='
+                     f'{_number(group["weight_decay"])}{where}, '
+                     f'{len(group["names"])} tensors: {shown}{more}')
+    if data['frozen']:
+        folded = fold_names(data['frozen'])
+        lines.append('frozen: ' + ', '.join(folded[:MAX_LINES]) +
+                     (f', ... (see {TRAINABLE_FILE})'
+                      if len(folded) > MAX_LINES else ''))
+    return '\n'.join(lines)
+
+
+def write_trainable(data: Dict[str, Any],
+                    log_dir: Optional[str] = None) -> Optional[str]:
+    """Write ``trainable_params.json`` into ``log_dir`` (default: the active
+    Runner's, where ``init_provenance.json`` goes), rank 0 only."""
+    log_dir = log_dir or runner_log_dir()
+    if not log_dir or get_rank() != 0:
+        return None
+    path = os.path.join(log_dir, TRAINABLE_FILE)
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=1)
+    return path
+
+
+def group_lines(data: Dict[str, Any]) -> List[str]:
+    """The group lines of the text alone (for the dry run)."""
+    return [line for line in format_trainable(data).splitlines()
+            if line.startswith('  group ')]

@@ -1,0 +1,247 @@
+"""The SELECTOR grammar: which parameters a ``freeze``, ``rules`` or
+``layer_decay`` entry (or an ``UnfreezeHook`` milestone) means.
+
+A selector is ``'loaded'`` (the checkpoint provided all or part of the
+tensor), ``'new'`` (everything else), ``'all'``, a dict, or a list of
+selectors (their union). A dict's keys are ANDed:
+
+* ``provenance``: a ledger kind or a list of kinds;
+* ``name``: a regex searched in the parameter name (``re.search``);
+* ``module_type``: class name(s), bases included: the class of the module
+  holding the parameter or of any module containing it;
+* ``source``: a regex searched in the checkpoint file it was loaded from;
+* ``declared_by``: a regex searched in the path of the module whose
+  ``init_cfg`` declared its value.
+
+A selector (or a list member) matching nothing is an error naming it and
+the closest names. Tied parameters (one tensor under two names) are one
+:class:`ParamInfo`, counted once.
+
+Example:
+    >>> import torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    >>> table = ParamTable.build(net, {'0.weight': Origin('checkpoint', 'a.pth', '')})
+    >>> [p.name for p in select('loaded', table)]
+    ['0.weight']
+    >>> [p.name for p in select(dict(module_type='_BatchNorm'), table)]
+    ['1.weight', '1.bias']
+    >>> select(dict(name='weigth'), table)
+    Traceback (most recent call last):
+    ...
+    mmext_init.training.selectors.SelectorError: selector {'name': 'weigth'} matches no parameter: name='weigth' matches none (closest names: ...)
+"""
+import re
+from dataclasses import dataclass, field
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping,
+                    Optional, Sequence, Tuple)
+
+import torch.nn as nn
+
+from ..errors import InitConfigError, close_names
+from ..provenance.ledger import CHECKPOINT, KINDS
+
+KEYWORDS = ('loaded', 'new', 'all')
+SELECTOR_KEYS = ('provenance', 'name', 'module_type', 'source', 'declared_by')
+
+
+class SelectorError(InitConfigError):
+    """A selector is malformed or matches no parameter."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a parameter's value comes from, as selectors see it: the ledger
+    ``kind`` (None: known only to be not loaded, before ``init_weights``),
+    the checkpoint file (loaded ones only) and the declaring module path."""
+    kind: Optional[str]
+    source: Optional[str] = None
+    declared_by: Optional[str] = None
+
+
+@dataclass(eq=False)
+class ParamInfo:
+    """One parameter (all its names, if tied), its origin and the class
+    names of the module holding it and of every module containing it."""
+    name: str
+    names: Tuple[str, ...]
+    param: nn.Parameter
+    origin: Origin
+    module_types: FrozenSet[str]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the checkpoint provided all or part of it."""
+        return self.origin.kind == CHECKPOINT
+
+
+@dataclass
+class ParamTable:
+    """The parameters of a model, in ``named_parameters()`` order, with
+    their origins; ``exact`` is False before ``init_weights`` (only
+    loaded/not loaded is known then)."""
+    params: List[ParamInfo] = field(default_factory=list)
+    exact: bool = True
+
+    @classmethod
+    def build(cls, model: nn.Module, origins: Mapping[str, Origin],
+              exact: bool = True) -> 'ParamTable':
+        """The table of ``model``; a name missing from ``origins`` is new
+        (``constructor`` when ``exact``, else unknown-but-not-loaded)."""
+        types = _module_types(model)
+        default = Origin('constructor' if exact else None)
+        by_id: Dict[int, List[str]] = {}
+        tensors: Dict[int, nn.Parameter] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            by_id.setdefault(id(p), []).append(name)
+            tensors[id(p)] = p
+        params = []
+        for key, names in by_id.items():
+            first = names[0]
+            owner = next((n for n in names if n in origins), first)
+            params.append(ParamInfo(first, tuple(names), tensors[key],
+                                    origins.get(owner, default),
+                                    types(first)))
+        return cls(params, exact)
+
+    def names(self) -> List[str]:
+        """Every parameter name (tied ones under each of their names)."""
+        return [n for p in self.params for n in p.names]
+
+
+def _module_types(model: nn.Module) -> Callable[[str], FrozenSet[str]]:
+    """name -> class names (MRO) of its module and the modules above it."""
+    own: Dict[str, FrozenSet[str]] = {
+        path: frozenset(c.__name__ for c in type(m).__mro__
+                        if c is not object)
+        for path, m in model.named_modules(remove_duplicate=False)}
+
+    def types(name: str) -> FrozenSet[str]:
+        parts = name.split('.')[:-1]
+        found = set(own[''])
+        for i in range(1, len(parts) + 1):
+            found |= own.get('.'.join(parts[:i]), frozenset())
+        return frozenset(found)
+
+    return types
+
+
+Test = Callable[[ParamInfo], bool]
+
+
+def _as_list(value: Any) -> List[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _regex(key: str, value: Any, attr: Callable[[ParamInfo], Iterable[str]]
+           ) -> Test:
+    try:
+        pattern = re.compile(str(value))
+    except re.error as exc:
+        raise SelectorError(f'{key}={value!r} is not a valid regex: {exc}')
+    return lambda p: any(pattern.search(s) for s in attr(p) if s is not None)
+
+
+def _key_test(key: str, value: Any, table: ParamTable) -> Test:
+    """The test of one dict key."""
+    if key == 'provenance':
+        kinds = _as_list(value)
+        wrong = [k for k in kinds if k not in KINDS]
+        if wrong:
+            raise SelectorError(
+                f'provenance={value!r}: {wrong[0]!r} is not a ledger kind '
+                f'(one of {", ".join(KINDS)})')
+        if not table.exact and any(k != CHECKPOINT for k in kinds):
+            raise SelectorError(
+                f'provenance={value!r}: before init_weights() runs only '
+                "'checkpoint' is known (select the rest with 'new')")
+        return lambda p: p.origin.kind in kinds
+    if key == 'module_type':
+        types = set(_as_list(value))
+        return lambda p: bool(types & p.module_types)
+    if key == 'name':
+        return _regex(key, value, lambda p: p.names)
+    if key == 'source':
+        return _regex(key, value, lambda p: (p.origin.source, ))
+    return _regex(key, value, lambda p: (p.origin.declared_by, ))
+
+
+def _options(key: str, table: ParamTable) -> List[str]:
+    """What a dict key could have named, for 'closest names'."""
+    seen: Dict[str, None] = {}
+    for p in table.params:
+        if key == 'name':
+            values: Iterable[Any] = p.names
+        elif key == 'module_type':
+            values = sorted(p.module_types)
+        else:
+            values = (getattr(p.origin, {'provenance': 'kind'}.get(key, key)),)
+        seen.update((str(v), None) for v in values if v is not None)
+    return list(seen)
+
+
+def _nothing(selector: Any, table: ParamTable) -> SelectorError:
+    """The error for ``selector`` (a dict) matching nothing: the keys that
+    match nothing on their own, with the closest names."""
+    parts = []
+    for key, value in selector.items():
+        test = _key_test(key, value, table)
+        if not any(test(p) for p in table.params):
+            close = close_names(str(value), _options(key, table))
+            parts.append(f'{key}={value!r} matches none' +
+                         (f' (closest names: {close})' if close else ''))
+    if not parts:
+        parts = ['each key matches some parameter, but none matches all']
+    return SelectorError(f'selector {dict(selector)!r} matches no parameter: '
+                         + '; '.join(parts))
+
+
+def matcher(selector: Any, table: ParamTable) -> Test:
+    """The test of one selector (not a list), checked for form."""
+    if isinstance(selector, str):
+        if selector not in KEYWORDS:
+            close = close_names(selector, KEYWORDS)
+            raise SelectorError(
+                f'selector {selector!r} is not one of {", ".join(KEYWORDS)} '
+                + (f'(did you mean {close}?)' if close else '(or a dict)'))
+        if selector == 'all':
+            return lambda p: True
+        return (lambda p: p.loaded) if selector == 'loaded' else \
+            (lambda p: not p.loaded)
+    if not isinstance(selector, Mapping) or not selector:
+        raise SelectorError(f'selector {selector!r}: expected one of '
+                            f'{", ".join(KEYWORDS)}, a non-empty dict or a '
+                            'list of them')
+    wrong = [k for k in selector if k not in SELECTOR_KEYS]
+    if wrong:
+        close = close_names(str(wrong[0]), SELECTOR_KEYS)
+        raise SelectorError(
+            f'selector {dict(selector)!r}: unknown key {wrong[0]!r}' +
+            (f' (did you mean {close}?)' if close else
+             f' (keys: {", ".join(SELECTOR_KEYS)})'))
+    tests = [_key_test(k, v, table) for k, v in selector.items()]
+    return lambda p: all(t(p) for t in tests)
+
+
+def select(selector: Any, table: ParamTable,
+           where: str = '') -> List[ParamInfo]:
+    """The parameters ``selector`` matches, in table order; ``where`` (the
+    config key, e.g. ``'paramwise_cfg.freeze'``) prefixes errors."""
+    listed = isinstance(selector, (list, tuple))
+    members: Sequence[Any] = selector if listed else [selector]
+    if not members:
+        raise SelectorError(f'{where}: an empty list selects nothing')
+    chosen = set()
+    try:
+        for member in members:
+            test = matcher(member, table)
+            found = {id(p) for p in table.params if test(p)}
+            if not found:
+                raise _nothing(member, table) if isinstance(
+                    member, Mapping) else SelectorError(
+                        f'selector {member!r} matches no parameter')
+            chosen |= found
+    except SelectorError as exc:
+        if not where:
+            raise
+        raise SelectorError(f'{where}: {exc}') from None
+    return [p for p in table.params if id(p) in chosen]

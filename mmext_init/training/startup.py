@@ -1,0 +1,91 @@
+"""What runs once training starts, after ``init_weights()`` and
+``load_or_resume()``, before the first iteration: the prediction the
+optimizer was built from is checked against the ledger, DDP against frozen
+parameters, and the trainable report is logged.
+
+It runs from the optim wrapper's ``initialize_count_status``, which the
+Runner calls right before its train loop (the constructor wraps it on the
+wrapper it builds), so no hook needs to be declared.
+"""
+import logging
+from typing import Any, Callable, Optional
+
+import torch.nn as nn
+from mmengine.dist import get_rank
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper
+
+from ..errors import InitConfigError
+from .expected import check_prediction, param_table
+from .plan import TrainingCfg, TrainingPlan, make_plan
+from .report import format_trainable, report_data, write_trainable
+
+
+class TrainingStart:
+    """Checks and reports once, then calls the wrapper's own
+    ``initialize_count_status``."""
+
+    def __init__(self, plan: TrainingPlan, cfg: TrainingCfg,
+                 optim_wrapper: OptimWrapper,
+                 original: Callable[..., Any]) -> None:
+        self.plan, self.cfg = plan, cfg
+        self.optim_wrapper = optim_wrapper
+        self.original = original
+        self.done = False
+
+    def __call__(self, model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not self.done:
+            self.done = True
+            self.start(model)
+        return self.original(model, *args, **kwargs)
+
+    def start(self, model: nn.Module) -> Optional[str]:
+        """Check, then report; returns the JSON file written, if any."""
+        root = model.module if is_model_wrapper(model) else model
+        plan = self.plan
+        if not plan.table.exact:
+            check_prediction(plan.table, root)
+            plan = self.recheck(root)
+        check_ddp(model, bool(plan.frozen))
+        data = report_data(type(root).__name__, plan,
+                           self.optim_wrapper.optimizer)
+        if get_rank() == 0:
+            print_log(format_trainable(data), logger='current',
+                      level=logging.INFO)
+        return write_trainable(data)
+
+    def recheck(self, root: nn.Module) -> TrainingPlan:
+        """The plan again, from the real ledger; it must be the one the
+        optimizer was built from."""
+        exact = make_plan(root, param_table(root), self.cfg)
+        differ = self.plan.differences(exact)
+        if differ:
+            raise InitConfigError(
+                'ProvenanceOptimWrapperConstructor: with the provenance '
+                'init_weights() recorded, freeze/rules/layer_decay select '
+                'other parameters than when the optimizer was built: '
+                f'{", ".join(differ)}')
+        return exact
+
+
+def check_ddp(model: nn.Module, any_frozen: bool) -> None:
+    """DDP wrapped the model before its parameters were frozen: it must
+    look for unused parameters, or its reducer waits for their gradients."""
+    if not any_frozen or not hasattr(model, 'find_unused_parameters'):
+        return
+    if not model.find_unused_parameters:
+        raise InitConfigError(
+            'paramwise_cfg.freeze froze parameters of a model that '
+            f'{type(model).__name__} wrapped before they were frozen: set '
+            'find_unused_parameters=True in the config (or in '
+            'model_wrapper_cfg)')
+
+
+def attach_start(optim_wrapper: OptimWrapper, plan: TrainingPlan,
+                 cfg: TrainingCfg) -> TrainingStart:
+    """Run :class:`TrainingStart` when the Runner starts the train loop."""
+    start = TrainingStart(plan, cfg, optim_wrapper,
+                          optim_wrapper.initialize_count_status)
+    optim_wrapper.initialize_count_status = start
+    return start
