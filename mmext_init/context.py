@@ -11,7 +11,26 @@ Example:
     True
 """
 import contextlib
-from typing import Any, Iterator, List, Optional
+from typing import Any, ContextManager, Iterator, List, Optional
+
+
+@contextlib.contextmanager
+def pushed(items: List[Any], item: Any) -> Iterator[Any]:
+    """``item`` is in ``items`` inside the block (appended, then removed).
+
+    Example:
+        >>> stack = []
+        >>> with pushed(stack, 'a'):
+        ...     stack
+        ['a']
+        >>> stack
+        []
+    """
+    items.append(item)
+    try:
+        yield item
+    finally:
+        items.remove(item)
 
 
 class PluginContext:
@@ -30,14 +49,9 @@ class PluginContext:
         """Whether :func:`mmext_init.stock_mmengine` is in force."""
         return self._stock_depth > 0
 
-    @contextlib.contextmanager
-    def session_active(self, session: Any) -> Iterator[Any]:
+    def session_active(self, session: Any) -> ContextManager[Any]:
         """``session`` is the current one inside the block."""
-        self._sessions.append(session)
-        try:
-            yield session
-        finally:
-            self._sessions.remove(session)
+        return pushed(self._sessions, session)
 
     @contextlib.contextmanager
     def stock(self) -> Iterator[None]:

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional, Set
 
 import torch
 
+from ..context import pushed
 from .replay import entry_of
 from .state import ENGINE, Observer
 
@@ -43,11 +44,8 @@ def observe_replays(observer: Observer) -> Iterator[Observer]:
         >>> seen                    # one replay, of two recorded ops
         [2]
     """
-    ENGINE.replay_observers.append(observer)
-    try:
+    with pushed(ENGINE.replay_observers, observer):
         yield observer
-    finally:
-        ENGINE.replay_observers.remove(observer)
 
 
 @contextlib.contextmanager

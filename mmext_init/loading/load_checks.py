@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import CheckpointError
 from .key_matching import MatchResult, suggest_mappings, top_prefixes
-from ..provenance.report import fold_names
+from ..provenance.report import fold_names, human_count
 
 Shape = Tuple[int, ...]
 MAX_GROUPS = 5
@@ -74,13 +74,6 @@ def check_coverage(result: MatchResult, fraction: float,
                        model_shapes)
 
 
-def _human(n: int) -> str:
-    for unit, size in (('G', 10**9), ('M', 10**6), ('K', 10**3)):
-        if n >= size:
-            return f'{n / size:.1f}{unit}'
-    return str(n)
-
-
 def _folded_regex(folded: str) -> re.Pattern:
     """The names a :func:`fold_names` line stands for, as a regex."""
     parts = []
@@ -118,7 +111,7 @@ def largest_groups(shapes: Mapping[str, str], numel: Mapping[str, int],
                            len(members)))
     groups.sort(key=lambda g: -g[0])  # stable: module order among equals
     lines = [f"{folded} {shape}: {count} tensor{'s' if count > 1 else ''}, "
-             f'{_human(elems)} elements'
+             f'{human_count(elems)} elements'
              for elems, folded, shape, count in groups[:limit]]
     if len(groups) > limit:
         lines.append(f'{len(groups) - limit} more groups')

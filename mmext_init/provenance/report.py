@@ -96,7 +96,13 @@ def _group_key(prov: Provenance, root: str) -> str:
                       prov.notes).describe(root)
 
 
-def _human(n: float) -> str:
+def human_count(n: float) -> str:
+    """``n`` with a unit, as the reports print element counts.
+
+    Example:
+        >>> human_count(86_415_592), human_count(950)
+        ('86.4M', '950')
+    """
     for unit, size in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
         if n >= size:
             return f'{n / size:.1f}{unit}'
@@ -115,13 +121,14 @@ def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
     total = sum(ledger.numel.values()) or 1
     lines = [
         f'{REPORT_TITLE} for {ledger.root}: {len(ledger.entries)} tensors, '
-        f'{_human(total)} elements'
+        f'{human_count(total)} elements'
     ]
     for kind in KINDS:
         names = ledger.names(kind)
         elems = sum(ledger.numel.get(n, 0) for n in names)
-        lines.append(f'  {kind:<13}{len(names):>6} tensors {_human(elems):>8} '
-                     f'elements  ({elems / total:.1%} of the model)')
+        lines.append(f'  {kind:<13}{len(names):>6} tensors '
+                     f'{human_count(elems):>8} elements  '
+                     f'({elems / total:.1%} of the model)')
     if skipped_ops or skipped_calls:
         lines.append(f'  initializer work skipped on tensors the checkpoint '
                      f'provides: {skipped_ops} ops, {skipped_calls} calls')

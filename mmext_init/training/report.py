@@ -19,18 +19,12 @@ import torch
 from mmengine.dist import get_rank
 
 from ..provenance.ledger import KINDS
-from ..provenance.report import MAX_LINES, fold_names, runner_log_dir
+from ..provenance.report import (MAX_LINES, fold_names, human_count,
+                                 runner_log_dir)
 from .plan import TrainingPlan
 
 TRAINABLE_TITLE = 'mmext_init: trainable parameters'
 TRAINABLE_FILE = 'trainable_params.json'
-
-
-def _human(n: float) -> str:
-    for unit, size in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
-        if n >= size:
-            return f'{n / size:.1f}{unit}'
-    return str(int(n))
 
 
 def _number(value: Any) -> str:
@@ -80,13 +74,13 @@ def format_trainable(data: Dict[str, Any]) -> str:
     train_el = sum(c['trainable']['elements']
                    for c in data['counts'].values())
     lines = [f'{TRAINABLE_TITLE} of {data["root"]}: {train} of {total} '
-             f'tensors ({_human(train_el)} of {_human(elems)} elements) '
+             f'tensors ({human_count(train_el)} of {human_count(elems)} elements) '
              'train']
     for kind, c in data['counts'].items():
         t, f = c['trainable'], c['frozen']
         lines.append(f'  {kind:<13} trainable {t["tensors"]:>5} tensors '
-                     f'{_human(t["elements"]):>8}   frozen {f["tensors"]:>5}'
-                     f' tensors {_human(f["elements"]):>8}')
+                     f'{human_count(t["elements"]):>8}   frozen {f["tensors"]:>5}'
+                     f' tensors {human_count(f["elements"]):>8}')
     lines.append(f'parameter groups ({data["optimizer"]}):')
     for i, group in enumerate(data['groups']):
         depth = group['depth']
