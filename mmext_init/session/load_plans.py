@@ -32,6 +32,22 @@ from .code_loads import is_under
 from .model_names import ModelNames, uses_contract
 
 
+def plan_entry(names: ModelNames, module: nn.Module,
+               entry: PretrainedOptions) -> LoadPlan:
+    """The plan of one ``Pretrained`` entry of ``module`` (nothing is
+    protected or loaded)."""
+    path = names.path_of(module)
+    return plan_load(module, path, entry, names.label(path, 'Pretrained'))
+
+
+def plan_entries(names: ModelNames, module: nn.Module) -> List[LoadPlan]:
+    """The plans of the ``Pretrained`` entries of ``module``'s own
+    ``init_cfg`` (also used to predict provenance before ``init_weights``,
+    see :mod:`mmext_init.training.expected`)."""
+    return [plan_entry(names, module, entry)
+            for entry in names.pretrained_entries(module)]
+
+
 class SessionPlans:
     """The plans of every ``Pretrained`` entry met in one session."""
 
@@ -54,22 +70,17 @@ class SessionPlans:
     def of_module(self, module: nn.Module) -> List[LoadPlan]:
         """Plans of ``module``'s own entries (made once, protected)."""
         if id(module) not in self.by_module:
-            plans = [self._plan(module, entry)
-                     for entry in self.names.pretrained_entries(module)]
+            plans = plan_entries(self.names, module)
+            for plan in plans:
+                self.protect(plan.copies)
             self.by_module[id(module)] = plans
         return self.by_module[id(module)]
 
     def add(self, module: nn.Module, entry: PretrainedOptions) -> None:
         """Plan an entry met outside any init_cfg (``initialize(m, cfg)``)."""
-        self.by_module.setdefault(id(module), []).append(
-            self._plan(module, entry))
-
-    def _plan(self, module: nn.Module, entry: PretrainedOptions) -> LoadPlan:
-        path = self.names.path_of(module)
-        plan = plan_load(module, path, entry,
-                         self.names.label(path, 'Pretrained'))
+        plan = plan_entry(self.names, module, entry)
         self.protect(plan.copies)
-        return plan
+        self.by_module.setdefault(id(module), []).append(plan)
 
     def protect(self, names: Iterable[str]) -> None:
         """The checkpoint provides ``names``: initializers skip them, and

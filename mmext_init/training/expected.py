@@ -21,9 +21,10 @@ import torch.nn as nn
 
 from ..errors import InitConfigError
 from ..loading.copy import planned_copies
-from ..loading.plan import LoadPlan, plan_load
+from ..loading.plan import LoadPlan
 from ..provenance.ledger import CHECKPOINT, ProvenanceLedger, get_provenance
 from ..provenance.report import fold_names
+from ..session.load_plans import plan_entries
 from ..session.model_names import ModelNames, is_base_like
 from .selectors import Origin, ParamTable
 
@@ -33,13 +34,8 @@ def declared_plans(root: nn.Module) -> List[LoadPlan]:
     ``BaseModule`` of ``root`` (those an ``init_weights`` override loads
     itself too: the real ledger checks the prediction)."""
     names = ModelNames(root)
-    plans = []
-    for module in filter(is_base_like, root.modules()):
-        path = names.path_of(module)
-        for entry in names.pretrained_entries(module):
-            plans.append(plan_load(module, path, entry,
-                                   names.label(path, 'Pretrained')))
-    return plans
+    return [plan for module in filter(is_base_like, root.modules())
+            for plan in plan_entries(names, module)]
 
 
 def expected_origins(root: nn.Module) -> Dict[str, Origin]:
