@@ -31,6 +31,7 @@ from .checkpoint.safe_load import extract_state_dict, read_checkpoint
 from .deferred import materialize
 from .errors import CheckpointError, InitConfigError
 from .hooks.lsuv import LSUVInitHook
+from .hooks.unfreeze import UnfreezeHook
 from .initializers.copy_from import CopyFromInit, copy_from
 from .initializers.layer_types import (identity_init, lora_init,
                                        orthogonal_init, zero_init)
@@ -53,7 +54,8 @@ __all__ = [
     'CheckpointError', 'InitConfigError', 'install', 'uninstall',
     'CopyFromInit', 'copy_from', 'LSUVInitHook', 'zero_init', 'identity_init',
     'orthogonal_init', 'lora_init', 'ADAPT_TRANSFORMS', 'CHECKPOINT_CONVERTERS',
-    'open_checkpoint', 'materialize', 'ProvenanceOptimWrapperConstructor'
+    'open_checkpoint', 'materialize', 'ProvenanceOptimWrapperConstructor',
+    'UnfreezeHook'
 ]
 
 install()

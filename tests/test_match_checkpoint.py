@@ -1,14 +1,22 @@
 """tools/match_checkpoint.py: dry run on a real mmdet RetinaNet config."""
 import json
 import os
+import re
+import subprocess
 import sys
 
+import pytest
 import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'tools'))
 import match_checkpoint as tool  # noqa: E402
 
+from mmext_init import read_checkpoint  # noqa: E402
+from mmext_init.training.report import (TRAINABLE_FILE,  # noqa: E402
+                                        format_trainable, group_lines)
 from test_contract import _resnet_detector  # noqa: E402
 
 
@@ -174,3 +182,198 @@ def test_dry_run_without_an_entry_exits_2(tmp_path, capsys):
     assert tool.main([path, '--module', 'nek']) == 2
     assert "error: --module 'nek': no such submodule of RetinaNet" in \
         capsys.readouterr().err
+
+
+# --optim: the trainable report before any weight is loaded (issue 15).
+
+REPO = os.path.dirname(HERE)
+FREEZE_TINY = os.path.join(
+    REPO, 'configs', 'mmdet', 'retinanet_r18_adapters_freeze_tiny.py')
+STOCK_R18 = 'checkpoints/retinanet_r18_stock_tiny.pth'
+GROUP = re.compile(r'  group \d+: lr=(\S+) weight_decay=\S+'
+                   r'(?: depth (\S+))?, \d+ tensors: ')
+
+
+@pytest.fixture(scope='module')
+def tiny_r18_dir(tmp_path_factory) -> str:
+    """Tiny COCO data and the stock Runner checkpoint of the tiny RetinaNet
+    (tools/make_tiny_data.py), in the e2e tests' ``<basetemp>/tiny``: what
+    they made is reused, what is missing there is made."""
+    path = tmp_path_factory.getbasetemp() / 'tiny'
+    path.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, os.path.join(REPO, 'tools',
+                                                 'make_tiny_data.py'),
+                    '--out-dir', str(path), '--only', 'ckpt',
+                    '--checkpoint', os.path.basename(STOCK_R18)],
+                   check=True, capture_output=True)
+    return str(path)
+
+
+def _start_training(config: str, work_dir: str) -> Runner:
+    """A real Runner on ``config`` (one iteration, no checkpoint saved:
+    neither changes the optimizer); the trainable report is written when
+    the train loop starts."""
+    cfg = Config.fromfile(config)
+    cfg.work_dir = work_dir
+    cfg.experiment_name = f'optim_{abs(hash(work_dir))}'  # own logger
+    cfg.train_cfg.max_iters = 1
+    cfg.default_hooks.checkpoint = None
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def _optim_config(tmp_path, ckpt, paramwise_cfg):
+    """A RetinaNet whose ResNet-18 backbone (every stage trainable) loads
+    ``ckpt``, trained with ``ProvenanceOptimWrapperConstructor``, SGD at
+    lr 0.02."""
+    path = _write(
+        tmp_path, 'optim',
+        'dict(backbone=dict(depth=18, frozen_stages=-1, init_cfg=dict('
+        f"type='Pretrained', checkpoint={ckpt!r}, prefix='backbone.')),"
+        ' neck=dict(in_channels=[64, 128, 256, 512]),'
+        ' bbox_head=dict(num_classes=2))')
+    with open(path, 'a') as f:
+        f.write("optim_wrapper = dict(constructor="
+                "'ProvenanceOptimWrapperConstructor', optimizer=dict("
+                f'lr=0.02), paramwise_cfg={paramwise_cfg!r})\n')
+    return path
+
+
+def _dry_and_real(config, work_dir, capsys):
+    """``--optim --json``'s report, the report of a real Runner starting
+    to train on ``config`` (its ``trainable_params.json``) and the Runner,
+    once the text and the logged report are checked against each other."""
+    assert tool.main([config, '--optim', '--json']) == 0
+    dry = json.loads(capsys.readouterr().out)['trainable']
+    assert tool.main([config, '--optim']) == 0
+    text = capsys.readouterr().out.splitlines()
+    runner = _start_training(config, work_dir)
+    capsys.readouterr()  # the Runner's log
+    with open(os.path.join(runner.log_dir, TRAINABLE_FILE)) as f:
+        real = json.load(f)
+    with open(os.path.join(runner.log_dir, f'{runner.timestamp}.log')) as f:
+        log = f.read()
+    assert all(line in log for line in group_lines(dry))
+    assert group_lines(dry) == group_lines(real)
+    assert dry['frozen'] == real['frozen']
+    real_text = format_trainable(real).splitlines()  # as it was logged
+    groups = real_text.index(f"parameter groups ({real['optimizer']}):")
+    assert text[-len(real_text) + groups:] == real_text[groups:]
+    return dry, real, runner
+
+
+def test_optim_dry_run_is_the_report_training_starts_with(
+        tiny_r18_dir, tmp_path, monkeypatch, capsys):
+    """The freeze example: the dry run and a real Runner starting to train
+    on the same config show the same groups and frozen names, and the
+    frozen checkpoint tensors are those the backbone loads."""
+    monkeypatch.chdir(tiny_r18_dir)  # the config's paths are relative
+    dry, real, runner = _dry_and_real(FREEZE_TINY, str(tmp_path), capsys)
+    assert len(dry['groups']) == 1 and dry['groups'][0]['lr'] == 0.05
+    state = read_checkpoint(STOCK_R18)[0]['state_dict']
+    params = {n for n, _ in runner.model.named_parameters()}
+    loads = [k for k in state if k.startswith('backbone.') and k in params]
+    assert len(loads) == 60  # ResNet-18 (the adapters are new)
+    assert len(dry['frozen']) == len(loads)
+    for data in (dry, real):
+        counts = data['counts']['checkpoint']
+        assert counts['frozen']['tensors'] == len(loads)
+        assert counts['trainable']['tensors'] == 0
+    assert dry['counts']['new']['trainable']['tensors'] == sum(
+        c['trainable']['tensors'] for c in real['counts'].values()) == 36
+
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here: --checkpoint it is
+    assert tool.main([FREEZE_TINY, '--optim', '--json', '--checkpoint',
+                      os.path.join(tiny_r18_dir, STOCK_R18)]) == 0
+    assert json.loads(capsys.readouterr().out)['trainable'] == dry
+
+
+def test_optim_dry_run_depths_are_the_real_runs(tiny_r18_dir, tmp_path,
+                                                monkeypatch, capsys):
+    """The tiny example fine-tuned whole, with layer decay on the backbone:
+    the dry run's depths and lrs are those of the real start."""
+    monkeypatch.chdir(tiny_r18_dir)
+    config = tmp_path / 'layer_decay.py'
+    config.write_text(
+        f'_base_ = {FREEZE_TINY!r}\n'
+        'optim_wrapper = dict(paramwise_cfg=dict(_delete_=True, '
+        "norm_decay_mult=0.0, layer_decay=dict(rate=0.8, select=dict("
+        "name=r'^backbone\\.'))))\n")
+    dry, _, _ = _dry_and_real(str(config), str(tmp_path / 'run'), capsys)
+    assert dry['frozen'] == []
+    depths = sorted({d for g in dry['groups'] for d in g['depth']})
+    assert depths == list(range(12))  # stem, 8 blocks and 3 adapters
+    stem = dry['groups'][0]
+    assert (stem['names'], stem['depth']) == (['backbone.conv1.weight'], [0])
+    assert stem['lr'] == pytest.approx(0.005 * 0.8 ** 12)
+
+
+def test_optim_dry_run_shows_the_layer_decay_depths(tmp_path, capsys):
+    """ResNet-18 under layer decay: stem depth 0, blocks layer1.0 ..
+    layer4.1 depths 1..8 (N = 8); lr = base_lr * rate ** (N + 1 - depth)."""
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = _optim_config(tmp_path, ckpt, dict(layer_decay=dict(
+        rate=0.5, select=dict(name=r'^backbone\.'))))
+    assert tool.main([path, '--optim']) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith('  group ')]
+    found = [GROUP.match(line).groups() for line in lines]
+    depths = {int(d): float(lr) for lr, d in found if d is not None}
+    assert sorted(depths) == list(range(9))
+    for depth, lr in depths.items():
+        assert lr == pytest.approx(0.02 * 0.5 ** (8 + 1 - depth), rel=1e-5)
+    assert [float(lr) for lr, d in found if d is None] == [0.02]  # neck, head
+    assert 'depth 0, 3 tensors: backbone.conv1.weight, ' \
+        'backbone.bn1.{weight,bias}' in '\n'.join(lines)
+
+    assert tool.main([path, '--optim', '--json']) == 0
+    groups = json.loads(capsys.readouterr().out)['trainable']['groups']
+    for group in groups:
+        if group['depth']:
+            assert group['lr'] == pytest.approx(
+                0.02 * 0.5 ** (9 - group['depth'][0]))
+            assert group['depth'] == [group['depth'][0]]
+            assert all(n.startswith('backbone.') for n in group['names'])
+
+
+def test_optim_dry_run_names_a_selector_matching_nothing(tmp_path, capsys):
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = _optim_config(tmp_path, ckpt,
+                         dict(freeze=dict(name=r'^backbone\.layer9')))
+    assert tool.main([path, '--optim']) == 2
+    captured = capsys.readouterr()
+    assert "error: paramwise_cfg.freeze: selector {'name': " \
+        "'^backbone\\\\.layer9'} matches no parameter" in captured.err
+    assert 'trainable parameters' not in captured.out
+    with open(path, 'a') as f:
+        f.write("optim_wrapper = dict(_delete_=True, constructor="
+                "'ProvenanceOptimWrapperConstructor')\n")
+    assert tool.main([path, '--optim']) == 2
+    assert 'error: --optim: optim_wrapper has no optimizer config' in \
+        capsys.readouterr().err
+
+
+def test_optim_dry_run_with_the_stock_constructor(tmp_path, capsys):
+    """Without ProvenanceOptimWrapperConstructor: MMEngine's default
+    constructor's groups (it keeps parameters without gradients in them),
+    nothing frozen by a selector; ResNet's frozen_stages are listed."""
+    ckpt = str(tmp_path / 'det.pth')
+    torch.save({'state_dict': _resnet_detector().state_dict()}, ckpt)
+    path = _config(tmp_path, ckpt, 'backbone.')
+    assert tool.main([path, '--optim', '--json']) == 0
+    data = json.loads(capsys.readouterr().out)['trainable']
+    assert data['optimizer'] == 'SGD'
+    assert len(data['frozen']) == 15 and all(  # ResNet's frozen_stages=1
+        n.startswith(('backbone.conv1.', 'backbone.bn1.', 'backbone.layer1.'))
+        for n in data['frozen'])
+    assert [(g['lr'], g['weight_decay'], g['depth']) for g in
+            data['groups']] == [(0.01, 0.0001, [])]
+    counts = data['counts']['checkpoint']  # frozen: frozen_stages=1
+    assert (counts['trainable']['tensors'], counts['frozen']['tensors']) \
+        == (45, 15)
+    assert len(data['groups'][0]['names']) == 96  # all, as stock builds it
+    assert tool.main([path, '--optim']) == 0
+    assert 'frozen: backbone.conv1.weight, ' in capsys.readouterr().out

@@ -6,75 +6,21 @@ import os
 
 import pytest
 import torch
-from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmengine.dataset import pseudo_collate
 from mmengine.hooks import Hook
-from mmengine.registry import init_default_scope
-from mmengine.runner import Runner
-from mmengine.structures import InstanceData
-from torch.utils.data import DataLoader
 
-import inserted_models  # noqa: F401  (registers ResNetInserted)
 from mmext_init.errors import InitConfigError
 from mmext_init.training.report import TRAINABLE_FILE
-from toy_models import tiny_retinanet_cfg
-
-
-def _sample(i: int) -> dict:
-    sample = DetDataSample(metainfo=dict(
-        img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64),
-        scale_factor=(1.0, 1.0), batch_input_shape=(64, 64)))
-    sample.gt_instances = InstanceData(
-        bboxes=torch.tensor([[4.0 + i, 8.0, 40.0, 44.0 - i]]),
-        labels=torch.tensor([i % 3]))
-    gen = torch.Generator().manual_seed(i)
-    return dict(inputs=torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8,
-                                     generator=gen), data_samples=sample)
+from retinanet_runs import retinanet_runner, write_backbone_ckpt
 
 
 @pytest.fixture(scope='module')
 def backbone_ckpt(tmp_path_factory) -> str:
-    """A 'pretrained' ResNet-18 (BN statistics not at their defaults)."""
-    init_default_scope('mmdet')
-    backbone = MODELS.build(dict(type='ResNet', depth=18))
-    backbone.init_weights()
-    state = backbone.state_dict()
-    for key, value in state.items():
-        if key.endswith(('running_mean', 'running_var')):
-            state[key] = value + torch.rand_like(value)
-    path = tmp_path_factory.mktemp('issue15') / 'r18.pth'
-    torch.save({'state_dict': state}, path)
-    return str(path)
+    return write_backbone_ckpt(
+        str(tmp_path_factory.mktemp('issue15') / 'r18.pth'))
 
 
-def _model_cfg(ckpt: str) -> dict:
-    cfg = tiny_retinanet_cfg(init_cfg=dict(type='Pretrained',
-                                           checkpoint=ckpt))
-    cfg['backbone']['type'] = 'ResNetInserted'
-    cfg['train_cfg'] = dict(
-        assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4,
-                      min_pos_iou=0, ignore_iof_thr=-1),
-        sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1,
-        debug=False)
-    return cfg
-
-
-def _runner(work_dir: str, ckpt: str, paramwise_cfg: dict) -> Runner:
-    data = [_sample(i) for i in range(4)]
-    return Runner(
-        model=_model_cfg(ckpt), work_dir=work_dir,
-        train_dataloader=DataLoader(data, batch_size=2,
-                                    collate_fn=pseudo_collate),
-        optim_wrapper=dict(
-            constructor='ProvenanceOptimWrapperConstructor',
-            optimizer=dict(type='SGD', lr=0.01, momentum=0.9,
-                           weight_decay=1e-4),
-            paramwise_cfg=paramwise_cfg),
-        train_cfg=dict(by_epoch=False, max_iters=3),
-        default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
-                           checkpoint=None),
-        default_scope='mmdet', experiment_name=os.path.basename(work_dir))
+def _runner(work_dir: str, ckpt: str, paramwise_cfg: dict):
+    return retinanet_runner(work_dir, ckpt, paramwise_cfg)
 
 
 def test_freeze_loaded_keeps_the_backbone_bit_identical(tmp_path,

@@ -3,9 +3,9 @@ parameters counted once, and the selector/freeze errors."""
 import pytest
 import torch
 import torch.nn as nn
-from mmdet.models.backbones import SwinTransformer
+from mmdet.models.backbones import ResNet, SwinTransformer
 from mmengine.model import BaseModule, Sequential
-from mmseg.models.backbones import MixVisionTransformer
+from mmseg.models.backbones import MixVisionTransformer, VisionTransformer
 
 import mmext_init
 from mmext_init import ProvenanceOptimWrapperConstructor
@@ -122,13 +122,14 @@ def _lr_by_name(model, optimizer):
 
 
 def _check_table(model, table, top, rate=0.5, base=0.1):
-    """``table``: name prefix -> depth (every parameter under exactly one
-    prefix); ``top`` the depth of 'the rest' (lr multiplier 1)."""
+    """``table``: module path or parameter name -> depth (every parameter
+    under exactly one); ``top`` the depth of 'the rest' (lr multiplier 1)."""
     build = ProvenanceOptimWrapperConstructor(
         SGD, dict(layer_decay=dict(rate=rate, select='all')))
     lrs = _lr_by_name(model, build(model).optimizer)
     for name, lr in lrs.items():
-        prefixes = [k for k in table if name.startswith(k + '.')]
+        prefixes = [k for k in table
+                    if name == k or name.startswith(k + '.')]
         assert len(prefixes) == 1, (name, prefixes)
         depth = table[prefixes[0]]
         assert lr == pytest.approx(base * rate**(top - depth)), name
@@ -154,6 +155,107 @@ def test_layer_decay_on_mmseg_mit():
         'layers.0.0': 1, 'layers.0.2': 1, 'layers.0.1.0': 2,
         'layers.1.0': 3, 'layers.1.2': 3, 'layers.1.1.0': 4,
         'layers.1.1.1': 5}, top=6)
+
+
+def test_layer_decay_on_mmdet_resnet():
+    """The stem (conv1, bn1) at 0, the 8 BasicBlocks layer1.0 ... layer4.1
+    at 1..8 (a block's downsample with it), nothing after: 'the rest' is
+    depth 9 with no parameter, so the last block gets ``rate ** 1`` and a
+    head outside the selection 1, as in mmpretrain's layer decay."""
+    model = ResNet(depth=18)
+    blocks = [f'layer{s}.{b}' for s in range(1, 5) for b in range(2)]
+    _check_table(model, {'conv1': 0, 'bn1': 0, **{
+        block: i + 1 for i, block in enumerate(blocks)}}, top=9)
+
+
+def test_layer_decay_on_mmseg_vit():
+    """cls_token, pos_embed and patch_embed at 0, layers.i at i + 1, the
+    final norm (``ln1``) at N + 1: mmpretrain's VisionTransformer
+    get_layer_depth gives the same."""
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dims=16,
+                              num_layers=2, num_heads=2, final_norm=True)
+    _check_table(model, {'cls_token': 0, 'pos_embed': 0, 'patch_embed': 0,
+                         'layers.0': 1, 'layers.1': 2, 'ln1': 3}, top=3)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """mmpretrain's ``LayerNorm2d``: a LayerNorm over the channels of an
+    NCHW map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlockShaped(BaseModule):
+    """mmpretrain's ``ConvNeXtBlock`` attributes: depthwise 7x7 conv, norm,
+    pointwise Linear layers, layer scale ``gamma``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.depthwise_conv = nn.Conv2d(channels, channels, 7, padding=3,
+                                        groups=channels)
+        self.norm = LayerNorm2d(channels)
+        self.pointwise_conv1 = nn.Linear(channels, 4 * channels)
+        self.act = nn.GELU()
+        self.pointwise_conv2 = nn.Linear(4 * channels, channels)
+        self.gamma = nn.Parameter(1e-6 * torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.depthwise_conv(x)).permute(0, 2, 3, 1)
+        y = self.pointwise_conv2(self.act(self.pointwise_conv1(y)))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
+class ConvNeXtShaped(BaseModule):
+    """A STRUCTURAL STAND-IN for mmpretrain's ``ConvNeXt`` (mmpretrain
+    cannot be installed here: no CPU torchvision build), not the real
+    class: the same attribute names and nesting, registered in the same
+    order: ``downsample_layers`` (a ModuleList: the stem
+    ``Sequential(conv 4x4/4, norm)``, then ``Sequential(norm, conv
+    2x2/2)`` per later stage), ``stages`` (a ModuleList of Sequentials of
+    blocks), then an output norm ``norm{i}`` per ``out_indices`` stage
+    (added in the stage loop, so after both lists)."""
+
+    def __init__(self, depths=(1, 2, 1, 1), channels=(8, 16, 16, 32),
+                 out_indices=(0, 1, 2, 3)) -> None:
+        super().__init__()
+        self.out_indices = out_indices
+        self.downsample_layers = nn.ModuleList([nn.Sequential(
+            nn.Conv2d(3, channels[0], 4, stride=4), LayerNorm2d(channels[0]))])
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            if i:
+                self.downsample_layers.append(nn.Sequential(
+                    LayerNorm2d(channels[i - 1]),
+                    nn.Conv2d(channels[i - 1], channels[i], 2, stride=2)))
+            self.stages.append(nn.Sequential(
+                *[ConvNeXtBlockShaped(channels[i]) for _ in range(depth)]))
+            if i in out_indices:
+                self.add_module(f'norm{i}', LayerNorm2d(channels[i]))
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(self.downsample_layers[i](x))
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+        return tuple(outs)
+
+
+def test_layer_decay_on_convnext_shaped_stand_in():
+    """Each stage's downsample layer before its blocks (the stem too: it
+    is downsample_layers.0, a numbered block, so depth 1 and nothing at 0;
+    mmpretrain's own ConvNeXt.get_layer_depth puts it at 0), the output
+    norms at N + 1."""
+    model = ConvNeXtShaped()
+    assert [o.shape[1:] for o in model(torch.randn(1, 3, 32, 32))] == [
+        (8, 8, 8), (16, 4, 4), (16, 2, 2), (32, 1, 1)]
+    _check_table(model, {
+        'downsample_layers.0': 1, 'stages.0.0': 2,
+        'downsample_layers.1': 3, 'stages.1.0': 4, 'stages.1.1': 5,
+        'downsample_layers.2': 6, 'stages.2.0': 7,
+        'downsample_layers.3': 8, 'stages.3.0': 9,
+        'norm0': 10, 'norm1': 10, 'norm2': 10, 'norm3': 10}, top=10)
 
 
 def test_layer_decay_over_a_part_only(net):

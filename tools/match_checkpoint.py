@@ -4,7 +4,7 @@ be unexpected or shape-mismatched, without loading any weights.
 Usage::
 
     python tools/match_checkpoint.py CONFIG [--module backbone] \\
-        [--checkpoint PATH] [--json]
+        [--checkpoint PATH] [--optim] [--json]
 
 The model is built on the meta device (no memory for weights; falls back to
 CPU when a constructor needs real tensors), the checkpoint is read for names
@@ -17,19 +17,48 @@ Names are listed in module order, as in the report. The JSON's ``module``
 is the module path (``''`` for the model root) and ``module_label`` its
 human name (``the model root (RetinaNet)``).
 
+``--optim`` adds the trainable report the Runner logs when training starts
+(:mod:`mmext_init.training.report`): counts by provenance, one line per
+parameter group (lr, weight decay, ``depth`` under ``layer_decay``, names)
+and the frozen names, for the provenance predicted from the load plans of
+the model's ``Pretrained`` entries: ``init_weights()`` is not called and no
+tensor data is read (``--checkpoint`` applies to the prediction too). The
+optim wrapper constructor is built as the Runner builds it (``constructor``
+and ``paramwise_cfg`` taken out of ``optim_wrapper``) and builds the real
+optimizer on the model (meta tensors are fine); the wrapper around it is a
+plain ``OptimWrapper`` (its type and options do not change the groups, and
+``AmpOptimWrapper`` needs a GPU). With another constructor than
+``ProvenanceOptimWrapperConstructor`` (e.g. MMEngine's default), the report
+shows that constructor's groups and nothing is frozen by a selector
+(parameters with ``requires_grad=False`` still count as frozen). The lrs are
+the optimizer's as built: in the real run, ``auto_scale_lr``, the first step
+of a ``param_scheduler`` (e.g. a warmup) and a resumed optimizer state may
+change them before the report. The JSON holds the report under
+``trainable``. The dry run above it still needs a ``Pretrained`` entry.
+
 Exit status: 0 when the entry's ``min_loaded`` (default: anything loads)
 would be met, 1 when it would not, 2 when the entry cannot be used at all
-(unreadable checkpoint, transform that cannot apply, bad key options).
+(unreadable checkpoint, transform that cannot apply, bad key options) or,
+with ``--optim``, when the optim wrapper config cannot (no
+``optim_wrapper.optimizer``, a ``freeze``/``rules``/``layer_decay`` that is
+malformed or has a selector matching nothing).
 """
 import argparse
+import contextlib
+import copy
 import json
+import logging
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.logging import MMLogger
+from mmengine.optim import OptimWrapper
+from mmengine.registry import (MODELS, OPTIM_WRAPPER_CONSTRUCTORS,
+                               init_default_scope)
 
 from mmext_init.errors import (CheckpointError, InitConfigError, entry_label,
                                module_label)
@@ -38,6 +67,10 @@ from mmext_init.loading.options import (PretrainedOptions, as_cfg_list,
                                         build_options, is_pretrained_cfg)
 from mmext_init.loading.plan import ModuleMatch, match_module, open_source
 from mmext_init.provenance.report import fold_names
+from mmext_init.training import ProvenanceOptimWrapperConstructor
+from mmext_init.training.expected import param_table
+from mmext_init.training.plan import TrainingCfg, make_plan
+from mmext_init.training.report import format_trainable, report_data
 
 
 def build_model(cfg: Config) -> Tuple[nn.Module, str]:
@@ -80,9 +113,67 @@ def adapted_entries(match: ModuleMatch) -> List[Dict[str, Any]]:
             for k in match.model_shapes if k in done.adapted]
 
 
+def replace_checkpoint(module: nn.Module, file: str) -> None:
+    """Point the first ``Pretrained`` entry of ``module``'s ``init_cfg`` at
+    ``file`` (the prediction ``--optim`` reports is then the dry run's)."""
+    cfgs = [dict(c) for c in as_cfg_list(module.init_cfg)]
+    first = next(i for i, c in enumerate(cfgs) if is_pretrained_cfg(c))
+    cfgs[first]['checkpoint'] = file
+    module.init_cfg = cfgs
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """MMEngine's current logger at ERROR while the block runs: the stock
+    constructor logs every paramwise option and, as warnings, each
+    parameter with ``requires_grad=False`` it skips, on stdout (which may
+    be JSON; the report counts those as frozen)."""
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def build_constructor(
+        optim_wrapper: Any) -> Callable[[nn.Module], OptimWrapper]:
+    """The config's optim wrapper constructor, built as MMEngine's
+    ``build_optim_wrapper`` builds it, for a plain ``OptimWrapper``."""
+    if not optim_wrapper:
+        raise InitConfigError('--optim: the config has no optim_wrapper')
+    cfg = copy.deepcopy(dict(optim_wrapper))
+    if not isinstance(cfg.get('optimizer'), dict):
+        raise InitConfigError(
+            '--optim: optim_wrapper has no optimizer config (a constructor '
+            'of several optimizers is not supported)')
+    constructor = cfg.pop('constructor', 'DefaultOptimWrapperConstructor')
+    return OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+        type=constructor, paramwise_cfg=cfg.pop('paramwise_cfg', None),
+        optim_wrapper_cfg=dict(type='OptimWrapper',
+                               optimizer=cfg['optimizer'])))
+
+
+def trainable_data(model: nn.Module, optim_wrapper: Any) -> Dict[str, Any]:
+    """The trainable report of ``model`` under the config's
+    ``optim_wrapper``, for the predicted provenance: the optimizer is built,
+    ``init_weights()`` is not called."""
+    constructor = build_constructor(optim_wrapper)
+    if isinstance(constructor, ProvenanceOptimWrapperConstructor):
+        plan = constructor.plan(model)
+    else:  # stock groups, nothing selected
+        plan = make_plan(model, param_table(model), TrainingCfg())
+    with quiet_logs():
+        optimizer = constructor(model).optimizer
+    return report_data(type(model).__name__, plan, optimizer)
+
+
 def dry_run(config: str, module: Optional[str] = None,
-            checkpoint: Optional[str] = None) -> Dict[str, Any]:
-    """Everything the report prints, as a dict.
+            checkpoint: Optional[str] = None,
+            optim: bool = False) -> Dict[str, Any]:
+    """Everything the report prints, as a dict (with ``optim``, the
+    trainable report under ``trainable``).
 
     Example:
         >>> dry_run('configs/mmdet/retinanet_r18_adapters_ft_tiny.py')['loaded_fraction']
@@ -115,6 +206,10 @@ def dry_run(config: str, module: Optional[str] = None,
                                          current=entry.mapping,
                                          counted=match.params)
         ]
+    if optim:
+        if checkpoint:
+            replace_checkpoint(sub, checkpoint)
+        out['trainable'] = trainable_data(model, cfg.get('optim_wrapper'))
     return out
 
 
@@ -140,6 +235,8 @@ def format_text(res: Dict[str, Any]) -> str:
     for s in res['suggestions']:
         lines.append(f"suggestion: {s['setting']} would load "
                      f"{s['loaded_fraction']:.1%}")
+    if 'trainable' in res:
+        lines += ['', format_trainable(res['trainable'])]
     return '\n'.join(lines)
 
 
@@ -148,10 +245,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('config')
     parser.add_argument('--module', default=None)
     parser.add_argument('--checkpoint', default=None)
+    parser.add_argument('--optim', action='store_true',
+                        help='also print the trainable report (groups, '
+                        'frozen names) the Runner logs when training starts')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
     try:
-        res = dry_run(args.config, args.module, args.checkpoint)
+        res = dry_run(args.config, args.module, args.checkpoint, args.optim)
     except (InitConfigError, CheckpointError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2

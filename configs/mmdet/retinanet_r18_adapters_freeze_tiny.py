@@ -5,8 +5,13 @@
 # plan of the backbone's Pretrained entry and is checked against the ledger
 # once init_weights() has run; the trainable report goes to the log and to
 # trainable_params.json next to init_provenance.json.
+# norm_eval=False (mmdet's RetinaNet sets True): with True, ResNet.train()
+# would put every backbone BatchNorm in eval mode by itself; here it is the
+# freezing that keeps the frozen BatchNorm layers' running statistics still
+# (tests/e2e/test_training_policies.py checks them bit for bit).
 _base_ = './retinanet_r18_adapters_ft_tiny.py'
 
+model = dict(backbone=dict(norm_eval=False))
 optim_wrapper = dict(
     constructor='ProvenanceOptimWrapperConstructor',
     paramwise_cfg=dict(

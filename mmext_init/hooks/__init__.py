@@ -1,1 +1,2 @@
-"""Runner hooks: ``LSUVInitHook`` (:mod:`.lsuv`)."""
+"""Runner hooks: ``LSUVInitHook`` (:mod:`.lsuv`), ``UnfreezeHook``
+(:mod:`.unfreeze`)."""

@@ -13,8 +13,10 @@ Example:
     [(2, 0.1), (2, 1.0)]
 """
 import copy
+import dataclasses
 import inspect
-from typing import Any, Dict, List, Optional
+import weakref
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
@@ -23,9 +25,20 @@ from mmengine.registry import (OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
 
 from .expected import param_table
 from .freezing import freeze_params
-from .groups import build_groups
+from .groups import Group, build_groups
+from .optim_state import track_names
 from .plan import TrainingCfg, TrainingPlan, make_plan
 from .startup import attach_start
+
+#: optim wrapper -> the constructor that built it (``UnfreezeHook`` asks)
+BUILT_BY: 'weakref.WeakKeyDictionary[OptimWrapper, Any]' = \
+    weakref.WeakKeyDictionary()
+
+
+def built_by(optim_wrapper: OptimWrapper) -> Optional[
+        'ProvenanceOptimWrapperConstructor']:
+    """The constructor that built ``optim_wrapper``, if it was this one."""
+    return BUILT_BY.get(optim_wrapper)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -55,6 +68,12 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
        lr_mult``, ``decay_mult`` sets ``weight_decay = base wd *
        decay_mult``; a key a rule does not give keeps the value from 2.
     4. ``layer_decay`` multiplies the lr from 3.
+
+    A parameter that ``UnfreezeHook`` unfreezes later gets the options it
+    would have had without ``freeze`` (2-4), its lr times the milestone's
+    ``lr_mult``. The optimizer's state dict carries each group's parameter
+    names, and a resume maps the saved state by name
+    (:mod:`mmext_init.training.optim_state`).
 
     Each tensor is added once (tied parameters, and ``bypass_duplicate``
     needs no setting), and groups with equal options are merged.
@@ -87,6 +106,29 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                             {id(p.param) for p in plan.frozen},
                             self.base_lr, self.base_wd)
 
+    def unfrozen_groups(self, model: nn.Module,
+                        params: Sequence[nn.Parameter]) -> List[Group]:
+        """The groups of ``params`` (which must train now) as if ``freeze``
+        had never selected them; every other parameter left out."""
+        cfg = dataclasses.replace(self.training_cfg, freeze=None)
+        plan = make_plan(model, param_table(model), cfg)
+        chosen = {id(p) for p in params}
+        others = {id(p.param) for p in plan.table.params
+                  if id(p.param) not in chosen}
+        stock: List[Group] = []
+        still_frozen = [p for p in model.parameters() if not p.requires_grad]
+        try:  # stock skips (and warns about) frozen ones: all count here
+            for p in still_frozen:
+                p.requires_grad_(True)
+            self.add_params(stock, model)
+        finally:
+            for p in still_frozen:
+                p.requires_grad_(False)
+        settings = {id(p.param): plan.setting(p.name)
+                    for p in plan.table.params}
+        return build_groups(stock, settings, others, self.base_lr,
+                            self.base_wd)
+
     def __call__(self, model: nn.Module) -> OptimWrapper:
         root = model.module if hasattr(model, 'module') else model
         plan = self.plan(root)
@@ -105,4 +147,6 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         wrapper = OPTIM_WRAPPERS.build(
             wrapper_cfg, default_args=dict(optimizer=optimizer))
         attach_start(wrapper, plan, self.training_cfg)
+        track_names(optimizer, root)
+        BUILT_BY[wrapper] = self
         return wrapper

@@ -15,27 +15,52 @@ Example:
     >>> list(origins), origins['0.weight'].kind
     (['0.weight'], 'checkpoint')
 """
+import copy
+import dataclasses
 from typing import Dict, List
 
 import torch.nn as nn
 
-from ..errors import InitConfigError
+from ..errors import CheckpointError, InitConfigError
 from ..loading.copy import planned_copies
 from ..loading.plan import LoadPlan
 from ..provenance.ledger import CHECKPOINT, ProvenanceLedger, get_provenance
 from ..provenance.report import fold_names
-from ..session.load_plans import plan_entries
-from ..session.model_names import ModelNames, is_base_like
+from ..session.load_plans import plan_entries, plan_entry
+from ..session.model_names import ModelNames, is_base_like, uses_contract
 from .selectors import Origin, ParamTable
+
+
+def own_loader_plans(names: ModelNames, module: nn.Module) -> List[LoadPlan]:
+    """The predicted plans of a module whose own ``init_weights`` reads its
+    ``Pretrained`` entries with its own key handling (mmdet Swin, mmseg
+    ViT...): the entry as declared; if that matches nothing, with the
+    module's path stripped from the checkpoint keys (what Swin does with a
+    whole-detector checkpoint). The real ledger checks the prediction."""
+    plans = []
+    path = names.path_of(module)
+    for entry in names.pretrained_entries(module):
+        try:
+            plans.append(plan_entry(names, module, entry))
+            continue
+        except CheckpointError:
+            if not path:
+                raise
+        stripped = copy.copy(entry)
+        stripped.mapping = dataclasses.replace(entry.mapping,
+                                               prefix=f'{path}.')
+        plans.append(plan_entry(names, module, stripped))
+    return plans
 
 
 def declared_plans(root: nn.Module) -> List[LoadPlan]:
     """The load plan of every ``Pretrained`` entry in the ``init_cfg`` of a
-    ``BaseModule`` of ``root`` (those an ``init_weights`` override loads
-    itself too: the real ledger checks the prediction)."""
+    ``BaseModule`` of ``root``: as the session plans them, or as their
+    module's own loader is expected to load them."""
     names = ModelNames(root)
     return [plan for module in filter(is_base_like, root.modules())
-            for plan in plan_entries(names, module)]
+            for plan in (plan_entries(names, module) if uses_contract(module)
+                         else own_loader_plans(names, module))]
 
 
 def expected_origins(root: nn.Module) -> Dict[str, Origin]:

@@ -33,19 +33,20 @@ def _number(value: Any) -> str:
 
 def report_data(root: str, plan: TrainingPlan,
                 optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    """The report as JSON-ready data: counts by provenance (trainable and
-    frozen), the groups with their options, depth and names, the frozen
-    names and the norm layers kept in eval mode."""
+    """The report as JSON-ready data: counts by provenance of the trainable
+    and the frozen (``requires_grad=False``: by ``freeze``, or before, e.g.
+    ResNet's ``frozen_stages``) parameters, the groups with their options,
+    depth and names, and the frozen names. A group's lr is the one it was
+    built with (``initial_lr`` once a param scheduler has set it, e.g. to
+    the start of a warmup)."""
     names = {id(p.param): p.names for p in plan.table.params}
     depth = {id(p.param): plan.setting(p.name).depth
              for p in plan.table.params}
-    frozen = {id(p.param) for p in plan.frozen}
     counts = {k: {s: {'tensors': 0, 'elements': 0}
                   for s in ('trainable', 'frozen')}
               for k in KINDS + ('new', )}
     for info in plan.table.params:
-        state = 'frozen' if id(info.param) in frozen or \
-            not info.param.requires_grad else 'trainable'
+        state = 'trainable' if info.param.requires_grad else 'frozen'
         count = counts[info.origin.kind or 'new'][state]
         count['tensors'] += 1
         count['elements'] += info.param.numel()
@@ -53,7 +54,8 @@ def report_data(root: str, plan: TrainingPlan,
     for group in optimizer.param_groups:
         depths = sorted({depth.get(id(p)) for p in group['params']} - {None})
         groups.append({
-            'lr': group.get('lr'), 'weight_decay': group.get('weight_decay'),
+            'lr': group.get('initial_lr', group.get('lr')),
+            'weight_decay': group.get('weight_decay'),
             'depth': depths, 'names': [n for p in group['params']
                                        for n in names.get(id(p), ('?', ))]})
     return {'version': 1, 'root': root,
@@ -61,7 +63,8 @@ def report_data(root: str, plan: TrainingPlan,
             'counts': {k: v for k, v in counts.items()
                        if v['trainable']['tensors'] or v['frozen']['tensors']},
             'groups': groups,
-            'frozen': [n for p in plan.frozen for n in p.names]}
+            'frozen': [n for p in plan.table.params
+                       if not p.param.requires_grad for n in p.names]}
 
 
 def format_trainable(data: Dict[str, Any]) -> str:

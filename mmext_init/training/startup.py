@@ -78,8 +78,9 @@ def check_ddp(model: nn.Module, any_frozen: bool) -> None:
         raise InitConfigError(
             'paramwise_cfg.freeze froze parameters of a model that '
             f'{type(model).__name__} wrapped before they were frozen: set '
-            'find_unused_parameters=True in the config (or in '
-            'model_wrapper_cfg)')
+            'find_unused_parameters=True in the config, or in '
+            'model_wrapper_cfg when the config has one (MMEngine then '
+            'ignores the top-level key)')
 
 
 def attach_start(optim_wrapper: OptimWrapper, plan: TrainingPlan,

@@ -57,7 +57,8 @@ class Run:
     config: str  # the derived config that was trained
     work_dir: str
     log: str  # rank 0's log file
-    snapshots: List[Dict[str, torch.Tensor]]
+    snapshots: List[Dict[str, torch.Tensor]]  # state_dict at before_train
+    finals: List[Dict[str, torch.Tensor]]  # state_dict at after_train
     provenance_files: List[str]  # every init_provenance.json on disk
     provenance_writes: List[List[str]]  # per rank: files opened for writing
 
@@ -75,7 +76,7 @@ def _free_port() -> int:
 
 
 def _derived_config(tiny_dir: str, config: str, name: str, nproc: int,
-                    extra_hooks: str) -> str:
+                    extra_hooks: str, find_unused: bool) -> str:
     """``config`` + the snapshot hook (+ CPU DDP wrapper settings)."""
     derived = os.path.join(tiny_dir, f'{name}.py')
     with open(derived, 'w') as f:
@@ -87,33 +88,47 @@ def _derived_config(tiny_dir: str, config: str, name: str, nproc: int,
                 "dict(type='WeightSnapshotHook')]\n")
         if nproc > 1:  # CPU DDP: MMEngine's default is device_ids=[rank]
             f.write("model_wrapper_cfg = dict(type='MMDistributedDataParallel'"
-                    ', device_ids=None, broadcast_buffers=False)\n')
+                    ', device_ids=None, broadcast_buffers=False, '
+                    f'find_unused_parameters={find_unused})\n')
     return derived
+
+
+def train_command(tiny_dir: str, config: str, library: str, name: str,
+                  nproc: int = 1, extra_hooks: str = '',
+                  find_unused: bool = False) -> Tuple[List[str], str, str]:
+    """The command running the library's own train.py on ``config`` plus
+    the snapshot hook (``torchrun`` when ``nproc > 1``, DDP with
+    ``find_unused_parameters=find_unused``), the derived config and the
+    work dir ``<tiny_dir>/work_dirs/<name>``."""
+    derived = _derived_config(tiny_dir, config, name, nproc, extra_hooks,
+                              find_unused)
+    work_dir = os.path.join(tiny_dir, 'work_dirs', name)
+    script = library_script(library, 'train')
+    cmd = [sys.executable, script, derived, '--work-dir', work_dir]
+    if nproc > 1:
+        cmd[1:2] = ['-m', 'torch.distributed.run',
+                    f'--nproc_per_node={nproc}',
+                    f'--master_port={_free_port()}', script]
+        cmd += ['--launcher', 'pytorch']
+    return cmd, derived, work_dir
 
 
 @pytest.fixture(scope='session')
 def train(tiny_dir) -> Callable[..., Run]:
-    """``train(config, library, nproc=1, extra_hooks='')`` runs the library's
-    own train.py on ``config`` plus the snapshot hook (``torchrun`` when
-    ``nproc > 1``); returns a :class:`Run`. Each distinct call runs once."""
-    done: Dict[Tuple[str, str, int, str], Run] = {}
+    """``train(config, library, nproc=1, extra_hooks='', find_unused=False)``
+    runs :func:`train_command`, which must succeed; returns a :class:`Run`.
+    Each distinct call runs once."""
+    done: Dict[Tuple[str, str, int, str, bool], Run] = {}
 
     def _train(config: str, library: str, nproc: int = 1,
-               extra_hooks: str = '') -> Run:
-        key = (config, library, nproc, extra_hooks)
+               extra_hooks: str = '', find_unused: bool = False) -> Run:
+        key = (config, library, nproc, extra_hooks, find_unused)
         if key in done:
             return done[key]
         name = f'{os.path.splitext(os.path.basename(config))[0]}_{nproc}' + \
             f'_{len(done)}'
-        derived = _derived_config(tiny_dir, config, name, nproc, extra_hooks)
-        work_dir = os.path.join(tiny_dir, 'work_dirs', name)
-        script = library_script(library, 'train')
-        cmd = [sys.executable, script, derived, '--work-dir', work_dir]
-        if nproc > 1:
-            cmd[1:2] = ['-m', 'torch.distributed.run',
-                        f'--nproc_per_node={nproc}',
-                        f'--master_port={_free_port()}', script]
-            cmd += ['--launcher', 'pytorch']
+        cmd, derived, work_dir = train_command(
+            tiny_dir, config, library, name, nproc, extra_hooks, find_unused)
         proc = subprocess.run(cmd, cwd=tiny_dir, env=subprocess_env(),
                               text=True, capture_output=True)
         assert proc.returncode == 0, '\n'.join(
@@ -127,10 +142,11 @@ def train(tiny_dir) -> Callable[..., Run]:
             with open(os.path.join(
                     work_dir, f'provenance_writes_rank{rank}.json')) as f:
                 writes.append(json.load(f))
+        states = {stem: [torch.load(os.path.join(
+            work_dir, f'{stem}_rank{r}.pth')) for r in range(nproc)]
+            for stem in ('snapshot', 'final')}
         done[key] = Run(
-            derived, work_dir, log,
-            [torch.load(os.path.join(work_dir, f'snapshot_rank{r}.pth'))
-             for r in range(nproc)],
+            derived, work_dir, log, states['snapshot'], states['final'],
             glob.glob(os.path.join(work_dir, '**', 'init_provenance.json'),
                       recursive=True), writes)
         return done[key]

@@ -1,9 +1,11 @@
 """Test-only hook (imported through the derived config's ``custom_imports``).
 
-* ``WeightSnapshotHook`` saves the model weights right before the first
-  training iteration (``before_train``, after ``init_weights`` and after any
-  other ``before_train`` hook such as LSUV) to
-  ``<work_dir>/snapshot_rank<R>.pth``, and at the end of the run lists every
+* ``WeightSnapshotHook`` saves the model's ``state_dict`` (parameters and
+  buffers) right before the first training iteration (``before_train``,
+  after ``init_weights`` and after any other ``before_train`` hook such as
+  LSUV) to ``<work_dir>/snapshot_rank<R>.pth``, and again once training is
+  over (``after_train``: trained weights, BatchNorm running statistics) to
+  ``<work_dir>/final_rank<R>.pth``. At the end of the run it lists every
   file named ``init_provenance.json`` this process opened for writing in
   ``<work_dir>/provenance_writes_rank<R>.json``. All ranks share one log dir,
   so counting files on disk could not tell whether rank 1 wrote too; the
@@ -57,8 +59,9 @@ sys.addaudithook(_audit)
 
 @HOOKS.register_module(force=True)
 class WeightSnapshotHook(Hook):
-    """Saves ``{name: tensor}`` at ``before_train`` and the provenance writes
-    of this process at ``after_run`` (see the module docstring).
+    """Saves ``{name: tensor}`` (the model's ``state_dict``: parameters and
+    buffers) at ``before_train`` and ``after_train``, and the provenance
+    writes of this process at ``after_run`` (see the module docstring).
 
     Example (derived config)::
 
@@ -67,11 +70,10 @@ class WeightSnapshotHook(Hook):
     priority = 'VERY_LOW'
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save(state, os.path.join(runner.work_dir,
-                                       f'snapshot_rank{get_rank()}.pth'))
+        _save_state(runner, 'snapshot')
+
+    def after_train(self, runner) -> None:
+        _save_state(runner, 'final')
 
     def after_run(self, runner) -> None:
         path = os.path.join(runner.work_dir,
@@ -79,6 +81,16 @@ class WeightSnapshotHook(Hook):
         with open(path, 'w') as f:
             json.dump(PROVENANCE_WRITES, f)
         atexit.register(_leave_process_group)  # the run completed
+
+
+def _save_state(runner, stem: str) -> None:
+    """The unwrapped model's ``state_dict`` to
+    ``<work_dir>/<stem>_rank<R>.pth``."""
+    model = runner.model.module if is_model_wrapper(
+        runner.model) else runner.model
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(runner.work_dir,
+                                   f'{stem}_rank{get_rank()}.pth'))
 
 
 def _leave_process_group() -> None:
