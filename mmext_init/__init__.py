@@ -30,12 +30,14 @@ from .checkpoint.formats import open_checkpoint
 from .checkpoint.safe_load import extract_state_dict, read_checkpoint
 from .deferred import materialize
 from .errors import CheckpointError, InitConfigError
+from .hooks.delta_checkpoint import DeltaCheckpointHook
 from .hooks.lsuv import LSUVInitHook
 from .hooks.unfreeze import UnfreezeHook
 from .initializers.copy_from import CopyFromInit, copy_from
 from .initializers.layer_types import (identity_init, lora_init,
                                        orthogonal_init, zero_init)
 from .initializers.pretrained import PretrainedInit
+from .inserting.registry import INSERT_TYPES
 from .loading.adapt import ADAPT_TRANSFORMS
 from .loading.adapt_classes import Classes  # noqa: F401
 from .plugin.mixin import InitWeightsMixin
@@ -55,7 +57,7 @@ __all__ = [
     'CopyFromInit', 'copy_from', 'LSUVInitHook', 'zero_init', 'identity_init',
     'orthogonal_init', 'lora_init', 'ADAPT_TRANSFORMS', 'CHECKPOINT_CONVERTERS',
     'open_checkpoint', 'materialize', 'ProvenanceOptimWrapperConstructor',
-    'UnfreezeHook'
+    'UnfreezeHook', 'DeltaCheckpointHook', 'INSERT_TYPES'
 ]
 
 install()

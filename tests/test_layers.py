@@ -16,7 +16,7 @@ LAYERS: List[Set[str]] = [
     {'provenance', 'checkpoint'},
     {'loading', 'deferred'},
     {'session'},
-    {'initializers'},
+    {'initializers', 'inserting'},
     {'training'},
     {'hooks'},
     {'plugin'},

@@ -80,6 +80,7 @@ class CheckpointTensors:
         self._dtypes = dtypes
         self._release = release
         self._file_of = file_of
+        self.meta: Dict[str, Any] = {}  # a torch file's ``meta`` dict
 
     def file_of(self, key: str) -> str:
         """The file holding ``key``: the shard for a sharded checkpoint,
@@ -184,12 +185,15 @@ def _open_torch(path: str, map_location: Any, trust: bool, label: str,
     ckpt, _ = read_checkpoint(path, map_location, trust, label)
     state = _ema_weights(ckpt, path, label) if use_ema else \
         extract_state_dict(ckpt, path, label)
-    return CheckpointTensors(path, {k: tuple(v.shape)
-                                    for k, v in state.items()},
-                             state.__getitem__,
-                             dtypes={k: v.dtype
-                                     for k, v in state.items()},
-                             release=_releaser(path))
+    tensors = CheckpointTensors(path, {k: tuple(v.shape)
+                                       for k, v in state.items()},
+                                state.__getitem__,
+                                dtypes={k: v.dtype
+                                        for k, v in state.items()},
+                                release=_releaser(path))
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    tensors.meta = meta if isinstance(meta, dict) else {}
+    return tensors
 
 
 def _open_safetensors(path: str, label: str) -> CheckpointTensors:

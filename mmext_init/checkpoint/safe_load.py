@@ -29,6 +29,7 @@ from mmengine.logging import print_log
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import CheckpointError
+from .fingerprint import delta_alone_error, delta_meta
 from .restricted_pickle import (UnreconstructedObject,
                                 restricted_pickle_module,
                                 unreconstructed_class)
@@ -211,7 +212,8 @@ def load_from_safe_local(filename: str, map_location: Any = None) -> Any:
     Used by ``load_checkpoint``, ``Runner.load_checkpoint`` (``load_from``,
     ``resume``), ``init_detector`` and backbones that load checkpoints in
     their own ``init_weights``; it makes Runner checkpoints loadable under
-    torch >= 2.6 without running code from them.
+    torch >= 2.6 without running code from them. A delta checkpoint
+    (``DeltaCheckpointHook``) is an error: alone it is no model.
 
     Example:
         >>> import os, tempfile
@@ -222,6 +224,9 @@ def load_from_safe_local(filename: str, map_location: Any = None) -> Any:
     """
     path = os.path.expanduser(filename)
     obj, skipped = read_checkpoint(path, map_location)
+    meta = delta_meta(obj)
+    if meta is not None:  # only what trained: useless without its base
+        raise delta_alone_error(path, meta, 'load_checkpoint')
     _stamp_file_keys(obj)  # the ledger names a backbone's own loads by them
     if skipped:
         print_log(

@@ -231,7 +231,7 @@ def wrap_build(original: Callable) -> Callable:
     """``Registry.build``: the outermost model build runs deferred."""
 
     def build(self, cfg, *args, **kwargs):
-        if ENGINE.build_depth or not enabled() or not _is_model_registry(
+        if ENGINE.build_depth or not enabled() or not is_model_registry(
                 self):
             return original(self, cfg, *args, **kwargs)
         with deferred_construction():
@@ -240,7 +240,8 @@ def wrap_build(original: Callable) -> Callable:
     return build
 
 
-def _is_model_registry(registry: Any) -> bool:
+def is_model_registry(registry: Any) -> bool:
+    """Whether ``registry`` is MMEngine's ``MODELS`` or a child of it."""
     while registry is not None:
         if registry is MODELS:
             return True

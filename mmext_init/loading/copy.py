@@ -89,7 +89,7 @@ def _non_finite(plan: LoadPlan, key: str) -> NonFiniteTensorError:
     """The error for ``key`` holding NaN/Inf, naming the shard holding it."""
     error = plan.non_finite(key)
     shard = plan.source.file_of(key)
-    if shard != plan.source.path:
+    if shard != plan.file_of_key(key):
         error = NonFiniteTensorError(f'{error} (in shard {shard})')
     return error
 
@@ -121,5 +121,5 @@ def _copy(plan: LoadPlan, name: str, dst: torch.Tensor, partial: bool,
     args = {'prefix': plan.entry.prefix} if plan.entry.prefix else None
     tracker.record(
         name,
-        Provenance(CHECKPOINT, plan.entry.checkpoint, plan.module_path,
+        Provenance(CHECKPOINT, plan.source_file(name), plan.module_path,
                    key, args, notes))

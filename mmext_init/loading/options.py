@@ -13,11 +13,12 @@ Example:
     ...
     mmext_init.errors.InitConfigError: Pretrained: on_missing must be one of ('warn', 'error', 'ignore'), got 'sometimes'
 """
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from mmengine.model.weight_init import PretrainedInit as StockPretrained
 
 from ..checkpoint.converters import get_converter
+from ..checkpoint.stacked import stack_label
 from ..errors import InitConfigError
 from .adapt import AdaptTransform, build_transform
 from .key_matching import KeyMapping
@@ -46,6 +47,31 @@ def as_cfg_list(init_cfg: Any) -> List[Dict[str, Any]]:
         return list(init_cfg)
     raise InitConfigError(
         f'init_cfg must be a dict or a list of dicts, got {type(init_cfg)}')
+
+
+def checkpoint_files(checkpoint: Any) -> Tuple[str, ...]:
+    """The checkpoint files of an entry: one path, or a non-empty list of
+    paths (a base, then deltas trained on it; later files win per key).
+
+    Example:
+        >>> checkpoint_files(['r18.pth', 'delta_iter_8.pth'])
+        ('r18.pth', 'delta_iter_8.pth')
+        >>> checkpoint_files(['r18.pth', None])
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.InitConfigError: Pretrained: checkpoint must be a path or a non-empty list of paths (a base, then deltas trained on it), got ['r18.pth', None]
+    """
+    if isinstance(checkpoint, (list, tuple)):
+        if checkpoint and all(isinstance(c, str) and c for c in checkpoint):
+            return tuple(checkpoint)
+        raise InitConfigError(
+            'Pretrained: checkpoint must be a path or a non-empty list of '
+            'paths (a base, then deltas trained on it), got '
+            f'{checkpoint!r}')
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise InitConfigError(
+            f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
+    return (checkpoint, )
 
 
 def check_choices(**given: Any) -> None:
@@ -92,7 +118,7 @@ class PretrainedOptions:
     :class:`mmext_init.PretrainedInit`)."""
 
     def __init__(self,
-                 checkpoint: str,
+                 checkpoint: Union[str, Sequence[str]],
                  prefix: Optional[str] = None,
                  map_location: Any = 'cpu',
                  init_missing: Any = None,
@@ -109,9 +135,7 @@ class PretrainedOptions:
                  match: str = 'exact',
                  adapt: Optional[Sequence[Dict[str, Any]]] = None,
                  converter: Optional[str] = None) -> None:
-        if not isinstance(checkpoint, str) or not checkpoint:
-            raise InitConfigError(
-                f'Pretrained: checkpoint must be a path, got {checkpoint!r}')
+        self.checkpoints = checkpoint_files(checkpoint)
         check_choices(on_missing=on_missing, on_mismatch=on_mismatch,
                       match=match)
         if min_loaded is not None and not 0 <= float(min_loaded) <= 1:
@@ -121,7 +145,9 @@ class PretrainedOptions:
             self.converter = get_converter(converter) if converter else None
         except KeyError as exc:
             raise InitConfigError(f'Pretrained: {exc.args[0]}') from exc
-        self.checkpoint, self.prefix = checkpoint, prefix
+        # one path, or the files of a stack as one name ('a.pth + b.pth')
+        self.checkpoint = stack_label(self.checkpoints)
+        self.prefix = prefix
         self.map_location = map_location
         self.init_missing = as_cfg_list(init_missing)
         self.on_missing, self.on_mismatch = on_missing, on_mismatch
@@ -144,6 +170,8 @@ class PretrainedOptions:
                 'revise_keys': bool(self.mapping.revise_keys),
                 'ignore_keys': bool(self.mapping.ignore_keys),
                 'use_ema': self.use_ema,
+                'a list of checkpoints (a base, then deltas)':
+                len(self.checkpoints) > 1,
                 f'match={self.mapping.match!r}': self.mapping.match != 'exact'}
         return [option for option, is_set in set_.items() if is_set]
 

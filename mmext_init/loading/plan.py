@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint.converters import convert_source
-from ..checkpoint.formats import CheckpointTensors, open_checkpoint
+from ..checkpoint.formats import CheckpointTensors
+from ..checkpoint.stacked import StackedTensors, open_stack
 from ..errors import CheckpointError, InitConfigError, NonFiniteTensorError
 from ..provenance.ledger import LoadRecord
 from .adapt import AdaptTransform, Adapted, dry_run, region_numel
@@ -65,11 +66,23 @@ class LoadPlan:
             raise InitConfigError(f'{self.label}: {exc}') from exc
         return done.tensor, done
 
+    def source_file(self, name: str) -> str:
+        """The file the ledger names for model tensor ``name``: the entry's
+        checkpoint, or for a list of files the one providing the tensor."""
+        key = self.copies.get(name) or self.partial[name]
+        return self.file_of_key(key)
+
+    def file_of_key(self, key: str) -> str:
+        """The file providing checkpoint ``key`` (see :meth:`source_file`)."""
+        if isinstance(self.source, StackedTensors):
+            return self.source.part_of(key)
+        return self.entry.checkpoint
+
     def non_finite(self, key: str,
                    target: Optional[torch.Tensor] = None) -> CheckpointError:
         """The error for checkpoint tensor ``key`` holding NaN/Inf."""
         return NonFiniteTensorError(
-            f'{self.label}: {self.entry.checkpoint}: tensor {key!r} holds '
+            f'{self.label}: {self.file_of_key(key)}: tensor {key!r} holds '
             'NaN or Inf values (set check_finite=False to load it anyway)',
             target)
 
@@ -99,10 +112,12 @@ def open_source(entry: PretrainedOptions, label: str,
                 checkpoint: Optional[str] = None) -> CheckpointTensors:
     """The entry's checkpoint (or ``checkpoint``), opened lazily and passed
     through its converter (run on meta tensors first: only names and shapes
-    are read here)."""
-    source = open_checkpoint(checkpoint or entry.checkpoint,
-                             entry.map_location, entry.trust_checkpoint,
-                             label, entry.use_ema)
+    are read here). A list of files is opened as one stack, each delta
+    checked against its base (:mod:`mmext_init.checkpoint.stacked`)."""
+    files = (entry.checkpoints if not checkpoint
+             or checkpoint == entry.checkpoint else (checkpoint, ))
+    source = open_stack(files, entry.map_location, entry.trust_checkpoint,
+                        label, entry.use_ema)
     if entry.converter is None:
         return source
     return convert_source(source, entry.converter)

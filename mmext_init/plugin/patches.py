@@ -40,6 +40,7 @@ from ..deferred import guards
 from ..deferred.replay import materialize
 from ..initializers.pretrained import PretrainedInit
 from ..session.code_loads import observe_load, observes_loads
+from .insertion import wrap_build_insert
 from .mixin import InitWeightsMixin
 from .overrides import unwrap_overrides, wrap_overrides
 
@@ -113,8 +114,10 @@ PATCHES: Tuple[Patch, ...] = (
           _replace_with(load_from_safe_local),
           'local files read by the safe unpickler (torch >= 2.6 refuses '
           "Runner checkpoints with weights_only)"),
-    Patch(Registry, 'build', guards.wrap_build,
-          'the outermost model build defers constructor init'),
+    Patch(Registry, 'build',
+          lambda original: wrap_build_insert(guards.wrap_build(original)),
+          'the outermost model build defers constructor init; a model '
+          "config's insert=[...] is applied after its build"),
     Patch(nn.Module, '_load_from_state_dict', _wrap_load_from_state_dict,
           'a pending tensor loaded into is dropped; loads by init_weights '
           'overrides are tracked as checkpoint sources'),

@@ -23,6 +23,7 @@ from mmengine.logging import print_log
 from ..errors import InitConfigError
 from ..loading.load_checks import is_counter
 from ..loading.options import PretrainedOptions
+from ..provenance.inserted import inserted_notes
 from ..provenance.ledger import CONSTRUCTOR, ProvenanceLedger, entries_of
 from ..provenance.report import fold_names
 from .code_loads import code_load_records, is_under
@@ -39,6 +40,9 @@ def build_ledger(session: Any,
     ledger.loads = [p.record for p in session.plans.all() if p.record]
     ledger.loads += code_load_records(session, tensors, ledger)
     ledger.void_entries = list(tracker.void_entries)
+    for name, note in inserted_notes(session.root).items():
+        if name in ledger.entries:
+            ledger.entries[name] = ledger.entries[name].with_note(note)
     return ledger
 
 

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import inspect
 import weakref
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import torch.nn as nn
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
@@ -33,6 +33,11 @@ from .startup import attach_start
 #: optim wrapper -> the constructor that built it (``UnfreezeHook`` asks)
 BUILT_BY: 'weakref.WeakKeyDictionary[OptimWrapper, Any]' = \
     weakref.WeakKeyDictionary()
+
+
+def inserted_ids(plan: TrainingPlan) -> Set[int]:
+    """Ids of the parameters ``insert=[...]`` added (their own groups)."""
+    return {id(p.param) for p in plan.table.params if p.inserted}
 
 
 def built_by(optim_wrapper: OptimWrapper) -> Optional[
@@ -104,7 +109,7 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     for p in plan.table.params}
         return build_groups(stock, settings,
                             {id(p.param) for p in plan.frozen},
-                            self.base_lr, self.base_wd)
+                            self.base_lr, self.base_wd, inserted_ids(plan))
 
     def unfrozen_groups(self, model: nn.Module,
                         params: Sequence[nn.Parameter]) -> List[Group]:
@@ -127,7 +132,7 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         settings = {id(p.param): plan.setting(p.name)
                     for p in plan.table.params}
         return build_groups(stock, settings, others, self.base_lr,
-                            self.base_wd)
+                            self.base_wd, inserted_ids(plan))
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         root = model.module if hasattr(model, 'module') else model

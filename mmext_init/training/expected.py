@@ -67,7 +67,7 @@ def expected_origins(root: nn.Module) -> Dict[str, Origin]:
     """Tensor name -> predicted origin, for the tensors a checkpoint will
     provide (all or part; the outermost entry wins, as when loading)."""
     return {
-        name: Origin(CHECKPOINT, plan.entry.checkpoint, plan.module_path)
+        name: Origin(CHECKPOINT, plan.source_file(name), plan.module_path)
         for plan, name, _ in planned_copies(declared_plans(root))
     }
 

@@ -13,7 +13,8 @@ Example:
     >>> [(len(g['params']), g.get('lr'), g.get('weight_decay')) for g in groups]
     [(1, 1.0, None), (1, None, 0.0)]
 """
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import (Any, Collection, Dict, List, Mapping, Optional, Set,
+                    Tuple)
 
 from .plan import Setting
 
@@ -42,11 +43,13 @@ def _options_key(group: Group) -> Tuple[Tuple[str, str], ...]:
 
 def build_groups(stock: List[Group], settings: Mapping[int, Setting],
                  frozen: Set[int], base_lr: Optional[float],
-                 base_wd: Optional[float]) -> List[Group]:
+                 base_wd: Optional[float],
+                 apart: Collection[int] = ()) -> List[Group]:
     """The final groups from stock's: ``settings`` and ``frozen`` are keyed
-    by parameter id; the first group a tensor appears in wins."""
+    by parameter id; the first group a tensor appears in wins. Parameters in
+    ``apart`` (inserted ones) are never merged with the others."""
     seen: Set[int] = set()
-    merged: Dict[Tuple[Tuple[str, str], ...], Group] = {}
+    merged: Dict[Tuple[Any, ...], Group] = {}
     for group in stock:
         for param in group['params']:
             if id(param) in seen or id(param) in frozen:
@@ -55,7 +58,7 @@ def build_groups(stock: List[Group], settings: Mapping[int, Setting],
             options = apply_setting(
                 {k: v for k, v in group.items() if k != 'params'},
                 settings.get(id(param), Setting()), base_lr, base_wd)
-            key = _options_key(options)
+            key = (id(param) in apart, ) + _options_key(options)
             merged.setdefault(key, {'params': [], **options})
             merged[key]['params'].append(param)
     return list(merged.values())

@@ -50,14 +50,16 @@ def report_data(root: str, plan: TrainingPlan,
         count = counts[info.origin.kind or 'new'][state]
         count['tensors'] += 1
         count['elements'] += info.param.numel()
+    inserted = {id(p.param): p.inserted for p in plan.table.params}
     groups = []
     for group in optimizer.param_groups:
-        depths = sorted({depth.get(id(p)) for p in group['params']} - {None})
+        ids = [id(p) for p in group['params']]
         groups.append({
             'lr': group.get('initial_lr', group.get('lr')),
             'weight_decay': group.get('weight_decay'),
-            'depth': depths, 'names': [n for p in group['params']
-                                       for n in names.get(id(p), ('?', ))]})
+            'depth': sorted({depth.get(i) for i in ids} - {None}),
+            'inserted': sorted({inserted.get(i) for i in ids} - {None}),
+            'names': [n for i in ids for n in names.get(i, ('?', ))]})
     return {'version': 1, 'root': root,
             'optimizer': type(optimizer).__name__,
             'counts': {k: v for k, v in counts.items()
@@ -88,6 +90,7 @@ def format_trainable(data: Dict[str, Any]) -> str:
     for i, group in enumerate(data['groups']):
         depth = group['depth']
         where = f' depth {",".join(map(str, depth))}' if depth else ''
+        where += ''.join(f' ({note})' for note in group.get('inserted', ()))
         folded = fold_names(group['names'])
         shown = ', '.join(folded[:MAX_LINES])
         more = f', ... {len(folded) - MAX_LINES} more' \

@@ -38,6 +38,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping,
 import torch.nn as nn
 
 from ..errors import InitConfigError, close_names
+from ..provenance.inserted import inserted_notes
 from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
@@ -67,6 +68,7 @@ class ParamInfo:
     param: nn.Parameter
     origin: Origin
     module_types: FrozenSet[str]
+    inserted: Optional[str] = None  # e.g. 'inserted by LoRA(rank=8) ...'
 
     @property
     def loaded(self) -> bool:
@@ -88,6 +90,7 @@ class ParamTable:
         """The table of ``model``; a name missing from ``origins`` is new
         (``constructor`` when ``exact``, else unknown-but-not-loaded)."""
         types = _module_types(model)
+        inserted = inserted_notes(model)
         default = Origin('constructor' if exact else None)
         by_id: Dict[int, List[str]] = {}
         tensors: Dict[int, nn.Parameter] = {}
@@ -100,7 +103,7 @@ class ParamTable:
             owner = next((n for n in names if n in origins), first)
             params.append(ParamInfo(first, tuple(names), tensors[key],
                                     origins.get(owner, default),
-                                    types(first)))
+                                    types(first), inserted.get(first)))
         return cls(params, exact)
 
     def names(self) -> List[str]:

@@ -1,0 +1,189 @@
+"""``DeltaCheckpointHook``: save only what trained.
+
+Every ``interval`` iterations (or epochs), and after the last one, it
+writes ``delta_iter_N.pth`` (``delta_epoch_N.pth``) into ``work_dir``,
+counted like MMEngine's ``CheckpointHook``, on rank 0:
+
+* ``state_dict``: the trainable parameters (``requires_grad``) and the
+  buffers of the modules that have a trainable parameter of their own (a
+  BatchNorm that trains), named as in ``model.state_dict()``;
+* ``meta``: ``mmext_delta`` (the format version), ``insert`` (the model
+  config's ``insert``), ``iter``, ``epoch`` and ``base``: the checkpoint
+  files the rest was loaded from (provenance ledger) and the
+  :func:`~mmext_init.checkpoint.fingerprint.tensors_hash` of every model
+  tensor the delta leaves out.
+
+Load it on its base with ``Pretrained(checkpoint=[base, delta])``; alone it
+is an error.
+
+Example (config):
+    >>> custom_hooks = [dict(type='DeltaCheckpointHook', interval=500,
+    ...                      by_epoch=False)]
+"""
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.config import ConfigDict
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from ..checkpoint.fingerprint import DELTA_KEY, DELTA_VERSION, tensors_hash
+from ..provenance.ledger import CHECKPOINT, get_provenance
+
+
+def delta_names(model: nn.Module) -> List[str]:
+    """``model.state_dict()`` names of the tensors that train: trainable
+    parameters, and the buffers of modules with a trainable parameter of
+    their own.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> net[0].requires_grad_(False)
+        Linear(in_features=2, out_features=2, bias=True)
+        >>> delta_names(net)
+        ['1.weight', '1.bias', '1.running_mean', '1.running_var', '1.num_batches_tracked']
+    """
+    training = set()
+    for path, module in model.named_modules(remove_duplicate=False):
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            training.update(f'{path}.{n}' if path else n
+                            for n, _ in module.named_buffers(recurse=False))
+    state = model.state_dict(keep_vars=True)
+    return [name for name, value in state.items()
+            if (isinstance(value, nn.Parameter) and value.requires_grad)
+            or name in training]
+
+
+def base_files(model: nn.Module, names: List[str]) -> List[str]:
+    """The checkpoint files the tensors not in ``names`` were loaded from,
+    in model order (the provenance ledger; none without one)."""
+    try:
+        ledger = get_provenance(model)
+    except LookupError:
+        return []
+    skip = set(names)
+    files: Dict[str, None] = {}
+    for name, entry in ledger.entries.items():
+        if entry.kind == CHECKPOINT and name not in skip:
+            files.setdefault(str(entry.source))
+    return list(files)
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the CPU with a storage of its own (``torch.save``
+    writes a view's whole storage)."""
+    tensor = tensor.detach().cpu()
+    if tensor.untyped_storage().nbytes() != tensor.nbytes:
+        tensor = tensor.clone()
+    return tensor
+
+
+def delta_checkpoint(model: nn.Module,
+                     insert: Any = None,
+                     at_iter: int = 0,
+                     at_epoch: int = 0) -> Optional[Dict[str, Any]]:
+    """The delta checkpoint of ``model`` (None when nothing trains).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> net[0].requires_grad_(False)
+        Linear(in_features=2, out_features=2, bias=True)
+        >>> delta = delta_checkpoint(net, at_iter=4)
+        >>> sorted(delta['state_dict']), delta['meta']['base']['tensors']
+        (['1.bias', '1.weight'], 2)
+    """
+    names = delta_names(model)
+    if not names:
+        return None
+    state, trained = model.state_dict(), set(names)
+    left_out = [name for name in state if name not in trained]
+    base = dict(files=base_files(model, names),
+                hash=tensors_hash(left_out, state.__getitem__),
+                tensors=len(left_out))
+    return dict(
+        state_dict={name: _own_storage(state[name]) for name in names},
+        meta={DELTA_KEY: DELTA_VERSION, 'insert': insert, 'iter': at_iter,
+              'epoch': at_epoch, 'base': base})
+
+
+def _insert_cfg(runner: Any) -> Any:
+    """``runner.cfg.model.insert`` as plain data (None if absent)."""
+    model_cfg = getattr(runner, 'cfg', {}).get('model')
+    insert = model_cfg.get('insert') if isinstance(model_cfg, dict) else None
+    return ConfigDict(insert=insert).to_dict()['insert']  # nested too
+
+
+@HOOKS.register_module(name='DeltaCheckpointHook', force=True)
+class DeltaCheckpointHook(Hook):
+    """Save the tensors that train (and the base fingerprint) every
+    ``interval`` iterations or epochs, and after the last one.
+
+    Args:
+        interval (int): save every ``interval`` iterations (epochs with
+            ``by_epoch``); -1: only at the end (with ``save_last``).
+        by_epoch (bool): count epochs, not iterations. Defaults to True.
+        save_last (bool): also save after the last iteration (epoch).
+
+    Example:
+        >>> hook = DeltaCheckpointHook(interval=2, by_epoch=False)
+        >>> hook.filename(8)
+        'delta_iter_8.pth'
+    """
+    priority = 'VERY_LOW'  # as CheckpointHook: after the optimizer step
+
+    def __init__(self,
+                 interval: int = -1,
+                 by_epoch: bool = True,
+                 save_last: bool = True) -> None:
+        self.interval = int(interval)
+        self.by_epoch = bool(by_epoch)
+        self.save_last = bool(save_last)
+
+    def filename(self, step: int) -> str:
+        """The file name of the delta after ``step`` iterations (epochs)."""
+        return f"delta_{'epoch' if self.by_epoch else 'iter'}_{step}.pth"
+
+    def after_train_iter(self,
+                         runner: Any,
+                         batch_idx: int,
+                         data_batch: Any = None,
+                         outputs: Any = None) -> None:
+        if self.by_epoch:
+            return
+        if self.every_n_train_iters(runner, self.interval) or (
+                self.save_last and self.is_last_train_iter(runner)):
+            self.save(runner, runner.iter + 1, runner.iter + 1, runner.epoch)
+
+    def after_train_epoch(self, runner: Any) -> None:
+        if not self.by_epoch:
+            return
+        if self.every_n_epochs(runner, self.interval) or (
+                self.save_last and self.is_last_train_epoch(runner)):
+            self.save(runner, runner.epoch + 1, runner.iter, runner.epoch + 1)
+
+    def save(self, runner: Any, step: int, at_iter: int,
+             at_epoch: int) -> None:
+        """Write the delta after ``step`` iterations (epochs), rank 0."""
+        if not is_main_process():
+            return
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        delta = delta_checkpoint(model, _insert_cfg(runner), at_iter,
+                                 at_epoch)
+        if delta is None:
+            runner.logger.warning('DeltaCheckpointHook: no tensor trains; '
+                                  'no delta written')
+            return
+        path = os.path.join(runner.work_dir, self.filename(step))
+        torch.save(delta, path + '.part')
+        os.replace(path + '.part', path)  # never a half-written delta
+        base = delta['meta']['base']
+        runner.logger.info(
+            f"DeltaCheckpointHook: saved {path}: {len(delta['state_dict'])} "
+            f"tensors that train; base: {base['tensors']} tensors from "
+            f"{', '.join(base['files']) or 'no checkpoint'} "
+            f"(sha256 {base['hash'][:12]})")

@@ -1,0 +1,89 @@
+"""``INSERT_TYPES``: the registry of what an ``insert=[...]`` entry can add
+to a built model, and :class:`InsertType`, the base its entries extend.
+
+An insert type is built from the entry without ``type``/``targets``/
+``layer``; :meth:`InsertType.check` then sees every target (before any is
+changed) and :meth:`InsertType.insert` adds submodules to each, under new
+names beside the target's own tensors (never renaming them), declaring
+their init in their own ``init_cfg``.
+
+Register a new type with ``@INSERT_TYPES.register_module()``; an entry
+``dict(type='Tag', targets=...)`` then builds ``Tag()``.
+
+Example:
+    >>> import torch.nn as nn
+    >>> class Tag(InsertType):
+    ...     '''Adds a bias-free 1x1 marker layer (a toy type).'''
+    ...     def insert(self, target, path):
+    ...         target.tag = nn.Linear(1, 1, bias=False)
+    ...         return ['tag']
+    >>> fc = nn.Linear(2, 2)
+    >>> tensor_names(fc, Tag().insert(fc, 'head.fc'))
+    ['tag.weight']
+"""
+from typing import List
+
+import torch.nn as nn
+from mmengine.registry import Registry
+
+__all__ = ['INSERT_TYPES', 'InsertType', 'tensor_names', 'child_name_free']
+
+INSERT_TYPES = Registry('insert type', scope='mmext_init',
+                        locations=['mmext_init.inserting'])
+
+
+class InsertType:
+    """What one ``insert`` entry adds to each of its targets.
+
+    Subclasses take the entry's arguments in ``__init__`` (raising
+    ``ValueError`` for bad ones), may refuse a target in :meth:`check`
+    (``ValueError`` naming ``path`` and the target's class) and add
+    submodules in :meth:`insert`, returning the names of the children added
+    to ``target``.
+    """
+
+    def check(self, target: nn.Module, path: str) -> None:
+        """Raise ``ValueError`` if ``target`` (at ``path``) is unsupported."""
+
+    def insert(self, target: nn.Module, path: str) -> List[str]:
+        """Add the modules to ``target``; return the new child names."""
+        raise NotImplementedError
+
+
+def tensor_names(module: nn.Module, children: List[str]) -> List[str]:
+    """The ``state_dict`` names (relative to ``module``) of the parameters
+    and persistent buffers under its ``children`` (dotted paths allowed),
+    without reading any value (deferred parameters stay pending).
+
+    Example:
+        >>> block = nn.Sequential()
+        >>> block.add_module('bn', nn.BatchNorm1d(2))
+        >>> tensor_names(block, ['bn'])[-1]
+        'bn.num_batches_tracked'
+    """
+    names = []
+    for child in children:
+        sub_tree = module.get_submodule(child)
+        for path, sub in sub_tree.named_modules(prefix=child):
+            names += [f'{path}.{n}' for n, t in sub.named_parameters(
+                recurse=False) if t is not None]
+            names += [
+                f'{path}.{n}' for n, t in sub.named_buffers(recurse=False)
+                if t is not None and n not in sub._non_persistent_buffers_set
+            ]
+    return names
+
+
+def child_name_free(target: nn.Module, name: str, path: str) -> None:
+    """Raise ``ValueError`` when ``target`` already has an attribute ``name``
+    (an earlier insertion, or the model's own).
+
+    Example:
+        >>> child_name_free(nn.Linear(2, 2), 'lora_A', 'fc')
+        >>> child_name_free(nn.Linear(2, 2), 'weight', 'fc')
+        Traceback (most recent call last):
+        ValueError: 'fc' (Linear) already has an attribute 'weight'
+    """
+    if hasattr(target, name):
+        raise ValueError(f'{path!r} ({type(target).__name__}) already has an '
+                         f'attribute {name!r}')

@@ -1,0 +1,433 @@
+"""Fold a config's LoRA branches into their weights: a plain checkpoint.
+
+Builds the model of CONFIG (a config with ``model.insert``, see
+:mod:`mmext_init.inserting`), its root loading CHECKPOINT and the deltas
+above it (``Pretrained(checkpoint=[CHECKPOINT, *DELTAS], strict=True)``:
+later files win per key, each delta is checked against the base it was
+trained on, and every tensor of the inserted model must come from them),
+folds every LoRA branch into its target weight (``W + lora_delta(target)``
+in float64, cast back to W's dtype) and writes ``--out``::
+
+    {'state_dict': {name: tensor}, 'meta': {...}}
+
+with plain ``torch.save`` of tensors and plain data (dicts, lists, tuples,
+str, numbers, None): ``torch.load(path, weights_only=True)`` reads it. No
+``lora_*`` key is left.
+
+Then it proves the merge: the inserted model (the loaded weights) and the
+model of CONFIG without its LoRA entries (``load_state_dict(torch.load(
+out, weights_only=True)['state_dict'], strict=True)``), both in float64 and
+eval mode, get the same seeded input; the largest absolute output
+difference is printed. ``--module`` and ``--input-shape`` are those of
+tools/check_function_preserving.py (a submodule path or a model method;
+the shape from the config's ``crop_size``/preprocessor ``size``/test
+``Resize``), plus ``--module tensor``: the whole model,
+``model(x, mode='tensor')``. By default the input goes to the smallest of
+``backbone``, ``extract_feat`` (backbone + neck) and ``tensor`` that holds
+every folded target, and each folded target must run, or the proof fails.
+When it fails (above ``--atol``), nothing is left at ``--out``.
+
+Non-LoRA entries (``Adapter``: a non-linear residual; any other insert type)
+cannot be folded: without ``--keep-adapters`` that is an error naming the
+entries and their targets. With ``--keep-adapters`` the LoRA entries are
+folded and the other entries' tensors are written unchanged: that file
+needs CONFIG's model with ``insert`` holding only the kept entries (in
+their order; ``meta['insert']`` has them, and mmext_init imported to build
+it). With no kept entry (``meta['insert'] == []``) the file needs CONFIG's
+model without ``insert``: stock MMEngine, no plugin.
+
+``meta`` holds ``mmext_merged`` (1), ``config``, ``checkpoints`` (the
+files as given), ``folded`` (the LoRA target paths), ``insert`` (the kept
+entries), ``needs`` (a sentence: which model config loads the file) and the
+base checkpoint's ``dataset_meta`` when it is plain data.
+
+Usage::
+
+    python tools/merge_inserted.py CONFIG CHECKPOINT [--delta DELTA ...] \\
+        --out merged.pth [--atol 1e-5] [--keep-adapters] \\
+        [--module backbone] [--input-shape 1 3 H W] [--seed 0]
+
+Run it from the directory the config's relative paths (its own
+``Pretrained`` checkpoints) resolve from, as when training. Exit status:
+0 merged and proven, 1 the proof failed (no file written), 2 a config or
+checkpoint error (on stderr, naming the file or entry).
+
+Example (tiny RetinaNet-Swin, LoRA on every window attention's qkv and
+proj, run where ``checkpoints/retinanet_swin_stock_tiny.pth`` is; the init
+reports left out)::
+
+    $ python tools/merge_inserted.py configs/mmdet/retinanet_swin_lora_tiny.py \\
+        base.pth --delta delta_iter_4.pth --out merged.pth
+    == the inserted model, its root loading base.pth + delta_iter_4.pth
+    ...
+    folded 8 LoRA branches of insert[0] LoRA(rank=4, alpha=8) into the weights of backbone.stages.{0..3}.blocks.0.attn.w_msa.{qkv,proj}
+    == the merged model, built and initialized as configured, then load_state_dict(strict=True) of the merged file
+    ...
+    output 0 (1, 64, 16, 16): max abs difference 6.297e-09
+    output 1 (1, 128, 8, 8): max abs difference 1.103e-08
+    output 2 (1, 256, 4, 4): max abs difference 1.439e-08
+    merge proven: max 1.439e-08 (atol 1e-05) on input (1, 3, 128, 128) through backbone, float64, eval mode
+    wrote merged.pth: 99 tensors, 8 LoRA branches folded; it needs the model of configs/mmdet/retinanet_swin_lora_tiny.py without model.insert (loads in stock MMEngine, no plugin)
+"""
+import argparse
+import functools
+import os
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
+from mmengine.model import BaseModel
+
+import check_function_preserving as cfp
+from mmext_init import (CheckpointError, InitConfigError, fold_names,
+                        open_checkpoint)
+from mmext_init.inserting import INSERT_TYPES, LoRA, inserted_into, lora_delta
+from mmext_init.inserting.lora import lora_layer
+
+MARK = re.compile(r'insert\[(\d+)\] ')  # inserted_into's marks
+TENSOR = 'tensor'  # --module: the whole model, mode='tensor'
+
+
+class MergeError(Exception):
+    """A config or checkpoint problem: exit status 2."""
+
+
+def plain_data(value: Any) -> bool:
+    """Whether ``value`` is made of dicts, lists, tuples, str, numbers,
+    bools and None only (``torch.load(weights_only=True)`` reads it).
+
+    Example:
+        >>> plain_data({'classes': ('a', 'b'), 'palette': [(1, 2, 3)]})
+        True
+    """
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain_data(v)
+                   for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(plain_data(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def is_lora(entry: dict) -> bool:
+    """Whether an ``insert`` entry's type is LoRA (or a subclass)."""
+    kind = entry.get('type')
+    cls = kind if isinstance(kind, type) else INSERT_TYPES.get(kind) \
+        if isinstance(kind, str) else None
+    return isinstance(cls, type) and issubclass(cls, LoRA)
+
+
+def insert_of(cfg: Config, config: str) -> List[dict]:
+    """CONFIG's ``model.insert`` as plain dicts (MergeError if none)."""
+    entries = cfg.model.get('insert')
+    if not entries or not isinstance(entries, (list, tuple)):
+        raise MergeError(f'{config}: model.insert is {entries!r}: no '
+                         'inserted module to merge')
+    return ConfigDict(insert=list(entries)).to_dict()['insert']
+
+
+def model_options(cfg: Config, insert: List[dict],
+                  init_cfg: Optional[dict]) -> Dict[str, Any]:
+    """``cfg_options`` replacing ``model`` by CONFIG's with ``insert``
+    (dropped when empty) and, if given, the root ``init_cfg``."""
+    model = {k: v for k, v in cfg.model.to_dict().items() if k != 'insert'}
+    if insert:
+        model['insert'] = insert
+    if init_cfg is not None:
+        model['init_cfg'] = init_cfg
+    return {'model': dict(_delete_=True, **model)}
+
+
+def targets_of(model: nn.Module, indices: Sequence[int]) -> Dict[str, List]:
+    """``{'insert[i] <entry>': [target paths]}`` of the entries ``indices``
+    (the marks :func:`inserted_into` leaves on each target)."""
+    found: Dict[str, List[str]] = {}
+    for path, module in model.named_modules():
+        for mark in inserted_into(module):
+            match = MARK.match(mark)
+            if match and int(match.group(1)) in indices:
+                found.setdefault(mark, []).append(path)
+    return found
+
+
+def fold_lora(model: nn.Module,
+              targets: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """The state dict of ``model`` with every LoRA of ``targets`` folded
+    into its layer's weight (float64, then the weight's dtype) and the
+    ``lora_*`` tensors dropped. Leaves ``model`` in float64."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    names = {id(m): f'{n}.' if n else '' for n, m in model.named_modules()}
+    model.double()
+    for path in targets:
+        layer = lora_layer(model.get_submodule(path))
+        prefix = names[id(layer)]
+        with torch.no_grad():
+            merged = layer.weight + lora_delta(layer)  # both float64
+        weight = state[prefix + 'weight']
+        state[prefix + 'weight'] = merged.to(weight.dtype)
+        for key in list(state):
+            if key.startswith((prefix + 'lora_A.', prefix + 'lora_B.')):
+                del state[key]
+    return state
+
+
+def split_entries(insert: List[dict]) -> Tuple[List[int], List[int]]:
+    """Indices of the LoRA entries of ``insert`` and of the others.
+
+    Example:
+        >>> split_entries([dict(type='LoRA', rank=4),
+        ...                dict(type='Adapter', reduction=4)])
+        ([0], [1])
+    """
+    lora = [i for i, e in enumerate(insert) if is_lora(e)]
+    return lora, [i for i in range(len(insert)) if i not in lora]
+
+
+def unfoldable_error(model: nn.Module, kept: List[int],
+                     config: str) -> MergeError:
+    """The error for non-LoRA entries without ``--keep-adapters``, naming
+    each entry and its targets in ``model``."""
+    held = '; '.join(f'{mark} at {", ".join(fold_names(paths))}'
+                     for mark, paths in targets_of(model, kept).items())
+    return MergeError(
+        f'{config}: model.insert holds entries that cannot be folded into '
+        f'weights (non-linear): {held}. --keep-adapters folds the LoRA '
+        'entries and keeps these tensors; the written checkpoint then needs '
+        'the config with model.insert holding only these entries')
+
+
+def build_loaded(config: str, options: Dict[str, Any],
+                 seed: int) -> Tuple[nn.Module, Config]:
+    """:func:`check_function_preserving.build_initialized`, its config and
+    checkpoint errors raised as MergeError."""
+    try:
+        return cfp.build_initialized(config, options, seed)
+    except (InitConfigError, CheckpointError, OSError) as error:
+        raise MergeError(f'{config}: {error}') from error
+
+
+def proof_module(model: nn.Module, targets: Sequence[str],
+                 module: Optional[str]) -> Optional[str]:
+    """``module`` if given, else the smallest of ``backbone``,
+    ``extract_feat`` (backbone + neck) and the whole model (``tensor``)
+    that holds every folded target (None: the default of
+    check_function_preserving)."""
+    if module is not None or not targets:
+        return module
+    if isinstance(getattr(model, 'backbone', None), nn.Module) and all(
+            t.startswith('backbone.') for t in targets):
+        return 'backbone'
+    if callable(getattr(model, 'extract_feat', None)) and all(
+            t.startswith(('backbone.', 'neck.')) for t in targets):
+        return 'extract_feat'
+    return TENSOR
+
+
+def resolve(model: nn.Module, module: Optional[str]) -> Callable:
+    """What gets the input: ``tensor`` is ``model(x, mode='tensor')`` of
+    an MMEngine ``BaseModel``, anything else as in
+    check_function_preserving."""
+    if module == TENSOR and isinstance(model, BaseModel):
+        return functools.partial(model, mode='tensor')
+    try:
+        return cfp.resolve_target(model, module)
+    except ValueError as error:
+        raise MergeError(str(error)) from error
+
+
+def run_in_float64(model: nn.Module, module: Optional[str], x: torch.Tensor,
+                   targets: Sequence[str] = ()) -> Tuple[List, List[str]]:
+    """The output tensors of ``module`` of ``model`` (float64, eval) and
+    the ``targets`` (module paths) that did not run."""
+    model.double()
+    model.eval()
+    run = resolve(model, module)
+    ran = set()
+    handles = [model.get_submodule(path).register_forward_hook(
+        lambda *_, path=path: ran.add(path)) for path in targets]
+    try:
+        with torch.no_grad():
+            outs = cfp.flatten(run(x.double()))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outs, [path for path in targets if path not in ran]
+
+
+def largest_difference(outs: List[torch.Tensor],
+                       refs: List[torch.Tensor]) -> float:
+    """Print the max abs difference of each output pair; return the
+    largest (inf when they differ in number or shape, NaN sticks)."""
+    if len(outs) != len(refs):
+        print(f'the merged model gives {len(outs)} outputs, the inserted '
+              f'one {len(refs)}')
+        return float('inf')
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(outs, refs)):
+        if a.shape != b.shape:
+            print(f'output {i}: shape {tuple(a.shape)} merged vs '
+                  f'{tuple(b.shape)} inserted')
+            return float('inf')
+        diff = (a - b).abs().max().item() if a.numel() else 0.0
+        worst = diff if diff != diff else max(worst, diff)
+        print(f'output {i} {tuple(a.shape)}: max abs difference {diff:.3e}')
+    return worst
+
+
+def base_meta(path: str) -> Dict[str, Any]:
+    """The base checkpoint's ``dataset_meta`` if it is plain data."""
+    try:
+        meta = open_checkpoint(path).meta or {}
+    except CheckpointError:
+        return {}
+    data = meta.get('dataset_meta') if isinstance(meta, dict) else None
+    return {'dataset_meta': data} if data and plain_data(data) else {}
+
+
+def needs(config: str, kept: List[dict]) -> str:
+    """The sentence saying which model config loads the merged file."""
+    if not kept:
+        return (f'the model of {config} without model.insert (loads in '
+                'stock MMEngine, no plugin)')
+    return (f'the model of {config} with model.insert = {kept!r} only (the '
+            'kept entries; mmext_init imported)')
+
+
+def load_plain(args: argparse.Namespace, cfg: Config, kept: List[dict],
+               path: str) -> Optional[nn.Module]:
+    """CONFIG's model with only the ``kept`` entries, ``path`` loaded
+    strictly (``weights_only``); None (said why) if it does not load."""
+    print('== the merged model, built and initialized as configured, then '
+          'load_state_dict(strict=True) of the merged file')
+    plain, _ = build_loaded(args.config, model_options(cfg, kept, None),
+                            args.seed)
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        plain.load_state_dict(state['state_dict'], strict=True)
+    except RuntimeError as error:
+        print(f'the merged file does not load into the merged model: {error}')
+        return None
+    return plain
+
+
+def prove(args: argparse.Namespace, cfg: Config, kept: List[dict],
+          inserted: nn.Module, path: str, targets: Sequence[str]) -> float:
+    """Compare ``inserted`` with the merged model loading ``path`` on the
+    seeded input; the largest difference (inf: the file does not load, or
+    a folded target did not run)."""
+    plain = load_plain(args, cfg, kept, path)
+    if plain is None:
+        return float('inf')
+    shape = tuple(args.input_shape or cfp.input_shape_from_cfg(cfg))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    module = proof_module(inserted, targets, args.module)
+    refs, unreached = run_in_float64(inserted, module, x, targets)
+    worst = largest_difference(run_in_float64(plain, module, x)[0], refs)
+    where = 'through ' + {None: 'the default module', TENSOR: "the whole "
+                          "model (mode='tensor')"}.get(module, module)
+    if unreached:
+        print(f'{len(unreached)} folded targets did not run {where}: '
+              f'{", ".join(fold_names(unreached))} (pass a --module that '
+              'runs them)')
+    ok = worst <= args.atol and not unreached  # False for NaN
+    print(f'merge {"proven" if ok else "NOT proven"}: max {worst:.3e} '
+          f'(atol {args.atol:g}) on input {shape} {where}, float64, eval '
+          'mode')
+    return worst if not unreached else float('inf')
+
+
+def write(path: str, state: Dict[str, torch.Tensor],
+          meta: Dict[str, Any]) -> None:
+    """``torch.save({'state_dict': state, 'meta': meta}, path)``."""
+    try:
+        torch.save({'state_dict': state, 'meta': meta}, path)
+    except (OSError, RuntimeError) as error:  # RuntimeError: no directory
+        raise MergeError(f'--out {path}: {error}') from error
+
+
+def write_proven(args: argparse.Namespace, cfg: Config, kept: List[dict],
+                 inserted: nn.Module, state: Dict[str, torch.Tensor],
+                 meta: Dict[str, Any]) -> int:
+    """Write ``--out`` + ``.part``, prove it, then rename it to ``--out``
+    (exit status 0), or remove it (1)."""
+    part = args.out + '.part'
+    write(part, state, meta)
+    try:
+        worst = prove(args, cfg, kept, inserted, part, meta['folded'])
+    except BaseException:
+        os.remove(part)
+        raise
+    if not worst <= args.atol:
+        os.remove(part)
+        print(f'nothing written to {args.out}')
+        return 1
+    os.replace(part, args.out)
+    kept_note = ", the kept entries' tensors unchanged" if kept else ''
+    print(f'wrote {args.out}: {len(state)} tensors, '
+          f'{len(meta["folded"])} LoRA branches folded{kept_note}; it needs '
+          f'{meta["needs"]}')
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Check the entries, load, fold, write and prove; the exit status."""
+    try:
+        cfg = Config.fromfile(args.config)
+    except (OSError, SyntaxError, ImportError) as error:
+        raise MergeError(f'{args.config}: {error}') from error
+    insert = insert_of(cfg, args.config)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise MergeError(f'--out {args.out}: no such directory')
+    lora, kept = split_entries(insert)
+    if kept and not args.keep_adapters:  # named in a model as configured
+        model, _ = build_loaded(args.config, {}, args.seed)
+        raise unfoldable_error(model, kept, args.config)
+    files = [args.checkpoint, *args.delta]
+    root = dict(type='Pretrained', checkpoint=files, strict=True)
+    print(f'== the inserted model, its root loading {" + ".join(files)}')
+    inserted, _ = build_loaded(args.config, model_options(cfg, insert, root),
+                               args.seed)
+    folded = targets_of(inserted, lora)
+    for mark, paths in folded.items():
+        print(f'folded {len(paths)} LoRA branches of {mark} into the weights '
+              f'of {", ".join(fold_names(paths))}')
+    if not folded:
+        print('no LoRA entry in model.insert: nothing folded')
+    targets = [path for paths in folded.values() for path in paths]
+    state = fold_lora(inserted, targets)
+    kept_entries = [insert[i] for i in kept]
+    meta = dict(mmext_merged=1, config=args.config, checkpoints=files,
+                folded=targets, insert=kept_entries,
+                needs=needs(args.config, kept_entries),
+                **base_meta(args.checkpoint))
+    return write_proven(args, cfg, kept_entries, inserted, state, meta)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the merge; returns the exit status (0, 1 or 2)."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='config with model.insert')
+    parser.add_argument('checkpoint', help='checkpoint of the inserted model '
+                        '(or the base of --delta)')
+    parser.add_argument('--delta', nargs='+', action='extend', default=[],
+                        help='delta checkpoints stacked on CHECKPOINT')
+    parser.add_argument('--out', required=True, help='merged checkpoint')
+    parser.add_argument('--atol', type=float, default=1e-5)
+    parser.add_argument('--keep-adapters', action='store_true',
+                        help='fold LoRA, keep the other entries\' tensors')
+    parser.add_argument('--module', default=None,
+                        help='submodule path or model method fed the input')
+    parser.add_argument('--input-shape', type=int, nargs='+')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        return merge(args)
+    except MergeError as error:
+        print(f'merge_inserted: error: {error}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
