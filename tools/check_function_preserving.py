@@ -109,6 +109,27 @@ def flatten(out: Any) -> List[torch.Tensor]:
     return [t for item in out for t in flatten(item)]
 
 
+def largest_difference(outs: List[torch.Tensor], refs: List[torch.Tensor],
+                       other: str) -> float:
+    """Print the max abs difference (float64) of each output pair; return
+    the largest: inf when they differ in number or shape (``other`` names
+    the model of ``refs``), NaN sticks."""
+    if len(outs) != len(refs):
+        print(f'{len(outs)} outputs vs {len(refs)} in {other}')
+        return float('inf')
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(outs, refs)):
+        if a.shape != b.shape:
+            print(f'output {i} has shape {tuple(a.shape)} vs '
+                  f'{tuple(b.shape)} in {other}')
+            return float('inf')
+        diff = (a.double() - b.double()).abs().max().item() \
+            if a.numel() else 0.0
+        worst = diff if diff != diff else max(worst, diff)  # NaN sticks
+        print(f'output {i} {tuple(a.shape)}: max abs difference {diff:.3e}')
+    return worst
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the check; returns the exit status (0 preserved, 1 changed)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -132,19 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with torch.no_grad():
         outs = flatten(resolve_target(model, args.module)(x))
         refs = flatten(resolve_target(reference, args.module)(x))
-    if len(outs) != len(refs):
-        print(f'function CHANGED: {len(outs)} outputs vs {len(refs)} in the '
-              'reference')
-        return 1
-    worst = 0.0
-    for i, (a, b) in enumerate(zip(outs, refs)):
-        if a.shape != b.shape:
-            print(f'function CHANGED: output {i} has shape {tuple(a.shape)} '
-                  f'vs {tuple(b.shape)} in the reference')
-            return 1
-        diff = (a.double() - b.double()).abs().max().item()
-        worst = diff if diff != diff else max(worst, diff)  # NaN sticks
-        print(f'output {i} {tuple(a.shape)}: max abs difference {diff:.3e}')
+    worst = largest_difference(outs, refs, 'the reference')
     ok = worst <= args.atol  # False for NaN
     verdict = 'preserved' if ok else 'CHANGED'
     print(f'function {verdict}: max {worst:.3e} (atol {args.atol:g}) on '

@@ -256,26 +256,6 @@ def run_in_float64(model: nn.Module, module: Optional[str], x: torch.Tensor,
     return outs, [path for path in targets if path not in ran]
 
 
-def largest_difference(outs: List[torch.Tensor],
-                       refs: List[torch.Tensor]) -> float:
-    """Print the max abs difference of each output pair; return the
-    largest (inf when they differ in number or shape, NaN sticks)."""
-    if len(outs) != len(refs):
-        print(f'the merged model gives {len(outs)} outputs, the inserted '
-              f'one {len(refs)}')
-        return float('inf')
-    worst = 0.0
-    for i, (a, b) in enumerate(zip(outs, refs)):
-        if a.shape != b.shape:
-            print(f'output {i}: shape {tuple(a.shape)} merged vs '
-                  f'{tuple(b.shape)} inserted')
-            return float('inf')
-        diff = (a - b).abs().max().item() if a.numel() else 0.0
-        worst = diff if diff != diff else max(worst, diff)
-        print(f'output {i} {tuple(a.shape)}: max abs difference {diff:.3e}')
-    return worst
-
-
 def base_meta(path: str) -> Dict[str, Any]:
     """The base checkpoint's ``dataset_meta`` if it is plain data."""
     try:
@@ -324,7 +304,8 @@ def prove(args: argparse.Namespace, cfg: Config, kept: List[dict],
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
     module = proof_module(inserted, targets, args.module)
     refs, unreached = run_in_float64(inserted, module, x, targets)
-    worst = largest_difference(run_in_float64(plain, module, x)[0], refs)
+    worst = cfp.largest_difference(
+        run_in_float64(plain, module, x)[0], refs, 'the inserted model')
     where = 'through ' + {None: 'the default module', TENSOR: "the whole "
                           "model (mode='tensor')"}.get(module, module)
     if unreached:
