@@ -2,7 +2,7 @@
 ResNet-18 backbone (with inserted adapters, ``ResNetInserted``) loads a
 generated checkpoint, data are a few generated images."""
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from mmdet.registry import MODELS
@@ -58,8 +58,10 @@ def model_cfg(ckpt: str) -> Dict[str, Any]:
 
 def retinanet_runner(work_dir: str, ckpt: str, paramwise_cfg: dict,
                      iters: int = 3, custom_hooks: List[dict] = (),
-                     lr: float = 0.01, **kwargs: Any) -> Runner:
-    """A Runner training the detector ``iters`` SGD iterations with
+                     lr: float = 0.01, model: Optional[dict] = None,
+                     **kwargs: Any) -> Runner:
+    """A Runner training the detector (``model``, default
+    :func:`model_cfg`) ``iters`` SGD iterations with
     ``ProvenanceOptimWrapperConstructor`` (no checkpoint unless
     ``default_hooks`` in ``kwargs`` says so)."""
     data = [sample(i) for i in range(4)]
@@ -69,7 +71,7 @@ def retinanet_runner(work_dir: str, ckpt: str, paramwise_cfg: dict,
         default_scope='mmdet', experiment_name=os.path.basename(work_dir))
     options.update(kwargs)
     return Runner(
-        model=model_cfg(ckpt), work_dir=work_dir,
+        model=model or model_cfg(ckpt), work_dir=work_dir,
         train_dataloader=DataLoader(data, batch_size=2,
                                     collate_fn=pseudo_collate),
         optim_wrapper=dict(

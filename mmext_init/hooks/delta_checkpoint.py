@@ -7,11 +7,20 @@ counted like MMEngine's ``CheckpointHook``, on rank 0:
 * ``state_dict``: the trainable parameters (``requires_grad``) and the
   buffers of the modules that have a trainable parameter of their own (a
   BatchNorm that trains), named as in ``model.state_dict()``;
-* ``meta``: ``mmext_delta`` (the format version), ``insert`` (the model
-  config's ``insert``), ``iter``, ``epoch`` and ``base``: the checkpoint
-  files the rest was loaded from (provenance ledger) and the
+* ``meta``: ``mmext_delta`` (the format version), ``insert`` (the
+  ``insert`` entries the model was built with), ``iter``, ``epoch``,
+  ``ema`` and ``base``: the checkpoint files the rest was loaded from (provenance ledger) and the
   :func:`~mmext_init.checkpoint.fingerprint.tensors_hash` of every model
   tensor the delta leaves out.
+
+With an ``EMAHook`` (``meta['ema']`` True), ``state_dict`` holds the
+averages of those tensors, as the Runner checkpoint's ``state_dict`` does
+(what validation, test and deployment use; the raw values, to resume, are
+in its ``ema_state_dict``). ``base`` is still hashed on the model's tensors
+(the base it trained on): the EMA copy holds the same values (``lerp_`` of
+equal values), but a ``-0.0`` there becomes ``0.0``; a value that differs
+is named in a warning. The ``EMAHook`` must update first (priority NORMAL
+above VERY_LOW; checked before training).
 
 Load it on its base with ``Pretrained(checkpoint=[base, delta])``; alone it
 is an error.
@@ -20,6 +29,7 @@ Example (config):
     >>> custom_hooks = [dict(type='DeltaCheckpointHook', interval=500,
     ...                      by_epoch=False)]
 """
+import logging
 import os
 from typing import Any, Dict, List, Optional
 
@@ -27,11 +37,14 @@ import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
 from mmengine.dist import is_main_process
-from mmengine.hooks import Hook
+from mmengine.hooks import EMAHook, Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..checkpoint.fingerprint import DELTA_KEY, DELTA_VERSION, tensors_hash
+from ..errors import InitConfigError
+from ..provenance.inserted import insert_config
 from ..provenance.ledger import CHECKPOINT, get_provenance
 
 
@@ -82,11 +95,30 @@ def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _warn_differing(state: Dict[str, torch.Tensor],
+                    averaged: Dict[str, torch.Tensor],
+                    names: List[str]) -> None:
+    """Warn about the tensors ``names`` whose averaged value is not the
+    model's (``-0.0`` and ``0.0`` are equal)."""
+    differ = [n for n in names
+              if not torch.equal(state[n], averaged[n].to(state[n].device))]
+    if differ:
+        print_log(
+            f'DeltaCheckpointHook: {len(differ)} tensors that do not train '
+            f"differ in the EMA copy ({', '.join(differ[:5])}"
+            f"{', ...' if len(differ) > 5 else ''}): base + delta is not "
+            'the averaged model there', 'current', logging.WARNING)
+
+
 def delta_checkpoint(model: nn.Module,
                      insert: Any = None,
                      at_iter: int = 0,
-                     at_epoch: int = 0) -> Optional[Dict[str, Any]]:
-    """The delta checkpoint of ``model`` (None when nothing trains).
+                     at_epoch: int = 0,
+                     averaged: Optional[nn.Module] = None
+                     ) -> Optional[Dict[str, Any]]:
+    """The delta checkpoint of ``model`` (None when nothing trains); with
+    ``averaged`` (its EMA copy, same names), the averages of the tensors
+    that train.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
@@ -95,6 +127,12 @@ def delta_checkpoint(model: nn.Module,
         >>> delta = delta_checkpoint(net, at_iter=4)
         >>> sorted(delta['state_dict']), delta['meta']['base']['tensors']
         (['1.bias', '1.weight'], 2)
+        >>> import copy
+        >>> ema = copy.deepcopy(net)
+        >>> _ = ema[1].bias.data.fill_(7.0)
+        >>> delta = delta_checkpoint(net, averaged=ema)
+        >>> delta['state_dict']['1.bias'], delta['meta']['ema']
+        (tensor([7.]), True)
     """
     names = delta_names(model)
     if not names:
@@ -104,16 +142,27 @@ def delta_checkpoint(model: nn.Module,
     base = dict(files=base_files(model, names),
                 hash=tensors_hash(left_out, state.__getitem__),
                 tensors=len(left_out))
+    saved = state
+    if averaged is not None:
+        saved = averaged.state_dict()
+        _warn_differing(state, saved, left_out)
     return dict(
-        state_dict={name: _own_storage(state[name]) for name in names},
+        state_dict={name: _own_storage(saved[name]) for name in names},
         meta={DELTA_KEY: DELTA_VERSION, 'insert': insert, 'iter': at_iter,
-              'epoch': at_epoch, 'base': base})
+              'epoch': at_epoch, 'ema': averaged is not None, 'base': base})
 
 
-def _insert_cfg(runner: Any) -> Any:
-    """``runner.cfg.model.insert`` as plain data (None if absent)."""
-    model_cfg = getattr(runner, 'cfg', {}).get('model')
-    insert = model_cfg.get('insert') if isinstance(model_cfg, dict) else None
+def ema_hook(runner: Any) -> Optional[EMAHook]:
+    """The runner's ``EMAHook`` (the last one: its averages are the ones
+    its checkpoints hold), None without one."""
+    found = [hook for hook in runner.hooks if isinstance(hook, EMAHook)]
+    return found[-1] if found else None
+
+
+def _insert_cfg(model: nn.Module) -> Any:
+    """The ``insert`` entries ``model`` was built with, as plain data (None
+    if built without)."""
+    insert = insert_config(model)
     return ConfigDict(insert=insert).to_dict()['insert']  # nested too
 
 
@@ -147,6 +196,16 @@ class DeltaCheckpointHook(Hook):
         """The file name of the delta after ``step`` iterations (epochs)."""
         return f"delta_{'epoch' if self.by_epoch else 'iter'}_{step}.pth"
 
+    def before_train(self, runner: Any) -> None:
+        ema = ema_hook(runner)
+        if (ema is not None and not self.by_epoch
+                and runner.hooks.index(ema) > runner.hooks.index(self)):
+            raise InitConfigError(
+                'DeltaCheckpointHook runs before EMAHook after each '
+                'iteration (priority): its deltas would hold the averages '
+                "before the iteration's update. Give it a lower priority "
+                "than the EMAHook's (its default: VERY_LOW).")
+
     def after_train_iter(self,
                          runner: Any,
                          batch_idx: int,
@@ -172,8 +231,10 @@ class DeltaCheckpointHook(Hook):
             return
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        delta = delta_checkpoint(model, _insert_cfg(runner), at_iter,
-                                 at_epoch)
+        averaged = getattr(getattr(ema_hook(runner), 'ema_model', None),
+                           'module', None)
+        delta = delta_checkpoint(model, _insert_cfg(model), at_iter,
+                                 at_epoch, averaged)
         if delta is None:
             runner.logger.warning('DeltaCheckpointHook: no tensor trains; '
                                   'no delta written')
@@ -184,6 +245,7 @@ class DeltaCheckpointHook(Hook):
         base = delta['meta']['base']
         runner.logger.info(
             f"DeltaCheckpointHook: saved {path}: {len(delta['state_dict'])} "
-            f"tensors that train; base: {base['tensors']} tensors from "
+            f"tensors that train{' (EMA)' if averaged is not None else ''}; "
+            f"base: {base['tensors']} tensors from "
             f"{', '.join(base['files']) or 'no checkpoint'} "
             f"(sha256 {base['hash'][:12]})")

@@ -24,7 +24,7 @@ import torch.nn as nn
 from ..deferred.guards import is_model_registry
 from ..errors import InitConfigError
 from ..inserting.insert import insert_modules
-from ..provenance.inserted import mark_inserted
+from ..provenance.inserted import mark_inserted, remember_insert
 
 INSERT_KEY = 'insert'
 
@@ -41,7 +41,9 @@ def insert_entries(cfg: Any) -> List[Dict[str, Any]]:
 
 
 def apply_insert(model: nn.Module, entries: List[Dict[str, Any]]) -> None:
-    """Insert ``entries`` into ``model`` and mark what they added."""
+    """Insert ``entries`` into ``model``, mark what they added and
+    remember them on ``model``."""
+    remember_insert(model, entries)
     for record in insert_modules(model, entries):
         owners = {name.rsplit('.', 1)[0] for name in record.names}
         for path in owners:

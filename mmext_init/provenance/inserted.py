@@ -3,7 +3,9 @@ the ledger can say what inserted each of their tensors, next to where its
 value came from (a note: ``inserted by LoRA(rank=8) from insert[0]``).
 
 The marks are held by the inserted modules themselves (weakly), so they
-hold whatever module ``init_weights()`` is called on, under any path.
+hold whatever module ``init_weights()`` is called on, under any path. The
+model built with ``insert`` also keeps the entries as given
+(:func:`insert_config`: what a delta checkpoint records).
 
 Example:
     >>> import torch.nn as nn
@@ -13,24 +15,36 @@ Example:
     >>> inserted_notes(net)
     {'0.lora_A.weight': 'inserted by LoRA(rank=1) from insert[0]'}
 """
+import copy
 import weakref
-from typing import Dict
+from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
 
-#: inserted module -> its note (one object for this concern)
-INSERTED: 'weakref.WeakKeyDictionary[nn.Module, str]' = \
-    weakref.WeakKeyDictionary()
+
+class InsertionMarks:
+    """What insertion left on models, held weakly (one object for this
+    concern): ``notes`` (inserted module -> its ledger note) and
+    ``entries`` (model built with ``insert`` -> the entries)."""
+
+    def __init__(self) -> None:
+        self.notes: 'weakref.WeakKeyDictionary[nn.Module, str]' = \
+            weakref.WeakKeyDictionary()
+        self.entries: 'weakref.WeakKeyDictionary[nn.Module, List[Any]]' = \
+            weakref.WeakKeyDictionary()
+
+
+MARKS = InsertionMarks()
 
 
 def mark_inserted(module: nn.Module, note: str) -> None:
     """Remember that ``module`` (with everything under it) was inserted."""
-    INSERTED[module] = note
+    MARKS.notes[module] = note
 
 
 def is_inserted(module: nn.Module) -> bool:
     """Whether ``module`` was inserted (itself, not an ancestor)."""
-    return module in INSERTED
+    return module in MARKS.notes
 
 
 def inserted_notes(root: nn.Module) -> Dict[str, str]:
@@ -38,9 +52,28 @@ def inserted_notes(root: nn.Module) -> Dict[str, str]:
     every inserted module under ``root``."""
     notes: Dict[str, str] = {}
     for path, module in root.named_modules():
-        note = INSERTED.get(module)
+        note = MARKS.notes.get(module)
         if note is None:
             continue
         for name, _ in module.state_dict(keep_vars=True).items():
             notes.setdefault(f'{path}.{name}' if path else name, note)
     return notes
+
+
+def remember_insert(model: nn.Module, entries: List[Any]) -> None:
+    """Remember the ``insert`` entries ``model`` was built with."""
+    MARKS.entries[model] = copy.deepcopy(entries)
+
+
+def insert_config(model: nn.Module) -> Optional[List[Any]]:
+    """The ``insert`` entries ``model`` was built with (a copy), None if it
+    was built without.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> remember_insert(net, [dict(type='LoRA', targets='0', rank=1)])
+        >>> insert_config(net), insert_config(nn.Linear(1, 1))
+        ([{'type': 'LoRA', 'targets': '0', 'rank': 1}], None)
+    """
+    entries = MARKS.entries.get(model)
+    return None if entries is None else copy.deepcopy(entries)
