@@ -23,6 +23,13 @@ from mmext_init import deferred, get_provenance, stock_mmengine
 from mmext_init.deferred.recording import copy_pending
 
 
+@pytest.fixture(autouse=True)
+def always_defer(monkeypatch):
+    """These tests are about the deferral engine: every model build defers
+    (``MMEXT_INIT_DEFER=1``), with or without a declared checkpoint."""
+    monkeypatch.setenv(deferred.ENV_VAR, '1')
+
+
 class Block(BaseModule):
 
     def __init__(self, dim):
@@ -92,11 +99,15 @@ def rand(*shape, dtype=torch.float32):
                       generator=torch.Generator().manual_seed(1))
 
 
-def build_retinanet(**init):
+def build_det(cfg):
     from mmdet.registry import MODELS as DET_MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    return DET_MODELS.build(retinanet_cfg(**init))
+    return DET_MODELS.build(cfg)
+
+
+def build_retinanet(**init):
+    return build_det(retinanet_cfg(**init))
 
 
 def retinanet_forward(model):
@@ -120,7 +131,7 @@ def build_pair(build, seed=0, monkeypatch=None):
     monkeypatch.setenv(deferred.ENV_VAR, '0')
     torch.manual_seed(seed)
     reference = build()
-    monkeypatch.delenv(deferred.ENV_VAR)
+    monkeypatch.setenv(deferred.ENV_VAR, '1')
     assert not own_pending(reference)
     torch.manual_seed(seed)
     model = build()
@@ -426,7 +437,7 @@ def test_with_pretrained_same_loads_constants_and_distributions(
 
     monkeypatch.setenv(deferred.ENV_VAR, '0')
     reference = build_and_init()
-    monkeypatch.delenv(deferred.ENV_VAR)
+    monkeypatch.setenv(deferred.ENV_VAR, '1')
     model = build_and_init()
     ours, theirs = model.state_dict(), reference.state_dict()
     ledger = get_provenance(model)
@@ -482,6 +493,45 @@ def test_switches_turn_deferral_off(monkeypatch):
     monkeypatch.setenv(deferred.ENV_VAR, '1')
     assert own_pending(MODELS.build(dict(type='DeferToyViT')))
     assert not own_pending(DeferToyViT())  # a direct call is not a build
+    monkeypatch.setenv(deferred.ENV_VAR, 'sometimes')
+    with pytest.raises(ValueError, match="MMEXT_INIT_DEFER='sometimes'"):
+        MODELS.build(dict(type='DeferToyViT'))
+
+
+PRETRAINED = dict(type='Pretrained', checkpoint='vit.pth')
+
+
+@pytest.mark.parametrize('cfg, defers', [
+    (dict(type='DeferToyViT'), False),
+    (dict(type='DeferToyViT', init_cfg=PRETRAINED), True),
+    (dict(type='DeferToyViT', init_cfg=[dict(type='Kaiming'), PRETRAINED]),
+     True),
+    (dict(type='DeferToyViT', init_cfg=dict(type='mmengine.Pretrained',
+                                            checkpoint='vit.pth')), True),
+    (retinanet_cfg(), False),
+    (dict(retinanet_cfg(), backbone=dict(retinanet_cfg()['backbone'],
+                                         init_cfg=PRETRAINED)), True),
+    (dict(retinanet_cfg(), pretrained='r18.pth'), True),
+    (dict(retinanet_cfg(), pretrained=None), False),
+    (dict(retinanet_cfg(), teacher_ckpt='teacher.pth'), True),
+], ids=['none', 'model', 'list', 'scoped', 'retinanet', 'backbone',
+        'pretrained_key', 'pretrained_none', 'teacher_ckpt'])
+def test_auto_defers_a_build_that_declares_a_checkpoint(monkeypatch, cfg,
+                                                         defers):
+    """By default (``auto``) only a config that declares a checkpoint
+    defers: elsewhere every pending tensor would be replayed at
+    ``init_weights`` and the recording would only cost time."""
+    monkeypatch.delenv(deferred.ENV_VAR)
+    assert deferred.defer_mode() == 'auto'
+    assert deferred.declares_checkpoint(cfg) is defers
+    cfg = copy.deepcopy(cfg)
+    for key in ('pretrained', 'teacher_ckpt'):  # the classes take no such key
+        cfg.pop(key, None)
+    build = build_det if cfg['type'] == 'RetinaNet' else MODELS.build
+    if not defers:
+        assert not own_pending(build(cfg))
+    monkeypatch.setenv(deferred.ENV_VAR, '1')
+    assert own_pending(build(cfg))
 
 
 def test_write_after_build_is_kept(nan_empty, monkeypatch):

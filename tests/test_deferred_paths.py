@@ -21,6 +21,12 @@ import mmext_init
 from mmext_init import CheckpointError, deferred, get_provenance
 
 
+@pytest.fixture(autouse=True)
+def always_defer(monkeypatch):
+    """Tests of the deferral engine: every model build defers."""
+    monkeypatch.setenv(deferred.ENV_VAR, '1')
+
+
 def build_vit():
     return MODELS.build(dict(type='DeferToyViT'))
 

@@ -141,9 +141,10 @@ def test_swin_lora_deepcopy_and_pickle_use_their_own_branch():
     assert _same(_outputs(model, _image()), out)
 
 
-def test_insertion_into_a_deferred_build_reads_no_value():
+def test_insertion_into_a_deferred_build_reads_no_value(monkeypatch):
     """Inserted right after a registry build (the config path), nothing
     pending is computed and ``init_weights`` still preserves the function."""
+    monkeypatch.setenv(deferred.ENV_VAR, '1')  # no checkpoint declared
     model = MMDET_MODELS.build(dict(type='mmdet.SwinTransformer', **SWIN_ARGS))
     pending = deferred.pending_count()
     assert pending > 0

@@ -19,8 +19,9 @@ Each config runs in two fresh processes (``tools/zoo_checks.py``): stock
 
 1. stock: ``Pretrained`` removed, seed 0, build + ``init_weights``; its
    state dict written as a Runner checkpoint, a forward output recorded;
-2. ``deferral``: plugin with ``MMEXT_INIT_DEFER=0`` vs as shipped, no
-   ``Pretrained``: bit-identical tensors and forward output;
+2. ``deferral``: plugin with ``MMEXT_INIT_DEFER=1`` (every build deferred)
+   vs as shipped (no ``Pretrained``: nothing deferred), bit-identical
+   tensors and forward output;
 3. ``vs_stock``: plugin (deferral off) vs stock: every differing tensor
    explained by the ledger (rule in ``tools/zoo_verdicts.py``);
 4. ``model_pretrained``: model-level ``Pretrained`` from the stock file:

@@ -42,10 +42,11 @@ def verdict(ok: Optional[bool], detail: str, **data: Any) -> Dict[str, Any]:
 
 
 @contextlib.contextmanager
-def deferral_off() -> Iterator[None]:
-    """``MMEXT_INIT_DEFER=0`` while inside (read at every registry build)."""
+def deferral(mode: str) -> Iterator[None]:
+    """``MMEXT_INIT_DEFER=mode`` while inside (read at every registry
+    build): ``'1'`` defers every build, ``'0'`` none."""
     before = os.environ.get(DEFER_ENV)
-    os.environ[DEFER_ENV] = '0'
+    os.environ[DEFER_ENV] = mode
     try:
         yield
     finally:
@@ -83,11 +84,12 @@ def _forward_diff(a: Outputs, b: Outputs) -> Tuple[Optional[List[str]], str]:
                    else 'forward identical')
 
 
-def check_deferral(shipped: Tuple[State, Outputs],
+def check_deferral(deferred: Tuple[State, Outputs],
                    off: Tuple[State, Outputs]) -> Dict[str, Any]:
-    """Check 2: deferral on vs off, bit-identical tensors and outputs."""
-    diffs = differing(shipped[0], off[0])
-    out_diffs, forward = _forward_diff(shipped[1], off[1])
+    """Check 2: every build deferred vs none, bit-identical tensors and
+    outputs."""
+    diffs = differing(deferred[0], off[0])
+    out_diffs, forward = _forward_diff(deferred[1], off[1])
     if diffs or out_diffs:
         return verdict(False, f'{len(diffs)} of {len(off[0])} tensors '
                        f'differ, first {diffs[:5]}; {forward}',

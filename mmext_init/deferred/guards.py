@@ -4,7 +4,8 @@
 While a parameter is pending, the places that could read or lose it without
 a torch function call on it are wrapped:
 
-* ``Registry.build`` of a model registry: the outermost build is deferred;
+* ``Registry.build`` of a model registry: the outermost build is deferred
+  (when :func:`~.construction.build_defers` says so);
 * ``Module._load_from_state_dict``: a pending tensor the state dict
   overwrites is dropped; a pending source is computed first;
 * ``Module._apply`` (``.to()``, ``.double()``): pending stays pending on the
@@ -39,7 +40,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS
 
 from ..context import current_session
-from .construction import deferred_construction, enabled
+from .construction import build_defers, deferred_construction
 from .copies import retarget
 from .ops import storage_ptr
 from .recording import alias, copy_pending
@@ -228,11 +229,12 @@ def wrap_ddp_init(original: Callable) -> Callable:
 
 
 def wrap_build(original: Callable) -> Callable:
-    """``Registry.build``: the outermost model build runs deferred."""
+    """``Registry.build``: the outermost model build runs deferred when
+    :func:`~.construction.build_defers` says so."""
 
     def build(self, cfg, *args, **kwargs):
-        if ENGINE.build_depth or not enabled() or not is_model_registry(
-                self):
+        if ENGINE.build_depth or not is_model_registry(
+                self) or not build_defers(cfg):
             return original(self, cfg, *args, **kwargs)
         with deferred_construction():
             return original(self, cfg, *args, **kwargs)
