@@ -10,7 +10,7 @@ from mmengine.hooks import Hook
 
 from mmext_init.errors import InitConfigError
 from mmext_init.training.report import TRAINABLE_FILE
-from retinanet_runs import retinanet_runner, write_backbone_ckpt
+from retinanet_runs import model_cfg, retinanet_runner, write_backbone_ckpt
 
 
 @pytest.fixture(scope='module')
@@ -98,6 +98,37 @@ def test_plan_and_ledger_disagreeing_is_an_error(tmp_path, backbone_ckpt,
     with pytest.raises(InitConfigError, match='planned as loaded, not '
                        r'loaded: backbone\.'):
         runner.train()
+
+
+@pytest.mark.parametrize('stage, frozen', [(1, True), (2, False)])
+def test_inserted_into_a_frozen_stage_is_an_error(tmp_path, backbone_ckpt,
+                                                  stage, frozen):
+    """ResNet's ``frozen_stages=1`` re-freezes stage 1 in ``train()``, an
+    adapter inserted into it included, after the optimizer took it: an
+    error before the first iteration, naming it and the setting. Inserted
+    after the frozen stage, it trains."""
+    model = model_cfg(backbone_ckpt)
+    model['backbone'].update(type='ResNet', frozen_stages=1)
+    model['insert'] = [dict(type='Adapter', targets=rf'backbone\.layer{stage}',
+                            reduction=4)]
+    runner = retinanet_runner(str(tmp_path / f'stage{stage}'), backbone_ckpt,
+                              dict(freeze='loaded'), iters=1, lr=0.001,
+                              model=model)
+    adapter = f'backbone.layer{stage}.adapter'
+    if not frozen:
+        runner.train()
+        assert torch.count_nonzero(
+            runner.model.state_dict()[f'{adapter}.up.weight']) > 0
+        return
+    with pytest.raises(InitConfigError) as error:
+        runner.train()
+    assert str(error.value) == (
+        "4 parameters the optimizer trains are frozen by 'backbone' (ResNet, "
+        'frozen_stages=1) when the model enters train(), so they would '
+        f'never change: {adapter}.{{down,up}}.{{weight,bias}}. Insert after '
+        'the frozen stages, or set frozen_stages=-1 and freeze with '
+        "paramwise_cfg.freeze (e.g. freeze='loaded').")
+    assert runner.iter == 0
 
 
 def test_example_config_declares_the_keys():

@@ -1,7 +1,8 @@
 """What runs once training starts, after ``init_weights()`` and
 ``load_or_resume()``, before the first iteration: the prediction the
 optimizer was built from is checked against the ledger, DDP against frozen
-parameters, and the trainable report is logged.
+parameters, the trained parameters against the model's own freezing in
+``train()``, and the trainable report is logged.
 
 It runs from the optim wrapper's ``initialize_count_status``, which the
 Runner calls right before its train loop (the constructor wraps it on the
@@ -17,6 +18,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 
 from ..errors import InitConfigError
+from ..provenance.report import MAX_LINES, fold_names
 from .expected import check_prediction, param_table
 from .plan import TrainingCfg, TrainingPlan, make_plan
 from .report import format_trainable, report_data, write_trainable
@@ -48,6 +50,7 @@ class TrainingStart:
             check_prediction(plan.table, root)
             plan = self.recheck(root)
         check_ddp(model, bool(plan.frozen))
+        check_frozen_by_train(root, self.optim_wrapper.optimizer)
         data = report_data(type(root).__name__, plan,
                            self.optim_wrapper.optimizer)
         if get_rank() == 0:
@@ -81,6 +84,46 @@ def check_ddp(model: nn.Module, any_frozen: bool) -> None:
             'find_unused_parameters=True in the config, or in '
             'model_wrapper_cfg when the config has one (MMEngine then '
             'ignores the top-level key)')
+
+
+def _freezing_owner(root: nn.Module, name: str) -> str:
+    """The closest module above parameter ``name`` with a ``frozen_stages``
+    setting in force, described (``'backbone' (ResNet, frozen_stages=1)``);
+    '' if none."""
+    parts = name.split('.')[:-1]
+    for depth in range(len(parts), -1, -1):
+        path = '.'.join(parts[:depth])
+        module = root.get_submodule(path)
+        stages = getattr(module, 'frozen_stages', None)
+        if isinstance(stages, int) and stages >= 0:
+            return (f"'{path or 'model'}' ({type(module).__name__}, "
+                    f'frozen_stages={stages})')
+    return ''
+
+
+def check_frozen_by_train(root: nn.Module, optimizer: Any) -> None:
+    """Parameters the optimizer trains that the model's own ``train()``
+    freezes (ResNet's ``frozen_stages`` sets ``requires_grad=False`` on whole
+    stages, modules inserted into them included) would never change: an
+    error naming them. Runs ``train()`` as the loop does next."""
+    was_training = root.training
+    root.train()
+    trained = {id(p) for group in optimizer.param_groups
+               for p in group['params']}
+    names = [name for name, p in root.named_parameters()
+             if id(p) in trained and not p.requires_grad]
+    root.train(was_training)
+    if not names:
+        return
+    owners = sorted({o for o in (_freezing_owner(root, n) for n in names)
+                     if o})
+    by = f' by {", ".join(owners)}' if owners else ''
+    raise InitConfigError(
+        f'{len(names)} parameters the optimizer trains are frozen{by} when '
+        f'the model enters train(), so they would never change: '
+        f'{", ".join(fold_names(names)[:MAX_LINES])}. Insert after the '
+        'frozen stages, or set frozen_stages=-1 and freeze with '
+        "paramwise_cfg.freeze (e.g. freeze='loaded').")
 
 
 def attach_start(optim_wrapper: OptimWrapper, plan: TrainingPlan,
