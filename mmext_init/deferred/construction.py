@@ -270,7 +270,7 @@ def declares_checkpoint(cfg: Any) -> bool:
         ...                                  checkpoint='r50.pth'))))
         True
         >>> declares_checkpoint(dict(type='EncoderDecoder', pretrained=None,
-        ...                          backbone=dict(type='MixVisionTransformer')))
+        ...                          backbone=dict(type='MiT')))
         False
     """
     if isinstance(cfg, dict):

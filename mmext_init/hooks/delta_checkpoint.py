@@ -9,7 +9,8 @@ counted like MMEngine's ``CheckpointHook``, on rank 0:
   BatchNorm that trains), named as in ``model.state_dict()``;
 * ``meta``: ``mmext_delta`` (the format version), ``insert`` (the
   ``insert`` entries the model was built with), ``iter``, ``epoch``,
-  ``ema`` and ``base``: the checkpoint files the rest was loaded from (provenance ledger) and the
+  ``ema`` and ``base``: the checkpoint files the rest was loaded from
+  (provenance ledger) and the
   :func:`~mmext_init.checkpoint.fingerprint.tensors_hash` of every model
   tensor the delta leaves out.
 
