@@ -115,6 +115,11 @@ def test_resume_across_the_milestone_is_bit_exact(uninterrupted,
     work_dir = str(tmp_path / f'resumed_{start}')
     _run(work_dir, backbone_ckpt, resume=True,
          load_from=os.path.join(straight, f'iter_{start}.pth'))
+    # resumed, not restarted (a restart would be bit-exact too): no
+    # checkpoint at or before the resume point
+    saved = sorted(int(f[5:-4]) for f in os.listdir(work_dir)
+                   if f.startswith('iter_') and f.endswith('.pth'))
+    assert saved and min(saved) > start, saved
     _same_state(_saved(os.path.join(straight, 'iter_6.pth')),
                 _saved(os.path.join(work_dir, 'iter_6.pth')))
 
