@@ -55,6 +55,12 @@ class _StackShapes(Mapping):
         return len(self._owner)
 
 
+def key_owners(parts: List[CheckpointTensors]) -> Dict[str, CheckpointTensors]:
+    """Each key of the stack ``parts`` (bottom first) -> the part providing
+    it: a later file replaces the key."""
+    return {key: part for part in parts for key in part.keys()}
+
+
 class StackedTensors(CheckpointTensors):
     """Checkpoint files stacked bottom first; later files win per key.
 
@@ -63,10 +69,7 @@ class StackedTensors(CheckpointTensors):
     """
 
     def __init__(self, parts: List[CheckpointTensors]) -> None:
-        owner: Dict[str, CheckpointTensors] = {}
-        for part in parts:
-            for key in part.keys():
-                owner[key] = part  # a later file replaces the key
+        owner = key_owners(parts)
         super().__init__(
             stack_label([p.path for p in parts]), _StackShapes(owner),
             lambda k: owner[k].get(k),
@@ -99,7 +102,7 @@ def check_base(below: List[CheckpointTensors], delta: CheckpointTensors,
             f'{label}: delta checkpoint {delta.path} records no base hash '
             "(meta['base']['hash']); it cannot be checked against "
             f'{below_name}')
-    owner = {key: part for part in below for key in part.keys()}
+    owner = key_owners(below)
     own = set(delta.keys())
     left_out = [key for key in owner if key not in own]
     digest = tensors_hash(left_out, lambda k: owner[k].get(k),

@@ -72,7 +72,7 @@ def delta_names(model: nn.Module) -> List[str]:
             or name in training]
 
 
-def base_files(model: nn.Module, names: List[str]) -> List[str]:
+def loaded_from(model: nn.Module, names: List[str]) -> List[str]:
     """The checkpoint files the tensors not in ``names`` were loaded from,
     in model order (the provenance ledger; none without one)."""
     try:
@@ -140,7 +140,7 @@ def delta_checkpoint(model: nn.Module,
         return None
     state, trained = model.state_dict(), set(names)
     left_out = [name for name in state if name not in trained]
-    base = dict(files=base_files(model, names),
+    base = dict(files=loaded_from(model, names),
                 hash=tensors_hash(left_out, state.__getitem__),
                 tensors=len(left_out))
     saved = state

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from .registry import INSERT_TYPES, InsertType, child_name_free
+from .targets import class_names
 
 __all__ = ['LoRA', 'LoRADown', 'LoRAUp', 'lora_forward_hook', 'lora_delta',
            'lora_layer', 'LORA_ATTRS']
@@ -137,7 +138,7 @@ def lora_layer(module: nn.Module) -> nn.Module:
         >>> lora_layer(fc) is fc
         True
     """
-    if 'ConvModule' in {c.__name__ for c in type(module).__mro__} and \
+    if 'ConvModule' in class_names(module) and \
             isinstance(getattr(module, 'conv', None), nn.Module):
         return module.conv
     return module

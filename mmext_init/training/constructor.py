@@ -35,11 +35,6 @@ BUILT_BY: 'weakref.WeakKeyDictionary[OptimWrapper, Any]' = \
     weakref.WeakKeyDictionary()
 
 
-def inserted_ids(plan: TrainingPlan) -> Set[int]:
-    """Ids of the parameters ``insert=[...]`` added (their own groups)."""
-    return {id(p.param) for p in plan.table.params if p.inserted}
-
-
 def built_by(optim_wrapper: OptimWrapper) -> Optional[
         'ProvenanceOptimWrapperConstructor']:
     """The constructor that built ``optim_wrapper``, if it was this one."""
@@ -105,11 +100,7 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """Stock's groups with ``plan`` applied (see the class docstring)."""
         stock: List[Dict[str, Any]] = []
         self.add_params(stock, model)
-        settings = {id(p.param): plan.setting(p.name)
-                    for p in plan.table.params}
-        return build_groups(stock, settings,
-                            {id(p.param) for p in plan.frozen},
-                            self.base_lr, self.base_wd, inserted_ids(plan))
+        return self._groups(stock, plan, {id(p.param) for p in plan.frozen})
 
     def unfrozen_groups(self, model: nn.Module,
                         params: Sequence[nn.Parameter]) -> List[Group]:
@@ -129,10 +120,17 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         finally:
             for p in still_frozen:
                 p.requires_grad_(False)
+        return self._groups(stock, plan, others)
+
+    def _groups(self, stock: List[Group], plan: TrainingPlan,
+                left_out: Set[int]) -> List[Group]:
+        """``stock``'s groups with the settings of ``plan``, parameters
+        whose id is in ``left_out`` dropped, inserted ones kept apart."""
         settings = {id(p.param): plan.setting(p.name)
                     for p in plan.table.params}
-        return build_groups(stock, settings, others, self.base_lr,
-                            self.base_wd, inserted_ids(plan))
+        inserted = {id(p.param) for p in plan.table.params if p.inserted}
+        return build_groups(stock, settings, left_out, self.base_lr,
+                            self.base_wd, inserted)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         root = model.module if hasattr(model, 'module') else model
