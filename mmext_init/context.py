@@ -11,6 +11,7 @@ Example:
     True
 """
 import contextlib
+import weakref
 from typing import Any, ContextManager, Iterator, List, Optional
 
 
@@ -34,12 +35,23 @@ def pushed(items: List[Any], item: Any) -> Iterator[Any]:
 
 
 class PluginContext:
-    """The stack of active init sessions (innermost last) and the depth of
-    nested ``stock_mmengine()`` blocks."""
+    """The stack of active init sessions (innermost last), the depth of
+    nested ``stock_mmengine()`` blocks, and the latest MMEngine ``Runner``
+    (held weakly)."""
 
     def __init__(self) -> None:
         self._sessions: List[Any] = []
         self._stock_depth = 0
+        self._runner: Optional[weakref.ReferenceType] = None
+
+    def runner(self) -> Optional[Any]:
+        """The latest ``Runner`` built, while it exists."""
+        return self._runner() if self._runner is not None else None
+
+    def runner_built(self, runner: Any) -> None:
+        """``runner`` is the latest ``Runner`` (set by the patched
+        ``Runner.__init__``)."""
+        self._runner = weakref.ref(runner)
 
     def current_session(self) -> Optional[Any]:
         """The session of the ``init_weights()`` call in progress, if any."""

@@ -2,6 +2,7 @@
 config entry at fault, so a user can fix the config without a debugger."""
 import difflib
 from typing import Iterable, Optional
+from urllib.error import URLError
 
 
 class InitConfigError(ValueError):
@@ -12,6 +13,58 @@ class InitConfigError(ValueError):
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: missing, corrupt, empty, non-finite values,
     or holding objects that were not reconstructed because they could run code."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist: a ``FileNotFoundError`` too, as
+    stock MMEngine raises.
+
+    Example:
+        >>> isinstance(CheckpointNotFoundError('x.pth'), FileNotFoundError)
+        True
+    """
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class CheckpointDownloadError(CheckpointError, URLError):
+    """A checkpoint URL could not be downloaded into its cache file: a
+    ``URLError`` too, as torch's downloader raises in stock MMEngine.
+
+    Example:
+        >>> str(CheckpointDownloadError('cannot download x'))
+        'cannot download x'
+    """
+
+    def __init__(self, message: str) -> None:
+        URLError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return str(self.reason)
+
+
+class CheckpointNameError(CheckpointError, KeyError):
+    """A scheme name (``open-mmlab://x``, ``torchvision://x``) is not in
+    MMEngine's table of that scheme: a ``KeyError`` too, as in stock.
+
+    Example:
+        >>> str(CheckpointNameError("'x' is not a name"))
+        "'x' is not a name"
+    """
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class InitConfigTypeError(InitConfigError, TypeError):
+    """An ``init_cfg`` (or ``override``) of the wrong type: a ``TypeError``
+    too, as stock MMEngine raises.
+
+    Example:
+        >>> isinstance(InitConfigTypeError('init_cfg=123'), TypeError)
+        True
+    """
 
 
 class NonFiniteTensorError(CheckpointError):

@@ -34,8 +34,9 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError
 from .page_release import MappedFile, file_mappings
+from .remote import LocalCheckpoint, backbone_part, resolve_checkpoint
 from .safe_load import extract_state_dict, read_checkpoint
 
 Shape = Tuple[int, ...]
@@ -73,7 +74,8 @@ class CheckpointTensors:
                  release: Optional[Callable[[str, torch.Tensor],
                                             Any]] = None,
                  file_of: Optional[Callable[[str], str]] = None) -> None:
-        self.path = path
+        self.path = path  # as the config names it (a URL stays a URL)
+        self.local_path = path  # the file read (a URL's cache file)
         self._shapes = shapes
         self._get = getter
         self._origins = origins or {}
@@ -180,14 +182,24 @@ def _ema_weights(ckpt: Any, path: str, label: str) -> Dict[str, torch.Tensor]:
         "'ema_state_dict' from MMEngine's EMAHook nor 'ema_' buffers)")
 
 
-def _open_torch(path: str, map_location: Any, trust: bool, label: str,
-                use_ema: bool) -> CheckpointTensors:
-    ckpt, _ = read_checkpoint(path, map_location, trust, label)
+def _open_torch(found: LocalCheckpoint, map_location: Any, trust: bool,
+                label: str, use_ema: bool) -> CheckpointTensors:
+    path = found.path
+    ckpt = found.loaded if found.loaded is not None else \
+        read_checkpoint(path, map_location, trust, label)[0]
     state = _ema_weights(ckpt, path, label) if use_ema else \
         extract_state_dict(ckpt, path, label)
+    origins = None
+    if found.backbone_only:  # mmcls://: what stock keeps of the file
+        origins = {k: 'backbone.' + k for k in backbone_part(state)}
+        state = backbone_part(state)
+        if not state:
+            raise CheckpointError(f'{label}: {found.name} ({path}) holds no '
+                                  "'backbone.' keys")
     tensors = CheckpointTensors(path, {k: tuple(v.shape)
                                        for k, v in state.items()},
                                 state.__getitem__,
+                                origins=origins,
                                 dtypes={k: v.dtype
                                         for k, v in state.items()},
                                 release=_releaser(path))
@@ -204,7 +216,8 @@ def _open_safetensors(path: str, label: str) -> CheckpointTensors:
         raise CheckpointError(
             f'{label}: reading {path} needs the safetensors package') from exc
     if not os.path.isfile(path):
-        raise CheckpointError(f'{label}: checkpoint file not found: {path}')
+        raise CheckpointNotFoundError(
+            f'{label}: checkpoint file not found: {path}')
     with _read_errors(path, label):
         handle = safe_open(path, framework='pt', device='cpu')
         slices = {k: handle.get_slice(k) for k in handle.keys()}
@@ -240,7 +253,8 @@ def _read_weight_map(path: str, label: str) -> Dict[str, str]:
     """The ``weight_map`` of an index file, checked: ``{key: shard file}``,
     all strings."""
     if not os.path.isfile(path):
-        raise CheckpointError(f'{label}: checkpoint file not found: {path}')
+        raise CheckpointNotFoundError(
+            f'{label}: checkpoint file not found: {path}')
     try:
         with open(path, encoding='utf-8') as f:
             index = json.load(f)
@@ -309,13 +323,23 @@ def open_checkpoint(path: str,
         >>> open_checkpoint(path).keys(), ema.keys(), ema.get('fc.w')
         (['fc.w', 'ema_fc_w'], ['fc.w'], tensor([0.]))
     """
-    path = os.fspath(path)
-    if use_ema and path.endswith(('.safetensors', '.index.json')):
+    name = os.fspath(path)
+    found = resolve_checkpoint(name, label)
+    local = found.path
+    if use_ema and local.endswith(('.safetensors', '.index.json')):
         raise CheckpointError(
-            f'{label}: use_ema=True but {path} is a safetensors file or a '
+            f'{label}: use_ema=True but {name} is a safetensors file or a '
             'sharded index, which holds no EMA weights')
-    if path.endswith('.index.json'):
-        return _open_index(path, map_location, trust, label)
-    if path.endswith('.safetensors'):
-        return _open_safetensors(path, label)
-    return _open_torch(path, map_location, trust, label, use_ema)
+    if local.endswith('.index.json'):
+        if not found.is_local:
+            raise CheckpointError(
+                f'{label}: {name}: a sharded checkpoint is read from a local '
+                'folder only (its index names shard files beside it)')
+        return _open_index(local, map_location, trust, label)
+    if local.endswith('.safetensors'):
+        tensors = _open_safetensors(local, label)
+    else:
+        tensors = _open_torch(found, map_location, trust, label, use_ema)
+    tensors.path, tensors.local_path = name, local
+    tensors.keep = found.keep  # a copied remote file lives as long
+    return tensors

@@ -28,8 +28,9 @@ import torch
 from mmengine.logging import print_log
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError
 from .fingerprint import delta_alone_error, delta_meta
+from .remote import backbone_part, resolve_checkpoint
 from .restricted_pickle import (UnreconstructedObject,
                                 restricted_pickle_module,
                                 unreconstructed_class)
@@ -37,7 +38,8 @@ from .zip_checks import is_torch_zip, verify_torch_zip
 
 __all__ = [
     'UnreconstructedObject', 'unreconstructed_class', 'read_checkpoint',
-    'extract_state_dict', 'load_from_safe_local', 'CheckpointMemoryError'
+    'extract_state_dict', 'load_from_safe_local', 'load_from_safe_scheme',
+    'CheckpointMemoryError'
 ]
 
 
@@ -86,7 +88,8 @@ def read_checkpoint(path: str,
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f'{label}: checkpoint file not found: {path}')
+        raise CheckpointNotFoundError(
+            f'{label}: checkpoint file not found: {path}')
     seen: List[str] = []
     try:
         if is_torch_zip(path):
@@ -236,3 +239,32 @@ def load_from_safe_local(filename: str, map_location: Any = None) -> Any:
             logger='current',
             level=30)
     return obj
+
+
+def load_from_safe_scheme(filename: str, map_location: Any = None) -> Any:
+    """Safe replacement of MMEngine's ``CheckpointLoader`` schemes other
+    than local files (``http(s)://``, ``open-mmlab://``, ``torchvision://``,
+    ``mmcls://``, ``pavi://``, ``s3://``): the same name mapping, cache and
+    download as stock (:mod:`.remote`), then the file read as
+    :func:`load_from_safe_local` reads it. ``mmcls://`` keeps the
+    ``backbone.`` keys, prefix stripped, as stock does.
+
+    Example (a URL whose file is in torch hub's cache):
+        >>> import os, tempfile
+        >>> from mmext_init.checkpoint.remote import hub_cache_path
+        >>> os.environ['TORCH_HOME'] = tempfile.mkdtemp()
+        >>> url = 'https://download.openmmlab.com/x/det.pth'
+        >>> os.makedirs(os.path.dirname(hub_cache_path(url)))
+        >>> torch.save({'meta': {'epoch': 3}, 'state_dict': {}},
+        ...            hub_cache_path(url))
+        >>> load_from_safe_scheme(url)['meta']['epoch']
+        3
+    """
+    found = resolve_checkpoint(filename, 'load_checkpoint')
+    if found.loaded is not None:
+        return found.loaded
+    ckpt = load_from_safe_local(found.path, map_location)
+    if found.backbone_only:
+        sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+        return dict(state_dict=backbone_part(sd))
+    return ckpt

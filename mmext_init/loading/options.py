@@ -19,7 +19,7 @@ from mmengine.model.weight_init import PretrainedInit as StockPretrained
 
 from ..checkpoint.converters import get_converter
 from ..checkpoint.stacked import stack_label
-from ..errors import InitConfigError
+from ..errors import InitConfigError, InitConfigTypeError
 from .adapt import AdaptTransform, build_transform
 from .key_matching import KeyMapping
 
@@ -42,10 +42,10 @@ def as_cfg_list(init_cfg: Any) -> List[Dict[str, Any]]:
     if isinstance(init_cfg, (list, tuple)):
         for cfg in init_cfg:
             if not isinstance(cfg, dict):
-                raise InitConfigError(
+                raise InitConfigTypeError(
                     f'init_cfg entries must be dicts, got {cfg!r}')
         return list(init_cfg)
-    raise InitConfigError(
+    raise InitConfigTypeError(
         f'init_cfg must be a dict or a list of dicts, got {type(init_cfg)}')
 
 

@@ -31,10 +31,12 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 from mmengine.model.averaged_model import BaseAveragedModel
 from mmengine.registry import WEIGHT_INITIALIZERS, Registry
+from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint.safe_load import load_from_safe_local
+from ..checkpoint.remote import REMOTE_SCHEMES
+from ..checkpoint.safe_load import load_from_safe_local, load_from_safe_scheme
 from ..context import CONTEXT, current_session
 from ..deferred import guards
 from ..deferred.replay import materialize
@@ -96,6 +98,17 @@ def _wrap_load_from_state_dict(original: Callable) -> Callable:
     return _load_from_state_dict
 
 
+def _wrap_runner_init(original: Callable) -> Callable:
+    """``Runner.__init__`` that makes the Runner the context's latest:
+    ``init_provenance.json`` goes to its log directory."""
+
+    def __init__(runner, *args, **kwargs):
+        original(runner, *args, **kwargs)
+        CONTEXT.runner_built(runner)
+
+    return __init__
+
+
 def _replace_with(value: Any) -> Callable[[Any], Any]:
     return lambda original: value
 
@@ -114,6 +127,12 @@ PATCHES: Tuple[Patch, ...] = (
           _replace_with(load_from_safe_local),
           'local files read by the safe unpickler (torch >= 2.6 refuses '
           "Runner checkpoints with weights_only)"),
+    *(Patch(CheckpointLoader._schemes, scheme,
+            _replace_with(load_from_safe_scheme),
+            'URLs and model-zoo names: stock\'s mapping, cache and download, '
+            'then the safe unpickler (stock reads a download with '
+            'weights_only=False, running code from it)')
+      for scheme in REMOTE_SCHEMES if scheme in CheckpointLoader._schemes),
     Patch(Registry, 'build',
           lambda original: wrap_build_insert(guards.wrap_build(original)),
           'the outermost model build defers constructor init; a model '
@@ -140,6 +159,9 @@ PATCHES: Tuple[Patch, ...] = (
           "rank 0's broadcast of raw memory is no write"),
     Patch(BaseAveragedModel, '__init__', guards.wrap_averaged_init,
           "EMAHook's averaged model copies pending parameters lazily"),
+    Patch(Runner, '__init__', _wrap_runner_init,
+          "init_provenance.json is written into the Runner's log directory "
+          'only'),
 )
 
 

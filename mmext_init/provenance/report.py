@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from mmengine.dist import get_rank
 from mmengine.logging import MMLogger, print_log
 
+from ..context import CONTEXT
 from ..errors import entry_label
 from .ledger import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, INITIALIZER,
                          KINDS, Provenance, ProvenanceLedger)
@@ -206,11 +207,15 @@ def _void_lines(ledger: ProvenanceLedger) -> List[str]:
 
 
 def runner_log_dir() -> Optional[str]:
-    """Log directory of the active Runner (dir of its log file), if any."""
-    for handler in MMLogger.get_current_instance().handlers:
-        if isinstance(handler, logging.FileHandler):
-            return os.path.dirname(handler.baseFilename)
-    return None
+    """Log directory of the active Runner, if any: the latest ``Runner``
+    whose logger is the current one. A plain ``init_weights()`` writes no
+    file, even where some logger has a file handler (stock dumps its init
+    info into that log only)."""
+    runner = CONTEXT.runner()
+    if runner is None or getattr(runner, 'logger', None) is not \
+            MMLogger.get_current_instance():
+        return None
+    return runner.log_dir
 
 
 def emit_report(ledger: ProvenanceLedger, skipped_ops: int = 0,

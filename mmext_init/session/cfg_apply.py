@@ -36,7 +36,8 @@ import torch.nn as nn
 from mmengine.model import weight_init
 from mmengine.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
-from ..errors import InitConfigError, close_names, entry_label
+from ..errors import (InitConfigError, InitConfigTypeError, close_names,
+                      entry_label)
 from ..loading.options import as_cfg_list
 from ..provenance.ledger import INITIALIZER, VoidEntry
 from ..provenance.tracking import InitSource, WriteTracker
@@ -307,7 +308,7 @@ def _run_overrides(module: nn.Module, override: Any, cfg: Dict[str, Any],
     ``missing`` (a list), an override naming no submodule is skipped and
     said there instead of raising."""
     if not isinstance(override, (dict, list, tuple)):
-        raise InitConfigError(
+        raise InitConfigTypeError(
             f'{label}: override must be a dict or a list of dicts')
     cfg.pop('layer', None)
     sources = []
