@@ -22,23 +22,27 @@ from .formats import CheckpointTensors
 CHECKPOINT_CONVERTERS = Registry('checkpoint converter')
 StateDict = Dict[str, torch.Tensor]
 
-_TIMM_VIT_BLOCK = (  # (timm fragment, mmseg fragment), first match wins
+_TIMM_VIT_BLOCK = (  # (timm fragment, mm fragment), first match wins
     ('norm1.', 'ln1.'), ('norm2.', 'ln2.'),
     ('mlp.fc1.', 'ffn.layers.0.0.'), ('mlp.fc2.', 'ffn.layers.1.'),
+)
+_MMSEG_ATTENTION = (  # torch's nn.MultiheadAttention inside mmcv's
     ('attn.qkv.', 'attn.attn.in_proj_'), ('attn.proj.', 'attn.attn.out_proj.'),
 )
 
 
-@CHECKPOINT_CONVERTERS.register_module(name='timm_vit')
-def timm_vit_to_mmseg(state: StateDict) -> StateDict:
-    """timm ``VisionTransformer`` naming -> mmseg/mmpretrain-style
-    ``VisionTransformer`` naming (the classifier ``head`` is dropped).
+def rename_timm_vit(state: StateDict,
+                    block: Tuple[Tuple[str, str], ...]) -> StateDict:
+    """timm ``VisionTransformer`` keys renamed to OpenMMLab's ViT naming
+    (``blocks.N`` -> ``layers.N`` with the fragments of ``block``, the
+    final ``norm`` -> ``ln1``, ``patch_embed.proj`` ->
+    ``patch_embed.projection``); the classifier ``head`` dropped.
 
     Example:
         >>> w = torch.ones(1)
-        >>> list(timm_vit_to_mmseg({'blocks.0.attn.qkv.weight': w,
-        ...                         'norm.bias': w, 'head.weight': w}))
-        ['layers.0.attn.attn.in_proj_weight', 'ln1.bias']
+        >>> list(rename_timm_vit({'blocks.0.norm1.weight': w, 'head.bias': w},
+        ...                      (('norm1.', 'ln1.'), )))
+        ['layers.0.ln1.weight']
     """
     out: StateDict = {}
     for key, value in state.items():
@@ -50,13 +54,43 @@ def timm_vit_to_mmseg(state: StateDict) -> StateDict:
         elif key.startswith('patch_embed.proj.'):
             new = key.replace('patch_embed.proj.', 'patch_embed.projection.')
         elif key.startswith('blocks.'):
-            for old, repl in _TIMM_VIT_BLOCK:
+            for old, repl in block:
                 if old in key:
                     new = key.replace(old, repl)
                     break
             new = 'layers.' + new[len('blocks.'):]
         out[new] = value
     return out
+
+
+@CHECKPOINT_CONVERTERS.register_module(name='timm_vit')
+def timm_vit_to_mmseg(state: StateDict) -> StateDict:
+    """timm ``VisionTransformer`` naming -> mmseg ``VisionTransformer``
+    naming (attention: torch's ``nn.MultiheadAttention``, ``in_proj_*`` and
+    ``out_proj``); the classifier ``head`` is dropped.
+
+    Example:
+        >>> w = torch.ones(1)
+        >>> list(timm_vit_to_mmseg({'blocks.0.attn.qkv.weight': w,
+        ...                         'norm.bias': w, 'head.weight': w}))
+        ['layers.0.attn.attn.in_proj_weight', 'ln1.bias']
+    """
+    return rename_timm_vit(state, _TIMM_VIT_BLOCK + _MMSEG_ATTENTION)
+
+
+@CHECKPOINT_CONVERTERS.register_module(name='timm_vit_mmpretrain')
+def timm_vit_to_mmpretrain(state: StateDict) -> StateDict:
+    """timm ``VisionTransformer`` naming -> mmpretrain
+    ``VisionTransformer`` naming (its attention keeps timm's fused ``qkv``
+    and ``proj``); the classifier ``head`` is dropped.
+
+    Example:
+        >>> w = torch.ones(1)
+        >>> list(timm_vit_to_mmpretrain({'blocks.0.attn.qkv.weight': w,
+        ...                              'blocks.0.mlp.fc2.bias': w}))
+        ['layers.0.attn.qkv.weight', 'layers.0.ffn.layers.1.bias']
+    """
+    return rename_timm_vit(state, _TIMM_VIT_BLOCK)
 
 
 def _unfold_order(x: torch.Tensor) -> torch.Tensor:

@@ -92,29 +92,33 @@ def mmengine_home() -> str:
         os.getenv('MMENGINE_HOME', os.path.join(cache, 'mmengine')))
 
 
-def _download(url: str, cached: str, label: str) -> None:
+def _download(url: str, cached: str, label: str, name: str) -> None:
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     print_log(f'mmext_init: downloading {url} to {cached}', logger='current')
     try:
         torch.hub.download_url_to_file(url, cached, progress=False)
     except _DOWNLOAD_ERRORS as exc:
+        named = f' (the file of {name})' if name != url else ''
         raise CheckpointDownloadError(
-            f'{label}: cannot download {url} ({type(exc).__name__}: {exc}). '
+            f'{label}: cannot download {url}{named} '
+            f'({type(exc).__name__}: {exc}). '
             f'Offline, put the file at {cached} (torch hub\'s cache, '
             '$TORCH_HOME/hub/checkpoints) and run again.') from exc
 
 
-def cached_download(url: str, label: str = 'checkpoint') -> str:
-    """The cache file of ``url``, downloaded first if it is not there (in a
-    distributed run by rank 0, the others waiting, as stock does)."""
+def cached_download(url: str, label: str = 'checkpoint',
+                    name: Optional[str] = None) -> str:
+    """The cache file of ``url`` (the file of ``name``, a scheme name),
+    downloaded first if it is not there (in a distributed run by rank 0, the
+    others waiting, as stock does)."""
     cached = hub_cache_path(url)
     rank, world_size = get_dist_info()
     if rank == 0 and not os.path.isfile(cached):
-        _download(url, cached, label)
+        _download(url, cached, label, name or url)
     if world_size > 1:
         barrier()
         if not os.path.isfile(cached):
-            _download(url, cached, label)
+            _download(url, cached, label, name or url)
     return cached
 
 
@@ -129,7 +133,7 @@ def _table_entry(table: Dict[str, str], name: str, model: str, table_name: str,
 
 
 def _from_url(name: str, url: str, label: str, **kw: Any) -> LocalCheckpoint:
-    return LocalCheckpoint(name, cached_download(url, label), url, **kw)
+    return LocalCheckpoint(name, cached_download(url, label, name), url, **kw)
 
 
 def _openmmlab(name: str, label: str) -> LocalCheckpoint:
