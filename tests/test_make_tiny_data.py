@@ -99,3 +99,61 @@ def test_checkpoint_option_limits_the_stock_runs(tmp_path):
     with pytest.raises(SystemExit):  # argparse: not one of the stock runs
         make_tiny_data.main(['--out-dir', str(tmp_path), '--checkpoint',
                              'other.pth'])
+
+
+def test_classes_option_gives_every_class_in_every_split(tmp_path):
+    """``--classes 5``: five detection categories, five segmentation labels
+    (background and four colours, each label painted in its colour), five
+    classification classes; every one occurs in every split. Without it,
+    the default sets, unchanged."""
+    out = str(tmp_path)
+    for kind in ('det', 'seg', 'cls'):
+        assert make_tiny_data.main(['--out-dir', out, '--only', kind,
+                                    '--classes', '5']) == 0
+    colors = list(make_tiny_data.class_colors(5).values())
+    for split in ('train', 'val'):
+        with open(tmp_path / 'data' / 'tiny_coco' / 'annotations' /
+                  f'{split}.json') as f:
+            coco = json.load(f)
+        assert [c['id'] for c in coco['categories']] == [1, 2, 3, 4, 5]
+        assert {a['category_id'] for a in coco['annotations']} == \
+            {1, 2, 3, 4, 5}
+        seg = tmp_path / 'data' / 'tiny_seg'
+        seen = set()
+        for name in sorted(os.listdir(seg / 'ann_dir' / split)):
+            label = np.array(Image.open(seg / 'ann_dir' / split / name))
+            img = np.array(Image.open(seg / 'img_dir' / split / name))
+            seen |= set(np.unique(label).tolist())
+            for value in range(1, 5):
+                painted = np.all(img == colors[value - 1], axis=-1)
+                assert np.array_equal(painted, label == value), (name, value)
+        assert seen == {0, 1, 2, 3, 4}, split
+        assert len(os.listdir(tmp_path / 'data' / 'tiny_cls' / split)) == 5
+    assert sorted(os.listdir(tmp_path / 'data' / 'tiny_cls' / 'pretrain')) \
+        == ['green', 'red']
+    make_tiny_data.make_segmentation(str(tmp_path / 'default'))
+    make_tiny_data.make_segmentation(str(tmp_path / 'two'), classes=2)
+    assert _same_tree(str(tmp_path / 'default'), str(tmp_path / 'two'))
+    with pytest.raises(SystemExit):
+        make_tiny_data.main(['--out-dir', out, '--classes', '1'])
+
+
+def test_classification_set_is_seeded_and_images_show_their_class(tmp_path):
+    """The default ``data/tiny_cls``: ``pretrain`` with 2 classes, ``train``
+    and ``val`` with 4 (the folders mmpretrain's ``CustomDataset`` reads as
+    classes), seeded; every image holds a square of its class's colour."""
+    make_tiny_data.make_classification(str(tmp_path / 'a'))
+    make_tiny_data.make_classification(str(tmp_path / 'b'))
+    assert _same_tree(str(tmp_path / 'a'), str(tmp_path / 'b'))
+    for split, (classes, count) in make_tiny_data.CLS_SPLITS.items():
+        assert sorted(os.listdir(tmp_path / 'a' / split)) == sorted(classes)
+        for name in classes:
+            files = sorted(os.listdir(tmp_path / 'a' / split / name))
+            assert len(files) == count
+            for file in files:
+                img = np.array(Image.open(tmp_path / 'a' / split / name /
+                                          file))
+                painted = np.all(img == make_tiny_data.CLS_COLORS[name], -1)
+                assert img.shape == (32, 32, 3) and painted.sum() >= 100
+    assert len(make_tiny_data.CLS_SPLITS['pretrain'][0]) == 2
+    assert len(make_tiny_data.CLS_SPLITS['train'][0]) == 4
