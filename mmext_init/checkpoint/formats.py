@@ -76,6 +76,7 @@ class CheckpointTensors:
                  file_of: Optional[Callable[[str], str]] = None) -> None:
         self.path = path  # as the config names it (a URL stays a URL)
         self.local_path = path  # the file read (a URL's cache file)
+        self.keep: Any = None  # a copied remote file's folder, kept alive
         self._shapes = shapes
         self._get = getter
         self._origins = origins or {}
@@ -191,8 +192,8 @@ def _open_torch(found: LocalCheckpoint, map_location: Any, trust: bool,
         extract_state_dict(ckpt, path, label)
     origins = None
     if found.backbone_only:  # mmcls://: what stock keeps of the file
-        origins = {k: 'backbone.' + k for k in backbone_part(state)}
         state = backbone_part(state)
+        origins = {k: 'backbone.' + k for k in state}
         if not state:
             raise CheckpointError(f'{label}: {found.name} ({path}) holds no '
                                   "'backbone.' keys")
@@ -341,5 +342,5 @@ def open_checkpoint(path: str,
     else:
         tensors = _open_torch(found, map_location, trust, label, use_ema)
     tensors.path, tensors.local_path = name, local
-    tensors.keep = found.keep  # a copied remote file lives as long
+    tensors.keep = found.keep
     return tensors

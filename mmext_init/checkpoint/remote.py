@@ -68,7 +68,10 @@ class LocalCheckpoint:
 
     @property
     def is_local(self) -> bool:
-        return self.path == self.name and self.loaded is None
+        """Read where the name points (no download, copy or other loader):
+        files beside it, such as shards, are there too."""
+        return (self.url is None and self.keep is None
+                and self.loaded is None)
 
 
 def hub_cache_path(url: str) -> str:
@@ -224,11 +227,6 @@ def scheme_of(name: str) -> str:
         if re.match(prefix, name) is not None:
             return prefix
     return ''
-
-
-def is_local(name: str) -> bool:
-    """Whether ``name`` is a local path (no scheme)."""
-    return scheme_of(name) == ''
 
 
 def resolve_checkpoint(name: str, label: str = 'checkpoint') -> LocalCheckpoint:

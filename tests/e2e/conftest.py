@@ -1,6 +1,7 @@
 """End-to-end fixtures: tiny data and stock checkpoints generated once per
 session, and a runner for the *unchanged* mmdet/mmseg train scripts as
 subprocesses (each run once per session, shared by the tests)."""
+import copy
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
+from mmengine.registry import MODELS, init_default_scope
 
 from mmext_init import read_checkpoint
 
@@ -159,3 +161,20 @@ def checkpoint_state(path: str) -> Dict[str, torch.Tensor]:
     read those under torch >= 2.6; mmext_init's reader can)."""
     ckpt, _ = read_checkpoint(path)
     return ckpt['state_dict']
+
+
+def assert_stack_rebuilds(model_cfg, checkpoints: List[str], library: str,
+                          trained: Dict[str, torch.Tensor]) -> None:
+    """``Pretrained(checkpoint=[base, delta])`` at the model root, on a
+    freshly built ``model_cfg`` (a copy is changed), gives ``trained``
+    bit for bit, key for key."""
+    model_cfg = copy.deepcopy(model_cfg)
+    model_cfg.init_cfg = dict(type='Pretrained', checkpoint=checkpoints)
+    model_cfg.backbone.init_cfg = None  # the root entry loads it all
+    init_default_scope(library)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    state = model.state_dict()
+    assert state.keys() == trained.keys()
+    for key, value in trained.items():
+        assert torch.equal(state[key], value), key

@@ -11,9 +11,8 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, Run, subprocess_env
+from conftest import REPO, Run, assert_stack_rebuilds, subprocess_env
 from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
 
 from mmext_init import read_checkpoint
 
@@ -107,15 +106,7 @@ def test_base_plus_delta_reproduces_the_trained_model(train, tiny_dir,
     assert os.path.getsize(delta) < os.path.getsize(
         os.path.join(run.work_dir, 'iter_4.pth')) / 2
     base = os.path.join(tiny_dir, 'checkpoints', STOCK[config])
-    cfg.model.init_cfg = dict(type='Pretrained', checkpoint=[base, delta])
-    cfg.model.backbone.init_cfg = None  # the root entry loads it all
-    init_default_scope(library)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    state = model.state_dict()
-    assert state.keys() == run.finals[0].keys()
-    for key, value in run.finals[0].items():
-        assert torch.equal(state[key], value), key
+    assert_stack_rebuilds(cfg.model, [base, delta], library, run.finals[0])
 
 
 def test_insert_two_ranks(train):

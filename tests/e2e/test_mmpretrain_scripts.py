@@ -25,10 +25,9 @@ from typing import Dict, List
 import mmengine
 import pytest
 import torch
-from conftest import REPO, Run, checkpoint_state, library_script, \
-    subprocess_env
+from conftest import (REPO, Run, assert_stack_rebuilds, checkpoint_state,
+                      library_script, subprocess_env)
 from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
 from test_insert_scripts import DELTA_HOOK
 from test_merge_predictions import MISMATCH, PLUGIN, PROBE, SITECUSTOMIZE
 
@@ -241,16 +240,9 @@ def test_base_plus_delta_is_the_trained_model(merged, tiny_dir):
     assert saved['meta']['insert'] == [dict(e) for e in cfg.model.insert]
     assert sorted(saved['state_dict']) == sorted(
         _group_of(_trainable(run)))
-    cfg.model.init_cfg = dict(type='Pretrained', checkpoint=[
-        os.path.join(tiny_dir, BASE[VIT_LORA]), merged['delta']])
-    cfg.model.backbone.init_cfg = None  # the root entry loads it all
-    init_default_scope(LIBRARY)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    state = model.state_dict()
-    assert state.keys() == run.finals[0].keys()
-    for key, value in run.finals[0].items():
-        assert torch.equal(state[key], value), key
+    assert_stack_rebuilds(
+        cfg.model, [os.path.join(tiny_dir, BASE[VIT_LORA]), merged['delta']],
+        LIBRARY, run.finals[0])
 
 
 def test_plain_test_runs_without_the_plugin(merged):
