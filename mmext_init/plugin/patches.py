@@ -44,6 +44,7 @@ from ..initializers.pretrained import PretrainedInit
 from ..session.code_loads import observe_load, observes_loads
 from .insertion import wrap_build_insert
 from .mixin import InitWeightsMixin
+from .runner_load import wrap_load_or_resume
 from .overrides import unwrap_overrides, wrap_overrides
 
 _ORIGINALS = '_mmext_originals'  # on BaseModule: {(owner, attribute): value}
@@ -159,6 +160,9 @@ PATCHES: Tuple[Patch, ...] = (
           "rank 0's broadcast of raw memory is no write"),
     Patch(BaseAveragedModel, '__init__', guards.wrap_averaged_init,
           "EMAHook's averaged model copies pending parameters lazily"),
+    Patch(Runner, 'load_or_resume', wrap_load_or_resume,
+          'the load of load_from/resume is recorded in the ledger and '
+          'reported; checkpoints keep the ledger in meta'),
     Patch(Runner, '__init__', _wrap_runner_init,
           "init_provenance.json is written into the Runner's log directory "
           'only'),

@@ -35,6 +35,7 @@ from .code_loads import CodeLoadFindings, override_owner
 from .ledger_build import build_ledger, enforce_on_missing
 from .load_plans import SessionPlans
 from .model_names import ModelNames, is_base_like, uses_contract
+from .runner_load import load_of_model
 
 _INIT_MISSING_NOTE = 'init_missing of Pretrained'
 
@@ -199,6 +200,11 @@ class InitSession:
         attach_ledger(self.root, ledger)
         emit_report(ledger, self.tracker.skipped_ops,
                     self.tracker.skipped_calls)
+        follows = load_of_model(self.root)
+        if follows is not None and not follows.done:
+            print_log(f'mmext_init: the Runner loads {follows.load.label} '
+                      'next; the report after that load is the final one',
+                      logger='current', level=logging.INFO)
         return ledger
 
     @contextlib.contextmanager

@@ -1,8 +1,11 @@
 """Provenance before ``init_weights()``: the Runner builds the optim wrapper
 first, so what will be loaded is predicted from the plans of the model's
-``Pretrained`` entries (names and shapes only: no tensor data is read, no
-initializer runs, deferred init is not settled), and checked against the
-real ledger once ``init_weights()`` has run.
+``Pretrained`` entries and of the Runner's own load that follows
+``init_weights()`` (``load_from``, ``resume``:
+:mod:`mmext_init.session.runner_load`), on names and shapes only (no tensor
+data is read, no initializer runs, deferred init is not settled), and
+checked against the real ledger once ``init_weights()`` and that load have
+run.
 
 Example:
     >>> import os, tempfile, torch, torch.nn as nn
@@ -17,7 +20,7 @@ Example:
 """
 import copy
 import dataclasses
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch.nn as nn
 
@@ -26,8 +29,10 @@ from ..loading.copy import planned_copies
 from ..loading.plan import LoadPlan
 from ..provenance.ledger import CHECKPOINT, ProvenanceLedger, get_provenance
 from ..provenance.report import fold_names
+from ..provenance.stored import stored_ledger
 from ..session.load_plans import plan_entries, plan_entry
 from ..session.model_names import ModelNames, is_base_like, uses_contract
+from ..session.runner_load import RESUME, load_of_model, plan_runner_load
 from .selectors import Origin, ParamTable
 
 
@@ -53,7 +58,7 @@ def own_loader_plans(names: ModelNames, module: nn.Module) -> List[LoadPlan]:
     return plans
 
 
-def declared_plans(root: nn.Module) -> List[LoadPlan]:
+def pretrained_plans(root: nn.Module) -> List[LoadPlan]:
     """The load plan of every ``Pretrained`` entry in the ``init_cfg`` of a
     ``BaseModule`` of ``root``: as the session plans them, or as their
     module's own loader is expected to load them."""
@@ -63,13 +68,52 @@ def declared_plans(root: nn.Module) -> List[LoadPlan]:
                          else own_loader_plans(names, module))]
 
 
-def expected_origins(root: nn.Module) -> Dict[str, Origin]:
-    """Tensor name -> predicted origin, for the tensors a checkpoint will
-    provide (all or part; the outermost entry wins, as when loading)."""
+def runner_plan(root: nn.Module) -> Optional[LoadPlan]:
+    """The plan of the load the Runner makes into ``root`` after
+    ``init_weights()`` (``load_from``, ``resume``), if it makes one."""
+    found = load_of_model(root)
+    return plan_runner_load(root, found.load) if found else None
+
+
+def declared_plans(root: nn.Module) -> List[LoadPlan]:
+    """The plans of the ``Pretrained`` entries of ``root``
+    (:func:`pretrained_plans`), then of the Runner's load, which comes
+    last and wins (:func:`runner_plan`)."""
+    plan = runner_plan(root)
+    return pretrained_plans(root) + ([plan] if plan else [])
+
+
+def _origins(plans: List[LoadPlan]) -> Dict[str, Origin]:
+    """Tensor name -> origin, for what ``plans`` load (all or part; the
+    outermost wins, as when loading)."""
     return {
         name: Origin(CHECKPOINT, plan.source_file(name), plan.module_path)
-        for plan, name, _ in planned_copies(declared_plans(root))
+        for plan, name, _ in planned_copies(plans)
     }
+
+
+def load_origins(plan: LoadPlan) -> Dict[str, Origin]:
+    """What the Runner's load ``plan`` gives: for a resumed checkpoint that
+    holds a ledger, the origins it records (every kind) for the tensors it
+    provides; else the file."""
+    origins = _origins([plan])
+    stored = stored_ledger(plan.source.meta) \
+        if plan.record.via == RESUME else None
+    if stored is not None:
+        recorded = ledger_origins(stored)
+        origins.update({n: recorded[n] for n in origins if n in recorded})
+    return origins
+
+
+def expected_origins(root: nn.Module) -> Dict[str, Origin]:
+    """Tensor name -> predicted origin, for the tensors a checkpoint will
+    provide (all or part; the outermost entry wins, then the Runner's
+    load, as when loading)."""
+    origins = _origins(pretrained_plans(root))
+    plan = runner_plan(root)
+    if plan is not None:
+        origins.update(load_origins(plan))
+    return origins
 
 
 def ledger_origins(ledger: ProvenanceLedger) -> Dict[str, Origin]:
@@ -92,12 +136,18 @@ def ledger_origins(ledger: ProvenanceLedger) -> Dict[str, Origin]:
 
 def param_table(root: nn.Module) -> ParamTable:
     """The table selectors read: from the ledger if ``init_weights()`` has
-    run, else predicted (``exact=False``)."""
+    run and the Runner's load (if any) is done, else predicted
+    (``exact=False``)."""
     try:
         ledger = get_provenance(root)
     except LookupError:
         return ParamTable.build(root, expected_origins(root), exact=False)
-    return ParamTable.build(root, ledger_origins(ledger), exact=True)
+    found = load_of_model(root)
+    if found is None or found.done:
+        return ParamTable.build(root, ledger_origins(ledger), exact=True)
+    origins = ledger_origins(ledger)  # the load is still to come
+    origins.update(load_origins(plan_runner_load(root, found.load)))
+    return ParamTable.build(root, origins, exact=False)
 
 
 def disagreements(predicted: ParamTable,

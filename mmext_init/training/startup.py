@@ -9,7 +9,7 @@ Runner calls right before its train loop (the constructor wraps it on the
 wrapper it builds), so no hook needs to be declared.
 """
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.nn as nn
 from mmengine.dist import get_rank
@@ -19,6 +19,7 @@ from mmengine.optim import OptimWrapper
 
 from ..errors import InitConfigError
 from ..provenance.report import MAX_LINES, fold_names
+from ..session.runner_load import load_of_model
 from .expected import check_prediction, param_table
 from .plan import TrainingCfg, TrainingPlan, make_plan
 from .report import format_trainable, report_data, write_trainable
@@ -53,9 +54,15 @@ class TrainingStart:
         check_frozen_by_train(root, self.optim_wrapper.optimizer)
         data = report_data(type(root).__name__, plan,
                            self.optim_wrapper.optimizer)
+        sources = loaded_sources(root, plan)
+        if sources:
+            data['sources'] = sources
         if get_rank() == 0:
             print_log(format_trainable(data), logger='current',
                       level=logging.INFO)
+            for line in source_lines(sources):
+                print_log(f'mmext_init: {line}', logger='current',
+                          level=logging.INFO)
         return write_trainable(data)
 
     def recheck(self, root: nn.Module) -> TrainingPlan:
@@ -70,6 +77,41 @@ class TrainingStart:
                 'other parameters than when the optimizer was built: '
                 f'{", ".join(differ)}')
         return exact
+
+
+def loaded_sources(root: nn.Module,
+                   plan: TrainingPlan) -> List[Dict[str, Any]]:
+    """Per checkpoint file: how it reached the model (``init_cfg``, or the
+    Runner's ``load_from``/``resume``) and how many of the parameters it
+    loaded train and are frozen; empty when the Runner loads nothing (the
+    report's counts by provenance then say it all)."""
+    found = load_of_model(root)
+    if found is None:
+        return []
+    out: Dict[str, Dict[str, Any]] = {}
+    for info in plan.table.params:
+        if not info.loaded:
+            continue
+        file = info.origin.source
+        via = found.load.via if found and found.load.checkpoint == file \
+            else 'init_cfg'
+        entry = out.setdefault(file, dict(file=file, via=via, trainable=0,
+                                          frozen=0))
+        entry['trainable' if info.param.requires_grad else 'frozen'] += 1
+    return list(out.values())
+
+
+def source_lines(sources: List[Dict[str, Any]]) -> List[str]:
+    """The text of :func:`loaded_sources`.
+
+    Example:
+        >>> source_lines([dict(file='base.pth', via='load_from',
+        ...                    trainable=0, frozen=150)])
+        ['loaded from base.pth (load_from): 150 tensors, 150 frozen, 0 trainable']
+    """
+    return [f'loaded from {s["file"]} ({s["via"]}): '
+            f'{s["trainable"] + s["frozen"]} tensors, {s["frozen"]} frozen, '
+            f'{s["trainable"]} trainable' for s in sources]
 
 
 def check_ddp(model: nn.Module, any_frozen: bool) -> None:
