@@ -1,5 +1,5 @@
 """``Classes`` on real mmdet heads: the rows' grouping is stated or it is an
-error, never guessed (issue 17), and the ledger shows the grouping applied."""
+error, never guessed, and the ledger shows the grouping applied."""
 import pytest
 import torch
 from mmengine.registry import MODELS, init_default_scope

@@ -1,4 +1,4 @@
-"""Deferred constructor init (issue 6): nothing uninitialized ever escapes,
+"""Deferred constructor init: nothing uninitialized ever escapes,
 loaded values stay bit-exact, the rest matches the non-deferred path.
 
 Uninitialized memory is made visible: ``torch.empty`` returns NaN under

@@ -1,4 +1,4 @@
-"""Deferred init and copies (issue 6): averaged models built before
+"""Deferred init and copies: averaged models built before
 ``init_weights`` (``EMAHook``) or inside a model's constructor, aliases from
 their ``state_dict()``, parameters replaced or converted while pending, and
 the draw order across builds. ``nan_empty`` (conftest) makes raw memory NaN.

@@ -1,4 +1,4 @@
-"""Deferred constructor init on the zoo's own modules (issue 13): without
+"""Deferred constructor init on the zoo's own modules: without
 ``Pretrained``, a registry build with deferral on gives the tensors, the
 forward output and the generator position of the same build with deferral
 off (``MMEXT_INIT_DEFER=0``), bit for bit.

@@ -1,4 +1,4 @@
-"""Issue 16, save only what trained: ``DeltaCheckpointHook`` writes the
+"""Save only what trained: ``DeltaCheckpointHook`` writes the
 tensors that train and the base fingerprint; ``Pretrained(checkpoint=[base,
 delta, ...])`` stacks them back, bit-exactly, and refuses a delta on another
 base or alone (real Runner, real files)."""

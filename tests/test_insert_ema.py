@@ -1,4 +1,4 @@
-"""Issue 16: insertion works with MMEngine's ``EMAHook``. Adapters inserted
+"""Insertion works with MMEngine's ``EMAHook``. Adapters inserted
 from the config (``insert=[...]``) into a tiny mmdet RetinaNet trained by a
 real Runner (``freeze='loaded'``, EMA, full and delta checkpoints): the EMA
 copy holds the inserted tensors, the delta holds the averages the Runner

@@ -1,4 +1,4 @@
-"""Issue 16, first part: LoRA and adapters inserted from a config entry
+"""LoRA and adapters inserted from a config entry
 (``mmext_init.inserting``) into real mmdet/mmseg models: original names
 kept, new tensors from their declared init, function unchanged at step 0,
 the branch live after a step, copies and pickles using their own branch."""

@@ -1,5 +1,5 @@
 """Tied parameters (one tensor under several names) in the ledger: every
-name says where the shared value came from (issue 13: mmdet's
+name says where the shared value came from (mmdet's
 ``RetinaSepBNHead`` shares its convs across pyramid levels)."""
 import torch
 from mmengine.model import BaseModule

@@ -1,4 +1,4 @@
-"""Issue 15 through a real MMEngine Runner: an mmdet RetinaNet whose ResNet
+"""The training policies through a real MMEngine Runner: an mmdet RetinaNet whose ResNet
 backbone (with inserted adapters) is loaded from a checkpoint, trained a
 few SGD iterations with ``ProvenanceOptimWrapperConstructor``."""
 import json

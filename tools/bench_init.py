@@ -32,7 +32,7 @@ and the bytes each process copied in through read() calls (``rchar``):
 what every rank of a job reads again, where a memory map shares the page
 cache.
 
-Below the table, each size is checked against the targets of issue 6
+Below the table, each size is checked against the targets
 (``TARGETS``), each with the best value the same run allows a loader that
 copies the weights into the model: stock/floor for the speed-up, and
 (interpreter + one copy of the weights) / stock's peak for memory.
@@ -56,7 +56,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SIZES = {'vit-b': (768, 12), 'vit-l': (1024, 24), 'vit-h': (1280, 32),
          'swin-l': (192, 0), 'vit-t': (192, 2)}  # vit-t: smoke test only
 MODES = ('stock', 'plugin', 'floor')
-# issue 6: stock/plugin at least, plugin/floor at most, RSS plugin/stock below
+# the targets: stock/plugin at least, plugin/floor at most, RSS plugin/stock below
 TARGETS = dict(stock_over_plugin=8.0, plugin_over_floor=1.5,
                rss_plugin_over_stock=0.6)
 SWIN_L = dict(type='mmdet.SwinTransformer', pretrain_img_size=384,
@@ -302,7 +302,7 @@ def table(results: Dict[str, Dict[str, Any]]) -> str:
 
 
 def target_lines(results: Dict[str, Dict[str, Any]]) -> str:
-    """One line per size: each target of issue 6, met or not, with the best
+    """One line per size: each target, met or not, with the best
     value a loader that copies the weights could reach in the same run."""
     lines = [f'targets: stock/plugin >= {TARGETS["stock_over_plugin"]:g}, '
              f'plugin/floor <= {TARGETS["plugin_over_floor"]:g}, '

@@ -1,4 +1,4 @@
-# Adapter tuning on the tiny RetinaNet (issue 15): every tensor the
+# Adapter tuning on the tiny RetinaNet: every tensor the
 # checkpoint provides is frozen (its BatchNorm layers stay in eval mode), the
 # inserted adapters, the neck and the head train; new parameters at 10x the
 # learning rate, no weight decay on norms. The selection comes from the load

@@ -1,4 +1,4 @@
-# Adapters after the ResNet stages from the config, no model code (issue 16):
+# Adapters after the ResNet stages from the config, no model code:
 # the same detector as retinanet_r18_adapters_ft_tiny.py (whose adapters come
 # from the mmext_examples subclass ResNetWithAdapters) with mmdet's own
 # ResNet, and a bottleneck residual Adapter (reduction 4, last projection

@@ -1,4 +1,4 @@
-# Staged unfreezing on the tiny RetinaNet (issue 15): adapter tuning first
+# Staged unfreezing on the tiny RetinaNet: adapter tuning first
 # (retinanet_r18_adapters_freeze_tiny.py: every tensor the checkpoint provides
 # frozen, BatchNorm statistics kept), then from iteration 2 on (after 2 have
 # completed) the last ResNet stage trains too, at a tenth of the base lr, and

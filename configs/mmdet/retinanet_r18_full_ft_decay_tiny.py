@@ -1,4 +1,4 @@
-# Full fine-tuning of the tiny RetinaNet (issue 15): nothing is frozen; new
+# Full fine-tuning of the tiny RetinaNet: nothing is frozen; new
 # parameters (the inserted adapters, the neck, the head) train at 10x the
 # base learning rate, and layer decay (rate 0.8) scales the learning rate of
 # the pretrained backbone by depth: the stem (conv1/bn1) at depth 0, the

@@ -1,4 +1,4 @@
-# Head-only fine-tuning on the tiny RetinaNet (issue 15): the backbone and
+# Head-only fine-tuning on the tiny RetinaNet: the backbone and
 # the FPN neck both come from the detector checkpoint (Pretrained entries
 # with prefix 'backbone.' and 'neck.') and are frozen, BatchNorm layers
 # included (kept in eval mode, running statistics untouched; norm_eval=False

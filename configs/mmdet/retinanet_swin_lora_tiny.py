@@ -1,4 +1,4 @@
-# LoRA from the config, no model code (issue 16): the tiny RetinaNet-Swin of
+# LoRA from the config, no model code: the tiny RetinaNet-Swin of
 # retinanet_swin_adapters_ft_tiny.py with mmdet's own SwinTransformer, and
 # rank-4 LoRA branches inserted beside every window attention's qkv and
 # output projections. Original names do not change (`...attn.w_msa.qkv.weight`

@@ -1,4 +1,4 @@
-# LoRA from the config on mmseg's SegFormer (issue 16), no model code: the
+# LoRA from the config on mmseg's SegFormer, no model code: the
 # tiny segmentor of segformer_mit_adapters_ft_tiny.py with mmseg's own
 # MixVisionTransformer, rank-4 LoRA beside the convolutions of every
 # attention's spatial reduction (`attn.sr`) and of the Mix-FFN's 1x1

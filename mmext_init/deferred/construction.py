@@ -1,4 +1,4 @@
-"""Deferred construction-time init (issue 6): PyTorch's constructor init
+"""Deferred construction-time init: PyTorch's constructor init
 (``kaiming_uniform_`` in ``nn.Linear.reset_parameters``...) is recorded while
 a model is built and replayed only for the tensors that need it.
 

@@ -3,7 +3,7 @@ every random op recorded during a build draws, in record order, before
 anything drawn after it, unless the checkpoint provides its tensor.
 
 Two kinds of pending records are not reached through the model's tensors,
-yet drew at construction without deferral (issue 13):
+yet drew at construction without deferral:
 
 * *ghosts*: records of parameters that died pending (mmdet's
   ``RetinaSepBNHead`` replaces the convs of levels 1.. by those of level 0;

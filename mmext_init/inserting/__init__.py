@@ -1,6 +1,6 @@
 """Insert LoRA branches and adapters into a built model from its config
-(``model = dict(..., insert=[dict(type='LoRA', targets=r'.*qkv', rank=8)])``,
-issue 16): :func:`insert_modules` applies the entries through
+(``model = dict(..., insert=[dict(type='LoRA', targets=r'.*qkv', rank=8)])``):
+:func:`insert_modules` applies the entries through
 ``INSERT_TYPES`` (:mod:`.registry`) to the modules :mod:`.targets` selects.
 The registered types, :class:`LoRA` (:mod:`.lora`) and :class:`Adapter`
 (:mod:`.adapter`), add modules beside the target's own tensors whose

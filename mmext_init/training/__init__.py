@@ -1,4 +1,4 @@
-"""Train what is new (issue 15): freezing, learning rates and layer decay
+"""Train what is new: freezing, learning rates and layer decay
 chosen by where each weight came from, through
 :class:`ProvenanceOptimWrapperConstructor` and its SELECTOR grammar."""
 from .constructor import ProvenanceOptimWrapperConstructor

@@ -1,4 +1,4 @@
-"""Issue 16, last step: a merged LoRA checkpoint predicts what the trained
+"""The last step of inserting: a merged LoRA checkpoint predicts what the trained
 inserted model predicts, through the libraries' own, unchanged
 ``tools/test.py``, and the plain side runs without mmext_init.
 

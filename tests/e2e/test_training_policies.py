@@ -1,4 +1,4 @@
-"""Issue 15 end to end: the training policies of the tiny RetinaNet configs
+"""The training policies of the tiny RetinaNet configs, end to end
 (``ProvenanceOptimWrapperConstructor``: freeze / rules / layer_decay)
 trained by mmdet's own, unchanged ``tools/train.py``; the weights and
 buffers are compared between ``before_train`` and ``after_train``
