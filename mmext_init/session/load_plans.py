@@ -20,16 +20,18 @@ Example:
     ([{'weight': 'weight'}], ['weight'])
 """
 import contextlib
-from typing import Dict, Iterable, Iterator, List, Set
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 import torch.nn as nn
 
 from ..deferred import construction as deferred
+from ..loading.load_checks import is_counter
 from ..loading.options import PretrainedOptions
 from ..loading.plan import LoadPlan, plan_load
+from ..provenance.ledger import VoidEntry
 from ..provenance.tracking import WriteTracker
 from .code_loads import is_under
-from .model_names import ModelNames, uses_contract
+from .model_names import ModelNames, pretrained_cfgs, uses_contract
 
 
 def plan_entry(names: ModelNames, module: nn.Module,
@@ -46,6 +48,55 @@ def plan_entries(names: ModelNames, module: nn.Module) -> List[LoadPlan]:
     see :mod:`mmext_init.training.expected`)."""
     return [plan_entry(names, module, entry)
             for entry in names.pretrained_entries(module)]
+
+
+def superseded_reason(names: ModelNames, module: nn.Module,
+                      plans: Sequence[LoadPlan]) -> Optional[str]:
+    """Why ``module``'s own ``Pretrained`` entries are superseded by the
+    planned entries of enclosing modules, or None if they are not: stock
+    MMEngine applies an enclosing entry after its children's, so what they
+    load is overwritten where the enclosing entry is the same entry
+    (mmpretrain's CSPNet hands its ``init_cfg`` to every stage) or copies
+    every tensor of ``module`` in full (step counters aside).
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> path = os.path.join(tempfile.mkdtemp(), 'net.pth')
+        >>> torch.save(net.state_dict(), path)
+        >>> names = ModelNames(net)
+        >>> outer = plan_entry(names, net, PretrainedOptions(path))
+        >>> net[0].init_cfg = dict(type='Pretrained', checkpoint='other.pth')
+        >>> superseded_reason(names, net[0], [outer])
+        'every tensor of it is loaded by the entry of the model root, which is applied after it (as in stock MMEngine)'
+    """
+    path, cfgs = names.path_of(module), pretrained_cfgs(module)
+    outer = [p for p in plans if path and p.module_path != path
+             and is_under(path, p.module_path)]
+    if not outer or not cfgs:
+        return None
+    paths = sorted({p.module_path for p in outer})
+    enclosing = [names.root.get_submodule(p) if p else names.root
+                 for p in paths]
+    same = [p for p, m in zip(paths, enclosing)
+            if all(c in pretrained_cfgs(m) for c in cfgs)]
+    if same:
+        return (f'the same entry as that of {_named(same[-1:])}, which is '
+                'applied after it (as in stock MMEngine)')
+    own = [f'{path}.{n}' for n in module.state_dict(keep_vars=True)
+           if not is_counter(n)]
+    copied = {n for p in outer for n in p.copies}
+    if not own or not all(n in copied for n in own):
+        return None
+    by = [p.module_path for p in outer if any(n in p.copies for n in own)]
+    return (f'every tensor of it is loaded by the entry of '
+            f'{_named(sorted(set(by)))}, which is applied after it (as in '
+            'stock MMEngine)')
+
+
+def _named(paths: Sequence[str]) -> str:
+    """Module paths as the report names them."""
+    return ', '.join(repr(p) if p else 'the model root' for p in paths)
 
 
 class SessionPlans:
@@ -70,6 +121,15 @@ class SessionPlans:
     def of_module(self, module: nn.Module) -> List[LoadPlan]:
         """Plans of ``module``'s own entries (made once, protected)."""
         if id(module) not in self.by_module:
+            reason = superseded_reason(self.names, module, self.all())
+            if reason:
+                self.tracker.void_entries.extend(
+                    VoidEntry(self.names.path_of(module),
+                              f'Pretrained, checkpoint={e.checkpoint!r}',
+                              reason)
+                    for e in self.names.pretrained_entries(module))
+                self.by_module[id(module)] = []
+                return []
             plans = plan_entries(self.names, module)
             for plan in plans:
                 self.protect(plan.copies)

@@ -36,6 +36,21 @@ def is_base_like(module: nn.Module) -> bool:
     return isinstance(module, BaseModule) or uses_contract(module)
 
 
+def pretrained_cfgs(module: nn.Module) -> List[dict]:
+    """The ``Pretrained`` entries of ``module``'s own ``init_cfg``, as
+    written.
+
+    Example:
+        >>> fc = nn.Linear(2, 2)
+        >>> fc.init_cfg = [dict(type='Pretrained', checkpoint='a.pth'),
+        ...                dict(type='Kaiming')]
+        >>> pretrained_cfgs(fc)
+        [{'type': 'Pretrained', 'checkpoint': 'a.pth'}]
+    """
+    return [cfg for cfg in as_cfg_list(getattr(module, 'init_cfg', None))
+            if is_pretrained_cfg(cfg)]
+
+
 class ModelNames:
     """Paths of the modules of ``root`` (the first path of a shared one)."""
 
@@ -58,8 +73,5 @@ class ModelNames:
                            module: nn.Module) -> List[PretrainedOptions]:
         """The ``Pretrained`` entries of ``module``'s own ``init_cfg``."""
         path = self.path_of(module)
-        return [
-            build_options(cfg, self.label(path, 'Pretrained'))
-            for cfg in as_cfg_list(getattr(module, 'init_cfg', None))
-            if is_pretrained_cfg(cfg)
-        ]
+        return [build_options(cfg, self.label(path, 'Pretrained'))
+                for cfg in pretrained_cfgs(module)]

@@ -30,7 +30,7 @@ from ..loading.plan import LoadPlan
 from ..provenance.ledger import CHECKPOINT, ProvenanceLedger, get_provenance
 from ..provenance.report import fold_names
 from ..provenance.stored import stored_ledger
-from ..session.load_plans import plan_entries, plan_entry
+from ..session.load_plans import plan_entries, plan_entry, superseded_reason
 from ..session.model_names import ModelNames, is_base_like, uses_contract
 from ..session.runner_load import RESUME, load_of_model, plan_runner_load
 from .selectors import Origin, ParamTable
@@ -61,11 +61,16 @@ def own_loader_plans(names: ModelNames, module: nn.Module) -> List[LoadPlan]:
 def pretrained_plans(root: nn.Module) -> List[LoadPlan]:
     """The load plan of every ``Pretrained`` entry in the ``init_cfg`` of a
     ``BaseModule`` of ``root``: as the session plans them, or as their
-    module's own loader is expected to load them."""
+    module's own loader is expected to load them; none of a module whose
+    entries an enclosing entry supersedes (:func:`superseded_reason`)."""
     names = ModelNames(root)
-    return [plan for module in filter(is_base_like, root.modules())
-            for plan in (plan_entries(names, module) if uses_contract(module)
-                         else own_loader_plans(names, module))]
+    plans: List[LoadPlan] = []
+    for module in filter(is_base_like, root.modules()):
+        if uses_contract(module) and superseded_reason(names, module, plans):
+            continue
+        plans += plan_entries(names, module) if uses_contract(module) \
+            else own_loader_plans(names, module)
+    return plans
 
 
 def runner_plan(root: nn.Module) -> Optional[LoadPlan]:
