@@ -133,6 +133,9 @@ class ProvenanceLedger:
     loads: List[LoadRecord] = field(default_factory=list)
     numel: Dict[str, int] = field(default_factory=dict)
     void_entries: List[VoidEntry] = field(default_factory=list)
+    # modules stock MMEngine's recursion never reaches (below a plain torch
+    # container) whose declared init mmext_init ran, outermost only
+    beyond_stock: List[str] = field(default_factory=list)
 
     def names(self, kind: str) -> List[str]:
         """Names of the tensors of one kind, in model order.
@@ -169,6 +172,7 @@ class ProvenanceLedger:
             },
             'loads': [asdict(r) for r in self.loads],
             'void_entries': [asdict(v) for v in self.void_entries],
+            'beyond_stock': list(self.beyond_stock),
         }
 
 

@@ -31,6 +31,8 @@ from .ledger import (CHECKPOINT, CONSTRUCTOR, INIT_WEIGHTS, INITIALIZER,
 REPORT_TITLE = 'mmext_init: initialization report'
 PROVENANCE_FILE = 'init_provenance.json'
 VOID_TITLE = 'init_cfg entries that initialized nothing:'
+BEYOND_TITLE = ("initialized beyond stock MMEngine's reach (below a plain "
+                'torch container, which its recursion does not enter):')
 MAX_LINES = 25
 _SECTIONS = ((CHECKPOINT, 'loaded'), (INITIALIZER, 'initialized'),
              (INIT_WEIGHTS, 'init_weights overrides'),
@@ -148,6 +150,11 @@ def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
             for folded in fold_names(names)
         ]
         lines.extend(_limited(body, f'lines (see {PROVENANCE_FILE})'))
+    if ledger.beyond_stock:
+        lines.append(BEYOND_TITLE)
+        lines.extend(_limited(['  ' + f for f in
+                               fold_names(ledger.beyond_stock)],
+                              f'lines (see {PROVENANCE_FILE})'))
     void = _void_lines(ledger)
     if void:
         lines.append(VOID_TITLE)

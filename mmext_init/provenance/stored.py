@@ -52,7 +52,8 @@ def ledger_from_dict(data: Mapping[str, Any]) -> ProvenanceLedger:
     return ProvenanceLedger(
         data['root'], entries,
         [_load_record(r) for r in data.get('loads') or []], numel,
-        [VoidEntry(**v) for v in data.get('void_entries') or []])
+        [VoidEntry(**v) for v in data.get('void_entries') or []],
+        list(data.get('beyond_stock') or []))
 
 
 def stored_ledger(meta: Any) -> Optional[ProvenanceLedger]:

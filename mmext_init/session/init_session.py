@@ -52,6 +52,7 @@ class InitSession:
         self.plans = SessionPlans(self.names, self.tracker)
         self.handled: Set[int] = set()  # ids of modules whose init_cfg ran
         self.beyond_stock: Set[int] = set()  # ids stock recursion never meets
+        self.beyond_roots: List[str] = []  # their outermost paths
         self.code_entries: List[Tuple[nn.Module, str, PretrainedOptions]] = []
         self.code_findings: Dict[str, CodeLoadFindings] = {}  # by path
         self._overrides: List[nn.Module] = []
@@ -169,8 +170,12 @@ class InitSession:
     def call_beyond(self, module: nn.Module) -> None:
         """Initialize a module stock recursion never reaches (it and all
         below it: their invalid overrides are void, not errors)."""
+        outermost = id(module) not in self.beyond_stock
         self.beyond_stock.update(map(id, module.modules()))
+        before = self.tracker.sequence
         self.call_init_weights(module)
+        if outermost and self.tracker.sequence > before:  # it wrote
+            self.beyond_roots.append(self.path_of(module))
 
     def loading_override(self) -> Optional[nn.Module]:
         """The innermost ``init_weights`` override running now, if any."""

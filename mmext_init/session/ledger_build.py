@@ -40,6 +40,7 @@ def build_ledger(session: Any,
     ledger.loads = [p.record for p in session.plans.all() if p.record]
     ledger.loads += code_load_records(session, tensors, ledger)
     ledger.void_entries = list(tracker.void_entries)
+    ledger.beyond_stock = list(session.beyond_roots)
     for name, note in inserted_notes(session.root).items():
         if name in ledger.entries:
             ledger.entries[name] = ledger.entries[name].with_note(note)

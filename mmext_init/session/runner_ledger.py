@@ -59,7 +59,8 @@ def _base_ledger(root: nn.Module) -> ProvenanceLedger:
             n: default for n in root.state_dict(keep_vars=True)})
     return ProvenanceLedger(ledger.root, dict(ledger.entries),
                             list(ledger.loads), dict(ledger.numel),
-                            list(ledger.void_entries))
+                            list(ledger.void_entries),
+                            list(ledger.beyond_stock))
 
 
 class ObservedLoad:
@@ -138,7 +139,7 @@ class ObservedLoad:
             if self.load.via == RESUME else None
         ledger = self.base if stored is None else ProvenanceLedger(
             self.base.root, dict(self.base.entries), list(stored.loads),
-            {}, list(stored.void_entries))
+            {}, list(stored.void_entries), list(stored.beyond_stock))
         names: List[str] = []  # the tracker saw the load's writes only
         for name in self.tensors:
             owner = self.owner(name)
