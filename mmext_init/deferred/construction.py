@@ -143,6 +143,13 @@ class Dropped:
     def __init__(self) -> None:
         self.items: List[Tuple[weakref.ref, int, List[Op]]] = []
 
+    def unwritten(self) -> Set[int]:
+        """Ids of the dropped tensors not written since: their memory is
+        as allocated (untouched, for a large one)."""
+        alive = ((ref(), version) for ref, version, _ in self.items)
+        return {id(t) for t, version in alive
+                if t is not None and t._version == version}
+
     def refill(self, also: Tuple[torch.Tensor, ...] = ()) -> int:
         """Run the init of those not written since (and of those in
         ``also``, e.g. spoiled by a failed copy); return how many.

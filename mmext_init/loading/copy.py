@@ -11,7 +11,7 @@ free of NaN/Inf unless ``check_finite=False``) before the first model tensor
 is written, so a damaged or non-finite checkpoint leaves the model untouched
 by the load, never half-loaded.
 """
-from typing import Dict, List, Tuple
+from typing import AbstractSet, Dict, List, Tuple
 
 import torch
 
@@ -24,10 +24,13 @@ Copy = Tuple[LoadPlan, str, bool]  # plan, model tensor name, partial
 
 
 def apply_loads(plans: List[LoadPlan], tensors: Dict[str, torch.Tensor],
-                tracker: WriteTracker) -> None:
+                tracker: WriteTracker,
+                unwritten: AbstractSet[str] = frozenset()) -> None:
     """Copy what ``plans`` provide into ``tensors`` (the model's, by name),
     each tensor once, and record its provenance in ``tracker``; check every
     source first (:func:`check_sources`), so a failure writes nothing.
+    ``unwritten`` names tensors whose memory nothing wrote yet (deferred
+    init dropped for the copy): see :func:`check_sources`.
 
     Example:
         >>> import os, tempfile, torch.nn as nn
@@ -46,7 +49,7 @@ def apply_loads(plans: List[LoadPlan], tensors: Dict[str, torch.Tensor],
         ('checkpoint', 'weight')
     """
     todo = planned_copies(plans)
-    check_sources(todo)
+    check_sources(todo, unwritten)
     with torch.no_grad():
         for plan, name, partial in todo:
             _copy(plan, name, tensors[name], partial, tracker)
@@ -69,18 +72,25 @@ def planned_copies(plans: List[LoadPlan]) -> List[Copy]:
     return todo
 
 
-def check_sources(todo: List[Copy]) -> None:
+def check_sources(todo: List[Copy],
+                  unwritten: AbstractSet[str] = frozenset()) -> None:
     """Read every source tensor of ``todo`` (opening shards, raising a
     :class:`~mmext_init.errors.CheckpointError` naming the file if one is
-    unreadable) and check it for NaN/Inf, before anything is written. The
-    pages a check read are given back; the copy reads them again."""
-    for plan, name, _ in todo:
+    unreadable) and check it for NaN/Inf, before anything is written.
+
+    The pages a check read are given back and the copy reads them again,
+    except for a full copy into a tensor named in ``unwritten``: its own
+    pages are not in memory until the copy writes them, which then gives
+    the file's back, so keeping them resident until then does not raise the
+    peak and saves reading them twice."""
+    for plan, name, partial in todo:
         key = plan.copies.get(name) or plan.partial[name]
         src = plan.source.get(key)
         if not plan.entry.check_finite:
             continue
         finite = all_finite(src)
-        plan.source.release(key, src)
+        if partial or name in plan.adapted or name not in unwritten:
+            plan.source.release(key, src)
         if not finite:
             raise _non_finite(plan, key)
 

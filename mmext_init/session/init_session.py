@@ -197,7 +197,9 @@ class InitSession:
         ledger, check ``on_missing``, report."""
         deferred.materialize(self.root)
         tensors = self.root.state_dict(keep_vars=True)
-        apply_loads(self.plans.all(), tensors, self.tracker)
+        unwritten = self.plans.unwritten()
+        apply_loads(self.plans.all(), tensors, self.tracker,
+                    {n for n, t in tensors.items() if id(t) in unwritten})
         for job, module, since in self.after_loads:
             job(self, module, since)
         ledger = build_ledger(self, tensors)

@@ -152,6 +152,11 @@ class SessionPlans:
             self.dropped.append(deferred.settle(
                 {n: tensors[n] for n in names if n in tensors}, names))
 
+    def unwritten(self) -> Set[int]:
+        """Ids of the tensors whose constructor init was dropped for a copy
+        and that nothing wrote since (see :meth:`Dropped.unwritten`)."""
+        return {i for dropped in self.dropped for i in dropped.unwritten()}
+
     def plan_declared(self) -> None:
         """Plan the entries of every module whose ``init_cfg`` mmext_init
         applies, then settle deferred init."""
