@@ -12,6 +12,7 @@ from toy_models import TrunkWithAdapters
 
 import mmext_init
 from mmext_init import PretrainedInit, stock_mmengine
+from mmext_init.deferred import deferred_construction, pending_count
 from mmext_init.plugin.patches import original
 
 
@@ -93,3 +94,21 @@ def test_init_weights_called_in_a_constructor_stays_a_plain_call():
     entry = mmext_init.get_provenance(msda).entries['sampling_offsets.bias']
     assert (entry.kind, entry.source) == ('init_weights',
                                           'MultiScaleDeformableAttention')
+
+
+def test_uninstall_computes_what_is_pending_first():
+    torch.manual_seed(0)
+    with deferred_construction():
+        fc = torch.nn.Linear(64, 64)
+    assert pending_count() == 2
+    torch.manual_seed(0)
+    expected = torch.nn.Linear(64, 64).weight.detach().clone()
+    torch.manual_seed(0)
+    mmext_init.uninstall()
+    try:
+        assert pending_count() == 0
+        assert type(fc.weight) is torch.nn.Parameter
+        assert torch.equal(fc.weight.detach(), expected)
+    finally:
+        mmext_init.install()
+    assert BaseModule.init_weights is mmext_init.InitWeightsMixin.init_weights

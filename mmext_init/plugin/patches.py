@@ -198,7 +198,10 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Put back every original (no-op if nothing is installed)."""
+    """Put back every original (no-op if nothing is installed). What
+    deferred init left pending is computed first (the values it would have
+    had), since the guards that compute it on use go."""
+    materialize()
     saved = _originals()
     for patch in PATCHES:
         if _key(patch) in saved:
