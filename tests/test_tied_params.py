@@ -60,3 +60,45 @@ def test_tied_convs_loaded_from_a_checkpoint(save_ckpt):
         'tied to head.reg_convs.0.0.conv.weight'
     assert torch.equal(model.head.state_dict()[name[5:]],
                        source.state_dict()[name[5:]])
+
+
+class ReplacesData(BaseModule):
+    """Two layers whose ``init_weights`` replaces a bias's storage, as
+    mmcv's ``MultiScaleDeformableAttention`` does (``bias.data = ...``):
+    the second layer's new storage is where the first's was."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+
+    def init_weights(self):
+        old = self.a.bias.data
+        self.a.bias.data = torch.full((4, ), 2.0)
+        self.b.bias.data = old.fill_(3.0)
+
+
+class HoldsReplacing(BaseModule):
+    def __init__(self, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.layers = ReplacesData()
+
+
+def test_a_replaced_storage_is_not_taken_for_a_tie(save_ckpt):
+    model = HoldsReplacing()
+    model.init_weights()
+    ledger = get_provenance(model)
+    for name in ('layers.a.bias', 'layers.b.bias'):
+        assert not any('tied' in n for n in ledger.entries[name].notes), name
+    assert torch.equal(model.layers.b.bias, torch.full((4, ), 3.0))
+    path = save_ckpt({k: torch.randn(v.shape)
+                      for k, v in HoldsReplacing().state_dict().items()})
+    loaded = HoldsReplacing(init_cfg=dict(type='Pretrained',
+                                          checkpoint=path))
+    loaded.init_weights()
+    ledger = get_provenance(loaded)
+    file = torch.load(path, weights_only=True)
+    file = file.get('state_dict', file)
+    for name, entry in ledger.entries.items():
+        assert (entry.kind, entry.key) == ('checkpoint', name), name
+        assert torch.equal(loaded.state_dict()[name], file[name]), name

@@ -86,6 +86,7 @@ class WriteTracker(TorchDispatchMode):
         super().__init__()
         # storage pointer -> [(first byte, end byte, name)]
         self._where: Dict[int, List[Tuple[int, int, str]]] = {}
+        self._tensors: Dict[str, torch.Tensor] = {}  # name -> the tensor
         for name, t in named_tensors.items():
             self.track(name, t)
         self.protected: Set[str] = set()
@@ -101,6 +102,7 @@ class WriteTracker(TorchDispatchMode):
 
     # -- tensor identity -------------------------------------------------
     def track(self, name: str, t: torch.Tensor) -> None:
+        self._tensors[name] = t
         if t.numel() == 0 or t.device.type == 'meta':
             return
         start = t.data_ptr()
@@ -109,20 +111,52 @@ class WriteTracker(TorchDispatchMode):
             entries.append((start, start + t.numel() * t.element_size(), name))
 
     def name_of(self, t: torch.Tensor) -> Optional[str]:
-        """Model name of the tensor ``t`` is (a view of), or None."""
+        """Model name of the tensor ``t`` is (a view of), or None.
+
+        A tensor whose storage was replaced (``param.data = new``, as
+        mmcv's ``MultiScaleDeformableAttention.init_weights`` does) left
+        its old address in the map, which may now hold another tensor's new
+        storage: a name whose tensor no longer holds the storage found
+        refreshes the map.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+            >>> tracker = WriteTracker({'a': a.bias, 'b': b.bias})
+            >>> old = a.bias.data
+            >>> a.bias.data = torch.zeros(2)
+            >>> b.bias.data = old  # b's new storage is where a's was
+            >>> tracker.name_of(b.bias), tracker.name_of(a.bias)
+            ('b', 'a')
+        """
         if not isinstance(t, torch.Tensor) or t.device.type == 'meta':
             return None
         try:
-            entries = self._where.get(t.untyped_storage().data_ptr())
+            storage = t.untyped_storage().data_ptr()
         except (RuntimeError, NotImplementedError):
             return None
-        if not entries:
-            return None
+        name = self._lookup(storage, t)
+        if name is not None and not self._holds(name, storage):
+            name = self._refreshed(storage, t)
+        return name
+
+    def _lookup(self, storage: int, t: torch.Tensor) -> Optional[str]:
         ptr = t.data_ptr()
-        for start, end, name in entries:
+        for start, end, name in self._where.get(storage, ()):
             if start <= ptr < end or (t.numel() == 0 and ptr == start):
                 return name
         return None
+
+    def _holds(self, name: str, storage: int) -> bool:
+        """Whether the tensor named ``name`` still lives in ``storage``."""
+        return self._tensors[name].untyped_storage().data_ptr() == storage
+
+    def _refreshed(self, storage: int, t: torch.Tensor) -> Optional[str]:
+        """Rebuild the map from the tensors as they are now; look up again."""
+        self._where = {}
+        for name, tensor in self._tensors.items():
+            self.track(name, tensor)
+        return self._lookup(storage, t)
 
     # -- sources -----------------------------------------------------------
     @contextlib.contextmanager
