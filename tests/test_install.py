@@ -8,6 +8,7 @@ import pytest
 import torch
 from mmengine.model import BaseModule
 from mmengine.registry import WEIGHT_INITIALIZERS, DefaultScope
+from mmengine.runner.checkpoint import CheckpointLoader
 from toy_models import TrunkWithAdapters
 
 import mmext_init
@@ -112,3 +113,17 @@ def test_uninstall_computes_what_is_pending_first():
     finally:
         mmext_init.install()
     assert BaseModule.init_weights is mmext_init.InitWeightsMixin.init_weights
+
+
+def test_a_scheme_registered_later_leaves_uninstall_complete():
+    ours = CheckpointLoader._schemes['']
+    CheckpointLoader.register_scheme('mmext-test://', lambda *a, **k: {})
+    try:  # MMEngine rebuilt the table: the patch must follow it
+        assert CheckpointLoader._schemes[''] is ours
+        with stock_mmengine():
+            stock = CheckpointLoader._schemes['']
+            assert stock is not ours
+            assert stock.__module__ == 'mmengine.runner.checkpoint'
+        assert CheckpointLoader._schemes[''] is ours
+    finally:
+        CheckpointLoader._schemes.pop('mmext-test://')

@@ -51,9 +51,25 @@ _ORIGINALS = '_mmext_originals'  # on BaseModule: {(owner, attribute): value}
 
 
 @dataclass(frozen=True)
+class ClassDict:
+    """A dict held in a class attribute that its class may replace, found
+    when used: MMEngine's ``CheckpointLoader.register_scheme`` rebuilds
+    ``CheckpointLoader._schemes`` (sorted) on every call."""
+    cls: type
+    name: str
+
+    @property
+    def __name__(self) -> str:
+        return f'{self.cls.__name__}.{self.name}'
+
+    def get(self) -> Dict[str, Any]:
+        return getattr(self.cls, self.name)
+
+
+@dataclass(frozen=True)
 class Patch:
     """One replaced attribute (or registry entry) of another library."""
-    owner: Any  # a class, or a dict (a registry's entries)
+    owner: Any  # a class, a dict (a registry's entries) or a ClassDict
     attribute: str
     make: Callable[[Any], Any]  # original -> replacement
     reason: str
@@ -63,14 +79,22 @@ class Patch:
         return getattr(self.owner, '__name__', None) or _DICT_NAMES[id(
             self.owner)]
 
+    def _dict(self) -> Optional[Dict[str, Any]]:
+        """The dict the entry is in, for a registry or scheme table."""
+        if isinstance(self.owner, ClassDict):
+            return self.owner.get()
+        return self.owner if isinstance(self.owner, dict) else None
+
     def current(self) -> Any:
-        if isinstance(self.owner, dict):
-            return self.owner[self.attribute]
+        table = self._dict()
+        if table is not None:
+            return table[self.attribute]
         return self.owner.__dict__[self.attribute]
 
     def set(self, value: Any) -> None:
-        if isinstance(self.owner, dict):
-            self.owner[self.attribute] = value
+        table = self._dict()
+        if table is not None:
+            table[self.attribute] = value
         else:
             setattr(self.owner, self.attribute, value)
 
@@ -114,8 +138,8 @@ def _replace_with(value: Any) -> Callable[[Any], Any]:
     return lambda original: value
 
 
-_DICT_NAMES = {id(WEIGHT_INITIALIZERS.module_dict): 'WEIGHT_INITIALIZERS',
-               id(CheckpointLoader._schemes): 'CheckpointLoader._schemes'}
+_DICT_NAMES = {id(WEIGHT_INITIALIZERS.module_dict): 'WEIGHT_INITIALIZERS'}
+_SCHEMES = ClassDict(CheckpointLoader, '_schemes')
 
 PATCHES: Tuple[Patch, ...] = (
     Patch(BaseModule, 'init_weights',
@@ -124,11 +148,11 @@ PATCHES: Tuple[Patch, ...] = (
     Patch(WEIGHT_INITIALIZERS.module_dict, 'Pretrained',
           _replace_with(PretrainedInit),
           'the extended Pretrained type under its stock name'),
-    Patch(CheckpointLoader._schemes, '',
+    Patch(_SCHEMES, '',
           _replace_with(load_from_safe_local),
           'local files read by the safe unpickler (torch >= 2.6 refuses '
           "Runner checkpoints with weights_only)"),
-    *(Patch(CheckpointLoader._schemes, scheme,
+    *(Patch(_SCHEMES, scheme,
             _replace_with(load_from_safe_scheme),
             'URLs and model-zoo names: stock\'s mapping, cache and download, '
             'then the safe unpickler (stock reads a download with '
