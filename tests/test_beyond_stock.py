@@ -15,7 +15,6 @@ build lies in, or is initialized after, such a module:
 """
 import os
 
-import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope

@@ -117,8 +117,9 @@ def _retinanet(backbone, **extra):
 
 def test_detector_module_choice_and_atol(tmp_path, capsys):
     """A whole RetinaNet (checkpoint at the root, FPN included): default
-    ``backbone``, ``--module extract_feat`` (backbone + FPN), a dotted
-    submodule, ``--atol``, and a wrong ``--module``."""
+    ``backbone``, ``--module tensor`` (the whole model, ``mode='tensor'``),
+    ``--module extract_feat`` (backbone + FPN), a dotted submodule,
+    ``--atol``, a wrong ``--module``, and an input it cannot take."""
     ckpt = _checkpoint(tmp_path, 'mmdet', 'RetinaNet',
                        _retinanet(dict(type='ResNet', depth=18)))
     pretrained = dict(type='Pretrained', checkpoint=ckpt)
@@ -132,7 +133,14 @@ def test_detector_module_choice_and_atol(tmp_path, capsys):
         type='RetinaNet', init_cfg=pretrained))
     shape = ['--input-shape', '1', '3', '64', '64']
     assert tool.main([new, '--reference', ref] + shape) == 0
-    assert len(_diffs(capsys.readouterr().out)) == 4  # the backbone stages
+    out = capsys.readouterr().out
+    assert len(_diffs(out)) == 4  # default: the backbone stages
+    assert out.rstrip().endswith('through backbone')
+    assert tool.main([new, '--reference', ref, '--module', 'tensor'] +
+                     shape) == 0
+    out = capsys.readouterr().out  # the whole model, the heads too
+    assert len(_diffs(out)) == 10  # scores and boxes of 5 levels
+    assert "through the whole model (mode='tensor')" in out
     assert tool.main([new, '--reference', ref, '--module', 'extract_feat'] +
                      shape) == 0
     out = capsys.readouterr().out
@@ -148,6 +156,15 @@ def test_detector_module_choice_and_atol(tmp_path, capsys):
                       '--atol', str(2 * worst)] + shape) == 0
     with pytest.raises(ValueError, match="'nope' is neither a submodule"):
         tool.main([new, '--reference', ref, '--module', 'nope'] + shape)
+    # an input the detector cannot take: exit 2, naming the options
+    assert tool.main([new, '--reference', ref, '--input-shape', '1',
+                      '64']) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(
+        'check_function_preserving: error: the input (1, 64) '
+        '(--input-shape) does not run through backbone: ')
+    assert 'Give --input-shape with the shape the model takes' in \
+        captured.err and '--module' in captured.err
 
 
 def test_input_shape_from_config():

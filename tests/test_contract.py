@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModule, initialize
+from mmengine.model import initialize
 from toy_models import (Adapter, Model, SelfInit, Trunk, TrunkWithAdapters,
                         tiny_retinanet_cfg)
 
@@ -264,4 +264,12 @@ def test_initialize_with_pretrained_called_directly(save_ckpt):
                                              layer='Linear')))
     _assert_loaded(trunk, sd)
     assert torch.all(trunk.extra.weight == 1)
-    assert isinstance(BaseModule.init_weights, type(Trunk.init_weights))
+    # the plugin's session ran (stock MMEngine has no ledger and no
+    # init_missing): every tensor recorded, from the file or the entry
+    entries = get_provenance(trunk).entries
+    assert set(entries) == set(trunk.state_dict())
+    for key in sd:
+        assert (entries[key].kind, entries[key].source) == ('checkpoint',
+                                                            path), key
+    assert (entries['extra.weight'].kind, entries['extra.weight'].source) == (
+        'initializer', 'Constant')

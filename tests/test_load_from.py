@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import MODELS
 from mmengine.runner import Runner
@@ -119,7 +118,7 @@ def test_ledger_names_the_file_and_key_of_every_loaded_tensor(tmp_path,
     assert written['entries']['backbone.fc1.weight']['source'] == base
     assert written['loads'][-1]['via'] == 'load_from'
     log = log_text(run)
-    assert f'via load_from: 6 loaded' in log
+    assert 'via load_from: 6 loaded' in log
     first, final = log.split('the report after that load is the final one')
     assert f"the Runner loads load_from='{base}' next" in first
     assert 'via load_from' not in first and 'via load_from' in final

@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS
 
 from mmext_init.hooks.delta_checkpoint import delta_checkpoint
 from mmext_init.inserting import lora_delta
@@ -199,7 +201,8 @@ def test_swin_lora_merges_into_a_stock_checkpoint(swin, tiny_dir, tmp_path):
             'the weights of backbone.stages.{0..3}.blocks.0.attn.w_msa.'
             '{qkv,proj}') in proc.stdout
     assert float(PROVEN.search(proc.stdout).group(1)) <= 1e-5
-    assert 'through backbone, float64' in proc.stdout
+    # LoRA in the backbone only, the heads proven too
+    assert "through the whole model (mode='tensor'), float64" in proc.stdout
     merged = check_file(out, swin['state'])
     qkv = 'backbone.stages.2.blocks.0.attn.w_msa.qkv'
     assert torch.equal(merged['state_dict'][f'{qkv}.weight'],
@@ -338,3 +341,49 @@ def test_checkpoints_that_do_not_fit_exit_2(swin, in_tiny, tmp_path, capsys):
     assert 'strict=True and missing keys: backbone.stages.0.blocks.0.attn.' \
         'w_msa.qkv.lora_A.weight' in err
     assert sorted(os.listdir(tmp_path)) == ['other_base.pth']
+
+
+class VectorNet(BaseModel):
+    """A model whose input is a batch of 16-vectors, not images."""
+
+    def __init__(self, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.encoder = nn.Sequential(nn.Linear(16, 32), nn.ReLU(),
+                                     nn.Linear(32, 8))
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        return self.encoder(inputs)
+
+
+MODELS.register_module('MergeVectorNet', module=VectorNet, force=True)
+VECTOR = """model = dict(type='MergeVectorNet', insert=[
+    dict(type='LoRA', targets=r'encoder\\.[02]', rank=2)])
+"""
+
+
+def test_input_that_is_no_image_is_an_error_naming_the_options(tmp_path,
+                                                               capsys):
+    """The default input (1, 3, 224, 224) cannot go through a model of
+    vectors: exit 2 naming --input-shape and --module, nothing written;
+    with --input-shape the merge is proven through the whole model."""
+    config = tmp_path / 'vector.py'
+    config.write_text(VECTOR)
+    model = trained(str(config), r'\.lora_[AB]\.')
+    ckpt, out = str(tmp_path / 'trained.pth'), str(tmp_path / 'merged.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    assert tool.main([str(config), ckpt, '--out', out]) == 2
+    captured = capsys.readouterr()
+    assert error_line(captured.err).startswith(
+        'merge_inserted: error: the input (1, 3, 224, 224) (the default for '
+        'images, 1x3x224x224: no crop_size, data preprocessor size or test '
+        "Resize in the config) does not run through the whole model "
+        "(mode='tensor'): RuntimeError: mat1 and mat2 shapes cannot be "
+        'multiplied')
+    assert 'Give --input-shape with the shape the model takes and, for a ' \
+        'part of the model, --module' in captured.err
+    assert sorted(os.listdir(tmp_path)) == ['trained.pth', 'vector.py']
+    assert tool.main([str(config), ckpt, '--out', out, '--input-shape', '4',
+                      '16']) == 0
+    text = capsys.readouterr().out
+    assert "on input (4, 16) through the whole model (mode='tensor')" in text
+    assert float(PROVEN.search(text).group(1)) <= 1e-5

@@ -1,4 +1,4 @@
-"""Issue 15: the SELECTOR grammar, layer depths on real backbones, tied
+"""The SELECTOR grammar, layer depths on real backbones, tied
 parameters counted once, and the selector/freeze errors."""
 import pytest
 import torch
@@ -11,6 +11,7 @@ import mmext_init
 from mmext_init import ProvenanceOptimWrapperConstructor
 from mmext_init.errors import InitConfigError
 from mmext_init.training.expected import param_table
+from mmext_init.training.plan import selector_table
 from mmext_init.training.selectors import SelectorError, select
 
 SGD = dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=0.01))
@@ -265,3 +266,58 @@ def test_layer_decay_over_a_part_only(net):
     # one block-less module: all its parameters are the stem (depth 0 of 1)
     assert lrs['trunk.0.weight'] == pytest.approx(0.05)
     assert lrs['head.weight'] == pytest.approx(0.1)
+
+
+def test_not_selects_what_its_selector_does_not(net):
+    """``{'not': SELECTOR}`` (``not`` is a Python keyword, so a dict
+    literal): the complement, ANDed with the other keys; a ``not`` whose
+    selector matches nothing is an error (a typo would select all)."""
+    table = param_table(net)
+    assert _names({'not': 'loaded'}, table) == ['head.weight', 'head.bias']
+    assert _names(dict(name='^trunk', **{'not': dict(
+        module_type='_BatchNorm')}), table) == ['trunk.0.weight',
+                                                 'trunk.0.bias']
+    assert _names({'not': ['new', dict(name='bias$')]}, table) == \
+        ['trunk.0.weight', 'trunk.1.weight']
+    with pytest.raises(SelectorError, match=r"'not': selector \{'name': "
+                       r"'haed'\} matches no parameter"):
+        select({'not': dict(name='haed')}, table)
+    with pytest.raises(SelectorError, match=r"not='all' matches none"):
+        select({'not': 'all'}, table)
+    build = ProvenanceOptimWrapperConstructor(SGD, dict(
+        freeze={'not': dict(name='^head')}))
+    optimizer = build(net).optimizer
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == \
+        ['head.weight', 'head.bias']
+    assert sum(len(g['params']) for g in optimizer.param_groups) == 2
+
+
+@pytest.mark.parametrize('adapt', [
+    dict(type='Classes', keys=r'0\.(weight|bias)', index_map=[0, 1, -1]),
+    dict(type='Grow', keys=r'0\..*')], ids=['Classes', 'Grow'])
+def test_freeze_loaded_trains_a_partly_new_head(save_ckpt, adapt):
+    """A model that is only a head (and a new layer), its checkpoint one
+    class short: the head is partly new, ``'new'`` to selectors, and
+    ``provenance='checkpoint'`` still selects it. ``freeze='loaded'`` used
+    to freeze it whole (``optimizer got an empty parameter list``); it now
+    matches nothing and says why, and a ``freeze`` of the new layer leaves
+    the head to train."""
+    head = Sequential(nn.Linear(4, 3), nn.Linear(3, 3), init_cfg=dict(
+        type='Pretrained', checkpoint=save_ckpt({
+            f'0.{k}': v for k, v in nn.Linear(4, 2).state_dict().items()}),
+        adapt=[adapt]))
+    table = selector_table(head)
+    assert _names('new', table) == ['0.weight', '0.bias', '1.weight',
+                                    '1.bias']
+    assert _names(dict(provenance='checkpoint'), table) == \
+        ['0.weight', '0.bias']
+    with pytest.raises(SelectorError, match=(
+            r"^paramwise_cfg\.freeze: selector 'loaded' matches no parameter: "
+            r"the checkpoint provides only part of 2 \(partly new, so 'new': "
+            rf"they train\), e\.g\. '0\.weight' <- {adapt['type']}\(")):
+        ProvenanceOptimWrapperConstructor(SGD, dict(freeze='loaded'))(head)
+    optimizer = ProvenanceOptimWrapperConstructor(SGD, dict(
+        freeze=dict(name=r'^1\.')))(head).optimizer
+    assert [n for n, p in head.named_parameters() if p.requires_grad] == \
+        ['0.weight', '0.bias']
+    assert sum(len(g['params']) for g in optimizer.param_groups) == 2

@@ -151,15 +151,36 @@ def test_resume_with_another_trainable_set_says_why(uninterrupted,
 
 
 @pytest.mark.parametrize('milestone, error, match', [
-    (dict(MILESTONE, at=6), InitConfigError, 'never reached'),
     (dict(MILESTONE, by='epoch'), InitConfigError, 'iteration-based'),
     (dict(MILESTONE, select=dict(name='backbone.layer9')), SelectorError,
      'matches no parameter'),
     (dict(MILESTONE, select='new'), InitConfigError, 'train already'),
     (dict(at=1, select='loaded'), InitConfigError, 'missing by'),
-], ids=['never', 'epoch', 'nothing', 'trainable', 'key'])
+], ids=['epoch', 'nothing', 'trainable', 'key'])
 def test_milestone_errors_before_the_first_iteration(backbone_ckpt, tmp_path,
                                                      milestone, error, match):
     with pytest.raises(error, match=match):
         _run(str(tmp_path / 'bad'), backbone_ckpt, milestones=(milestone, ))
     assert not os.path.exists(str(tmp_path / 'bad' / 'iter_2.pth'))
+
+
+@pytest.mark.parametrize('at', [2, 5], ids=['at_the_end', 'past_the_end'])
+def test_milestone_at_or_past_the_end_is_a_warning(backbone_ckpt, tmp_path,
+                                                   at):
+    """The usual smoke test (``train_cfg.max_iters=2``) of a config whose
+    milestone comes later: the run trains, the warning names the milestone
+    and the end, and what it selects stays frozen."""
+    milestone = dict(MILESTONE, at=at)
+    runner = _run(str(tmp_path / 'short'), backbone_ckpt,
+                  milestones=(milestone, ), iters=2)
+    assert runner.iter == 2
+    log = open(os.path.join(runner.log_dir,
+                            f'{runner.timestamp}.log')).read()
+    assert (f"WARNING - UnfreezeHook milestone (at={at}, by='iter') is never "
+            "reached: training stops at iter 2, so select='loaded' stays "
+            'frozen for the whole run') in log
+    assert 'UnfreezeHook: at iter' not in log
+    assert not runner.model.backbone.conv1.weight.requires_grad
+    ckpt = torch.load(backbone_ckpt)['state_dict']
+    final = _saved(os.path.join(runner.work_dir, 'iter_2.pth'))['state_dict']
+    assert torch.equal(final['backbone.conv1.weight'], ckpt['conv1.weight'])

@@ -5,7 +5,8 @@ Builds the model of CONFIG and of REFERENCE_CONFIG (each config's
 its own ``init_cfg`` (``init_weights()``), sets eval mode, feeds both the
 same seeded random input and prints the maximum absolute difference per
 output tensor. Exit status 1 above ``--atol`` (or on NaN, or when the outputs
-differ in number or shape), 0 otherwise.
+differ in number or shape), 2 when the input does not run through the
+model (the error names ``--input-shape`` and ``--module``), 0 otherwise.
 
 Usage::
 
@@ -13,10 +14,14 @@ Usage::
         [--module backbone] [--input-shape 1 3 64 64] [--atol 1e-6] \\
         [--seed 0] [--cfg-options model.backbone.frozen_stages=-1]
 
-``--module`` is what receives the input: a dotted submodule path
-(``backbone``, ``backbone.layer1``) or a method of the model such as
-``extract_feat`` (backbone + neck). Default: ``backbone`` when the model has
-one, else ``extract_feat`` when it has one, else the model itself.
+``--module`` is what receives the input: ``tensor`` (the whole model,
+``model(x, mode='tensor')`` of an MMEngine ``BaseModel``: backbone, neck and
+heads), a dotted submodule path (``backbone``, ``backbone.layer1``) or a
+method of the model such as ``extract_feat`` (backbone + neck). Default:
+``backbone`` when the model has one, else ``extract_feat`` when it has one,
+else the model itself (new heads are initialized from each model's own
+seeded stream, which the inserted modules' init may shift: compare them
+with ``--module tensor`` where the checkpoint provides them).
 The input shape comes from ``--input-shape``, else from CONFIG
 (``crop_size``, the data preprocessor's ``size``, or the first ``Resize`` of
 the test pipeline), else 1x3x224x224. ``--cfg-options`` apply to both
@@ -27,17 +32,25 @@ Example:
     >>> main(['inserted.py', '--reference', 'stock.py', '--atol', '1e-6'])
     output 0 (1, 64, 16, 16): max abs difference 0.000e+00
     ...
-    function preserved: max 0.000e+00 (atol 1e-06) on input (1, 3, 64, 64)
+    function preserved: max 0.000e+00 (atol 1e-06) on input (1, 3, 64, 64) through backbone
     0
 """
 import argparse
+import functools
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config, DictAction
+from mmengine.model import BaseModel
 from mmengine.registry import MODELS, init_default_scope
+
+TENSOR = 'tensor'  # --module: the whole model, mode='tensor'
+
+
+class ProofInputError(Exception):
+    """The input runs through no candidate module: exit status 2."""
 
 
 def input_shape_from_cfg(cfg: Config) -> Tuple[int, ...]:
@@ -56,6 +69,26 @@ def input_shape_from_cfg(cfg: Config) -> Tuple[int, ...]:
             w, h = resize[0]['scale']  # mmcv Resize scale is (w, h)
             size = (h, w)
     return (1, 3, *size) if size else (1, 3, 224, 224)
+
+
+def input_shape_source(cfg: Config, given: Optional[Sequence[int]]) -> str:
+    """Where :func:`input_shape_from_cfg` (or ``--input-shape``) took the
+    input shape from, for messages.
+
+    Example:
+        >>> input_shape_source(Config(dict(model={})), None)
+        'the default for images, 1x3x224x224: no crop_size, data preprocessor size or test Resize in the config'
+    """
+    if given:
+        return '--input-shape'
+    if cfg.get('crop_size'):
+        return "the config's crop_size"
+    if cfg.model.get('data_preprocessor', {}).get('size'):
+        return "the config's data preprocessor size"
+    if any(t.get('type') == 'Resize' for t in cfg.get('test_pipeline') or []):
+        return "the config's first test Resize"
+    return ('the default for images, 1x3x224x224: no crop_size, data '
+            'preprocessor size or test Resize in the config')
 
 
 def build_initialized(path: str,
@@ -90,6 +123,8 @@ def resolve_target(model: nn.Module, module: Optional[str]) -> Callable:
         if isinstance(getattr(model, 'backbone', None), nn.Module):
             return model.backbone
         return getattr(model, 'extract_feat', model)
+    if module == TENSOR and isinstance(model, BaseModel):
+        return functools.partial(model, mode='tensor')
     try:
         return model.get_submodule(module)
     except AttributeError:
@@ -98,6 +133,51 @@ def resolve_target(model: nn.Module, module: Optional[str]) -> Callable:
             return method
         raise ValueError(f'--module {module!r} is neither a submodule nor a '
                          f'method of {type(model).__name__}') from None
+
+
+def describe_module(model: nn.Module, module: Optional[str]) -> str:
+    """How messages name what gets the input.
+
+    Example:
+        >>> describe_module(nn.Linear(2, 2), 'tensor')
+        "the whole model (mode='tensor')"
+    """
+    if module == TENSOR:
+        return "the whole model (mode='tensor')"
+    if module is None:
+        if isinstance(getattr(model, 'backbone', None), nn.Module):
+            return 'backbone'
+        return 'extract_feat' if callable(getattr(model, 'extract_feat',
+                                                  None)) else 'the model'
+    return module
+
+
+def first_running(model: nn.Module, modules: Sequence[Optional[str]],
+                  x: torch.Tensor, source: str
+                  ) -> Tuple[Optional[str], List[torch.Tensor]]:
+    """The first of ``modules`` that runs on ``x`` (no_grad) and its
+    outputs; each that does not is said, and if none does,
+    :class:`ProofInputError` naming ``--input-shape`` and ``--module``
+    (``source``: where the shape came from)."""
+    error: Optional[BaseException] = None
+    for i, module in enumerate(modules):
+        target = resolve_target(model, module)
+        try:
+            with torch.no_grad():
+                return module, flatten(target(x))
+        except Exception as exc:  # any forward may reject an input
+            error = exc
+            why = f'{type(exc).__name__}: {exc}'.splitlines()[0][:300]
+            if i + 1 < len(modules):
+                print(f'{describe_module(model, module)} does not run on '
+                      f'input {tuple(x.shape)} ({why}); trying '
+                      f'{describe_module(model, modules[i + 1])}')
+    where = ' or '.join(describe_module(model, m) for m in modules)
+    raise ProofInputError(
+        f'the input {tuple(x.shape)} ({source}) does not run through '
+        f'{where}: {why}. Give --input-shape with the shape the model '
+        'takes and, for a part of the model, --module (a submodule path, '
+        f"a method such as extract_feat, or {TENSOR!r})") from error
 
 
 def flatten(out: Any) -> List[torch.Tensor]:
@@ -131,7 +211,8 @@ def largest_difference(outs: List[torch.Tensor], refs: List[torch.Tensor],
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the check; returns the exit status (0 preserved, 1 changed)."""
+    """Run the check; returns the exit status (0 preserved, 1 changed, 2
+    the input does not run through the model)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config with the inserted modules')
     parser.add_argument('--reference', required=True,
@@ -150,14 +231,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      args.seed)
     shape = tuple(args.input_shape or input_shape_from_cfg(cfg))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    try:
+        module, outs = first_running(model, [args.module], x,
+                                     input_shape_source(cfg, args.input_shape))
+    except ProofInputError as error:
+        print(f'check_function_preserving: error: {error}', file=sys.stderr)
+        return 2
     with torch.no_grad():
-        outs = flatten(resolve_target(model, args.module)(x))
-        refs = flatten(resolve_target(reference, args.module)(x))
+        refs = flatten(resolve_target(reference, module)(x))
     worst = largest_difference(outs, refs, 'the reference')
     ok = worst <= args.atol  # False for NaN
     verdict = 'preserved' if ok else 'CHANGED'
     print(f'function {verdict}: max {worst:.3e} (atol {args.atol:g}) on '
-          f'input {shape}')
+          f'input {shape} through {describe_module(model, module)}')
     return 0 if ok else 1
 
 

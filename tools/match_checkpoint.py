@@ -6,16 +6,29 @@ Usage::
     python tools/match_checkpoint.py CONFIG [--module backbone] \\
         [--checkpoint PATH] [--optim] [--json]
 
-The model is built on the meta device (no memory for weights; falls back to
-CPU when a constructor needs real tensors), the checkpoint is read for names
-and shapes only. The module defaults to the first one whose ``init_cfg`` holds
-a ``Pretrained`` entry; ``--checkpoint`` replaces the entry's file and keeps
+The model is built with its parameters and buffers on the meta device
+(``tools/meta_build.py``; a constructor that needs their values is built
+on CPU instead: ``built_on`` is then ``cpu`` and the JSON's
+``built_on_reason`` says why), the checkpoint is read for names and shapes
+only. The module defaults to the first one whose ``init_cfg`` holds a
+``Pretrained`` entry; ``--checkpoint`` replaces the entry's file and keeps
 its key options. When less than half of the module would load, the
-``prefix`` / ``revise_keys`` / ``match='suffix'`` settings that would load the
-most, and more than the entry's own, are printed with their coverage.
+settings that would load the most (no ``prefix``, another ``prefix``, a
+``revise_keys``, ``match='suffix'``), and more than the entry's own, are
+printed with their coverage, ranked by it.
 Names are listed in module order, as in the report. The JSON's ``module``
 is the module path (``''`` for the model root) and ``module_label`` its
 human name (``the model root (RetinaNet)``).
+
+A module whose own ``init_weights`` reads the checkpoint (mmdet/mmseg
+``SwinTransformer``, mmseg ``VisionTransformer``...) applies its own key
+handling and ignores ``prefix``: the dry run predicts what it loads (the
+file's keys as they are, else with the
+module's path stripped, as Swin does with a whole-model checkpoint; see
+:func:`mmext_init.session.own_loader.own_loader_entries`), names the
+loader (``own_loader``), prints the warning the run logs for an ignored
+``prefix`` and suggests no key options (the loader would ignore them); the
+other key options it cannot apply are the run's error (exit status 2).
 
 ``--optim`` adds the trainable report the Runner logs when training starts
 (:mod:`mmext_init.training.report`): counts by provenance, one line per
@@ -34,11 +47,23 @@ shows that constructor's groups and nothing is frozen by a selector
 the optimizer's as built: in the real run, ``auto_scale_lr``, the first step
 of a ``param_scheduler`` (e.g. a warmup) and a resumed optimizer state may
 change them before the report. The JSON holds the report under
-``trainable``. The dry run above it still needs a ``Pretrained`` entry.
+``trainable``. The dry run above it still needs a ``Pretrained`` entry, or
+a ``load_from``.
+
+A config with ``load_from`` (mmdet's fine-tuning recipe) or ``resume``: without
+``--module``, the dry run is of that load, the Runner's own after
+``init_weights()`` (``via`` is ``load_from`` or ``resume``): MMEngine's
+``strict=False`` and ``revise_keys`` on names and shapes, the ``adapt``
+transforms of ``load_from_cfg``; ``--checkpoint`` replaces its file. With
+``--optim`` the prediction includes it whatever the module dry-run, as the
+optimizer constructor's does, and the report adds per file how it reached
+the model and how many of its tensors are frozen (``sources``).
 
 Exit status: 0 when the entry's ``min_loaded`` (default: anything loads)
-would be met, 1 when it would not, 2 when the entry cannot be used at all
-(unreadable checkpoint, transform that cannot apply, bad key options) or,
+would be met, 1 when it would not (nothing loading included: whatever the
+``prefix``, the suggestions then say what would), 2 when the entry cannot
+be used at all (unreadable checkpoint, transform that cannot apply, bad key
+options) or,
 with ``--optim``, when the optim wrapper config cannot (no
 ``optim_wrapper.optimizer``, a ``freeze``/``rules``/``layer_decay`` that is
 malformed or has a selector matching nothing).
@@ -46,19 +71,18 @@ malformed or has a selector matching nothing).
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import sys
 from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
                     Tuple)
 
-import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.optim import OptimWrapper
-from mmengine.registry import (MODELS, OPTIM_WRAPPER_CONSTRUCTORS,
-                               init_default_scope)
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 from mmext_init.errors import (CheckpointError, InitConfigError, entry_label,
                                module_label)
@@ -67,21 +91,21 @@ from mmext_init.loading.options import (PretrainedOptions, as_cfg_list,
                                         build_options, is_pretrained_cfg)
 from mmext_init.loading.plan import ModuleMatch, match_module, open_source
 from mmext_init.provenance.report import fold_names
+from mmext_init.session.code_loads import override_owner
+from mmext_init.session.model_names import is_base_like, uses_contract
+from mmext_init.session.runner_load import (LOAD_FROM_CFG, RunnerLoad,
+                                            register_load, runner_load)
+from mmext_init.session.own_loader import (ignored_options_error,
+                                           own_loader_entries,
+                                           reads_checkpoint_itself)
+from mmext_init.session.self_loading import SelfLoad, ignored_prefix
 from mmext_init.training import ProvenanceOptimWrapperConstructor
 from mmext_init.training.expected import param_table
 from mmext_init.training.plan import TrainingCfg, make_plan
 from mmext_init.training.report import format_trainable, report_data
+from mmext_init.training.startup import loaded_sources, source_lines
 
-
-def build_model(cfg: Config) -> Tuple[nn.Module, str]:
-    """The config's model on the meta device, else on CPU."""
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    try:
-        with torch.device('meta'):
-            return MODELS.build(cfg.model), 'meta'
-    except Exception as exc:  # a constructor that needs real tensors
-        why = f'{type(exc).__name__}: {exc}'.splitlines()[0][:120]
-        return MODELS.build(cfg.model), f'cpu (meta failed: {why})'
+from meta_build import build_model
 
 
 def find_entry(model: nn.Module,
@@ -166,7 +190,78 @@ def trainable_data(model: nn.Module, optim_wrapper: Any) -> Dict[str, Any]:
         plan = make_plan(model, param_table(model), TrainingCfg())
     with quiet_logs():
         optimizer = constructor(model).optimizer
-    return report_data(type(model).__name__, plan, optimizer)
+    data = report_data(type(model).__name__, plan, optimizer)
+    sources = loaded_sources(model, plan)
+    if sources:
+        data['sources'] = sources
+    return data
+
+
+def config_load(cfg: Config, model: nn.Module,
+                checkpoint: Optional[str]) -> Optional[RunnerLoad]:
+    """The load the Runner makes after ``init_weights()`` (``load_from``,
+    ``resume``), its file replaced by ``checkpoint``, recorded for
+    ``model`` (the optimizer prediction includes it)."""
+    load = runner_load(cfg.get('load_from'), bool(cfg.get('resume', False)),
+                       cfg.get('work_dir'), cfg.get(LOAD_FROM_CFG))
+    if load is not None and checkpoint:
+        load = dataclasses.replace(load, checkpoint=checkpoint)
+    if load is not None:
+        register_load(model, load)
+    return load
+
+
+def load_match(model: nn.Module, load: RunnerLoad
+               ) -> Tuple[ModuleMatch, Dict[str, Any]]:
+    """The match of the Runner's load into the whole model."""
+    entry = load.options()
+    match = match_module(model, open_source(entry, load.label), entry,
+                         load.label)
+    return match, dict(own_loader=None, warnings=[], mapping=(
+        f'{load.via}: strict=False, {entry.mapping.describe()}'))
+
+
+def own_loader_match(model: nn.Module, path: str, sub: nn.Module,
+                     entry: PretrainedOptions, label: str,
+                     file: str) -> Tuple[ModuleMatch, Dict[str, Any]]:
+    """The match of the entry as ``sub``'s own ``init_weights`` is
+    predicted to load it (the first of
+    :func:`~mmext_init.session.own_loader.own_loader_entries` that loads
+    anything), and what the result says about it."""
+    owner = f'{override_owner(sub)}.init_weights'
+    error = ignored_options_error(label, override_owner(sub), path, entry)
+    if error is not None:  # the run stops with it
+        raise error
+    options = own_loader_entries(entry, path)
+    for option in options:
+        match = match_module(sub, open_source(option, label, file), option,
+                             label)
+        if match.result.loaded or match.assignment.partial:
+            break
+    load = SelfLoad(label, override_owner(sub), path, type(model).__name__,
+                    entry, list(match.model_shapes), False)
+    keys = ('its path stripped from the file\'s keys'
+            if option.mapping.prefix else 'the file\'s keys as they are')
+    return match, dict(
+        own_loader=owner, warnings=[w for w in [ignored_prefix(load)] if w],
+        mapping=f'read by {owner} itself, predicted with {keys}')
+
+
+def entry_match(model: nn.Module, path: str, sub: nn.Module,
+                entry: PretrainedOptions,
+                file: str) -> Tuple[ModuleMatch, Dict[str, Any]]:
+    """The match of ``sub``'s ``Pretrained`` entry (read from ``file``), as
+    mmext_init or the module's own loader loads it."""
+    label = entry_label(path, type(model).__name__, 'Pretrained')
+    if is_base_like(sub) and not uses_contract(sub) and \
+            reads_checkpoint_itself(sub):
+        match, about = own_loader_match(model, path, sub, entry, label, file)
+    else:
+        match = match_module(sub, open_source(entry, label, file), entry,
+                             label)
+        about = dict(own_loader=None, warnings=[],
+                     mapping=entry.mapping.describe())
+    return match, dict(about, via='Pretrained')
 
 
 def dry_run(config: str, module: Optional[str] = None,
@@ -180,16 +275,21 @@ def dry_run(config: str, module: Optional[str] = None,
         0.985
     """
     cfg = Config.fromfile(config)
-    model, device = build_model(cfg)
-    path, sub, entry = find_entry(model, module)
-    file = checkpoint or entry.checkpoint
+    model, device, why = build_model(cfg)
     root = type(model).__name__
-    label = entry_label(path, root, 'Pretrained')
-    match = match_module(sub, open_source(entry, label, file), entry, label)
+    load = config_load(cfg, model, None if module else checkpoint)
+    if load is not None and not module:  # the Runner's load_from/resume
+        path, sub, entry, file = '', model, load.options(), load.checkpoint
+        match, about = load_match(model, load)
+        about['via'] = load.via
+    else:
+        path, sub, entry = find_entry(model, module)
+        file = checkpoint or entry.checkpoint
+        match, about = entry_match(model, path, sub, entry, file)
     result = match.result
     out = dict(module=path, module_label=module_label(path, root),
-               checkpoint=file, built_on=device,
-               mapping=entry.mapping.describe(),
+               checkpoint=file, built_on=device, built_on_reason=why,
+               **about,
                loaded=[n for n in match.model_shapes if n in result.loaded],
                missing=result.missing,
                unexpected=result.unexpected,
@@ -198,16 +298,18 @@ def dry_run(config: str, module: Optional[str] = None,
                            for k, _, c, m in result.mismatched],
                loaded_fraction=match.fraction,
                min_loaded=entry.min_loaded, suggestions=[])
-    if match.fraction < 0.5:
+    if match.fraction < 0.5 and not about['own_loader'] and \
+            about['via'] == 'Pretrained':  # stock's load takes no options
         out['suggestions'] = [
-            dict(setting=m.describe(), loaded_fraction=f)
+            dict(setting=m.describe_change(entry.mapping),
+                 loaded_fraction=f)
             for m, f in suggest_mappings(match.model_shapes,
                                          match.ckpt_shapes,
                                          current=entry.mapping,
                                          counted=match.params)
         ]
     if optim:
-        if checkpoint:
+        if checkpoint and about['via'] == 'Pretrained':
             replace_checkpoint(sub, checkpoint)
         out['trainable'] = trainable_data(model, cfg.get('optim_wrapper'))
     return out
@@ -215,9 +317,11 @@ def dry_run(config: str, module: Optional[str] = None,
 
 def format_text(res: Dict[str, Any]) -> str:
     """The human text of a :func:`dry_run` result."""
-    lines = [f"{res['module'] or res['module_label']} <- {res['checkpoint']} "
-             f"({res['mapping']}; model built on {res['built_on']}): "
-             f"{res['loaded_fraction']:.1%} of parameter elements would load"]
+    lines = [f'warning: {w}' for w in res['warnings']]
+    lines.append(f"{res['module'] or res['module_label']} <- "
+                 f"{res['checkpoint']} ({res['mapping']}; model built on "
+                 f"{res['built_on']}): {res['loaded_fraction']:.1%} of "
+                 'parameter elements would load')
     groups: List[Tuple[str, Sequence[str]]] = [
         ('would load', res['loaded']), ('missing (declared init)',
                                         res['missing']),
@@ -236,7 +340,8 @@ def format_text(res: Dict[str, Any]) -> str:
         lines.append(f"suggestion: {s['setting']} would load "
                      f"{s['loaded_fraction']:.1%}")
     if 'trainable' in res:
-        lines += ['', format_trainable(res['trainable'])]
+        lines += [''] + source_lines(res['trainable'].get('sources', []))
+        lines.append(format_trainable(res['trainable']))
     return '\n'.join(lines)
 
 

@@ -15,17 +15,33 @@ str, numbers, None): ``torch.load(path, weights_only=True)`` reads it. No
 ``lora_*`` key is left.
 
 Then it proves the merge: the inserted model (the loaded weights) and the
-model of CONFIG without its LoRA entries (``load_state_dict(torch.load(
-out, weights_only=True)['state_dict'], strict=True)``), both in float64 and
-eval mode, get the same seeded input; the largest absolute output
-difference is printed. ``--module`` and ``--input-shape`` are those of
-tools/check_function_preserving.py (a submodule path or a model method;
-the shape from the config's ``crop_size``/preprocessor ``size``/test
-``Resize``), plus ``--module tensor``: the whole model,
-``model(x, mode='tensor')``. By default the input goes to the smallest of
-``backbone``, ``extract_feat`` (backbone + neck) and ``tensor`` that holds
-every folded target, and each folded target must run, or the proof fails.
-When it fails (above ``--atol``), nothing is left at ``--out``.
+model of CONFIG without its LoRA entries (its root loading ``--out`` with
+``Pretrained(strict=True)``, so its init report names the merged file, then
+``load_state_dict(torch.load(out, weights_only=True)['state_dict'],
+strict=True)`` as stock MMEngine reads it), both in float64 and eval mode,
+get the same seeded input; the largest absolute output difference is
+printed. ``--module`` and ``--input-shape`` are those of
+tools/check_function_preserving.py (``tensor``: the whole model,
+``model(x, mode='tensor')``; a submodule path or a model method; the shape
+from the config's ``crop_size``/preprocessor ``size``/test ``Resize``). By
+default the input goes through the whole model (``tensor``: the trained
+heads are proven too); only where that does not run on the input, through
+the smallest of ``backbone`` and ``extract_feat`` (backbone + neck) that
+holds every folded target, saying so. Each folded target must run, or the
+proof fails. An input that runs through none of them (a model whose input
+is not an image: give its shape) is an error naming ``--input-shape`` and
+``--module`` (exit status 2). When the proof fails (above ``--atol``),
+nothing is left at ``--out``.
+
+``--out-config [PATH]`` also writes, once the merge is proven, the config
+the merged file needs as one file (default: ``--out`` with ``.py``): CONFIG
+with its ``_base_`` chain resolved, ``model.insert`` holding only the kept
+entries (none: no ``insert``, and ``mmext_init`` taken out of
+``custom_imports``, mmext_init's hooks out of ``custom_hooks``), since
+``insert`` cannot be deleted through ``_base_``. The libraries' own
+``tools/test.py PATH merged.pth`` runs it without the plugin (training with
+it still needs the plugin where it uses ``ProvenanceOptimWrapperConstructor``
+or ``Pretrained`` options of mmext_init).
 
 Non-LoRA entries (``Adapter``: a non-linear residual; any other insert type)
 cannot be folded: without ``--keep-adapters`` that is an error naming the
@@ -44,8 +60,9 @@ base checkpoint's ``dataset_meta`` when it is plain data.
 Usage::
 
     python tools/merge_inserted.py CONFIG CHECKPOINT [--delta DELTA ...] \\
-        --out merged.pth [--atol 1e-5] [--keep-adapters] \\
-        [--module backbone] [--input-shape 1 3 H W] [--seed 0]
+        --out merged.pth [--out-config [merged.py]] [--atol 1e-5] \\
+        [--keep-adapters] [--module tensor] [--input-shape 1 3 H W] \\
+        [--seed 0]
 
 Run it from the directory the config's relative paths (its own
 ``Pretrained`` checkpoints) resolve from, as when training. Exit status:
@@ -70,29 +87,22 @@ reports left out)::
     wrote merged.pth: 99 tensors, 8 LoRA branches folded; it needs the model of configs/mmdet/retinanet_swin_lora_tiny.py without model.insert (loads in stock MMEngine, no plugin)
 """
 import argparse
-import functools
 import os
 import re
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
-from mmengine.model import BaseModel
 
-import check_function_preserving as cfp
-from mmext_init import (CheckpointError, InitConfigError, fold_names,
-                        open_checkpoint)
+from merge_proof import MergeError, build_loaded, model_options, prove
+from plain_config import plain_config, plain_config_path
+from mmext_init import CheckpointError, fold_names, open_checkpoint
 from mmext_init.inserting import INSERT_TYPES, LoRA, inserted_into, lora_delta
 from mmext_init.inserting.lora import lora_layer
 
 MARK = re.compile(r'insert\[(\d+)\] ')  # inserted_into's marks
-TENSOR = 'tensor'  # --module: the whole model, mode='tensor'
-
-
-class MergeError(Exception):
-    """A config or checkpoint problem: exit status 2."""
 
 
 def plain_data(value: Any) -> bool:
@@ -126,18 +136,6 @@ def insert_of(cfg: Config, config: str) -> List[dict]:
         raise MergeError(f'{config}: model.insert is {entries!r}: no '
                          'inserted module to merge')
     return ConfigDict(insert=list(entries)).to_dict()['insert']
-
-
-def model_options(cfg: Config, insert: List[dict],
-                  init_cfg: Optional[dict]) -> Dict[str, Any]:
-    """``cfg_options`` replacing ``model`` by CONFIG's with ``insert``
-    (dropped when empty) and, if given, the root ``init_cfg``."""
-    model = {k: v for k, v in cfg.model.to_dict().items() if k != 'insert'}
-    if insert:
-        model['insert'] = insert
-    if init_cfg is not None:
-        model['init_cfg'] = init_cfg
-    return {'model': dict(_delete_=True, **model)}
 
 
 def targets_of(model: nn.Module, indices: Sequence[int]) -> Dict[str, List]:
@@ -198,64 +196,6 @@ def unfoldable_error(model: nn.Module, kept: List[int],
         'the config with model.insert holding only these entries')
 
 
-def build_loaded(config: str, options: Dict[str, Any],
-                 seed: int) -> Tuple[nn.Module, Config]:
-    """:func:`check_function_preserving.build_initialized`, its config and
-    checkpoint errors raised as MergeError."""
-    try:
-        return cfp.build_initialized(config, options, seed)
-    except (InitConfigError, CheckpointError, OSError) as error:
-        raise MergeError(f'{config}: {error}') from error
-
-
-def proof_module(model: nn.Module, targets: Sequence[str],
-                 module: Optional[str]) -> Optional[str]:
-    """``module`` if given, else the smallest of ``backbone``,
-    ``extract_feat`` (backbone + neck) and the whole model (``tensor``)
-    that holds every folded target (None: the default of
-    check_function_preserving)."""
-    if module is not None or not targets:
-        return module
-    if isinstance(getattr(model, 'backbone', None), nn.Module) and all(
-            t.startswith('backbone.') for t in targets):
-        return 'backbone'
-    if callable(getattr(model, 'extract_feat', None)) and all(
-            t.startswith(('backbone.', 'neck.')) for t in targets):
-        return 'extract_feat'
-    return TENSOR
-
-
-def resolve(model: nn.Module, module: Optional[str]) -> Callable:
-    """What gets the input: ``tensor`` is ``model(x, mode='tensor')`` of
-    an MMEngine ``BaseModel``, anything else as in
-    check_function_preserving."""
-    if module == TENSOR and isinstance(model, BaseModel):
-        return functools.partial(model, mode='tensor')
-    try:
-        return cfp.resolve_target(model, module)
-    except ValueError as error:
-        raise MergeError(str(error)) from error
-
-
-def run_in_float64(model: nn.Module, module: Optional[str], x: torch.Tensor,
-                   targets: Sequence[str] = ()) -> Tuple[List, List[str]]:
-    """The output tensors of ``module`` of ``model`` (float64, eval) and
-    the ``targets`` (module paths) that did not run."""
-    model.double()
-    model.eval()
-    run = resolve(model, module)
-    ran = set()
-    handles = [model.get_submodule(path).register_forward_hook(
-        lambda *_, path=path: ran.add(path)) for path in targets]
-    try:
-        with torch.no_grad():
-            outs = cfp.flatten(run(x.double()))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outs, [path for path in targets if path not in ran]
-
-
 def base_meta(path: str) -> Dict[str, Any]:
     """The base checkpoint's ``dataset_meta`` if it is plain data."""
     try:
@@ -275,50 +215,6 @@ def needs(config: str, kept: List[dict]) -> str:
             'kept entries; mmext_init imported)')
 
 
-def load_plain(args: argparse.Namespace, cfg: Config, kept: List[dict],
-               path: str) -> Optional[nn.Module]:
-    """CONFIG's model with only the ``kept`` entries, ``path`` loaded
-    strictly (``weights_only``); None (said why) if it does not load."""
-    print('== the merged model, built and initialized as configured, then '
-          'load_state_dict(strict=True) of the merged file')
-    plain, _ = build_loaded(args.config, model_options(cfg, kept, None),
-                            args.seed)
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    try:
-        plain.load_state_dict(state['state_dict'], strict=True)
-    except RuntimeError as error:
-        print(f'the merged file does not load into the merged model: {error}')
-        return None
-    return plain
-
-
-def prove(args: argparse.Namespace, cfg: Config, kept: List[dict],
-          inserted: nn.Module, path: str, targets: Sequence[str]) -> float:
-    """Compare ``inserted`` with the merged model loading ``path`` on the
-    seeded input; the largest difference (inf: the file does not load, or
-    a folded target did not run)."""
-    plain = load_plain(args, cfg, kept, path)
-    if plain is None:
-        return float('inf')
-    shape = tuple(args.input_shape or cfp.input_shape_from_cfg(cfg))
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
-    module = proof_module(inserted, targets, args.module)
-    refs, unreached = run_in_float64(inserted, module, x, targets)
-    worst = cfp.largest_difference(
-        run_in_float64(plain, module, x)[0], refs, 'the inserted model')
-    where = 'through ' + {None: 'the default module', TENSOR: "the whole "
-                          "model (mode='tensor')"}.get(module, module)
-    if unreached:
-        print(f'{len(unreached)} folded targets did not run {where}: '
-              f'{", ".join(fold_names(unreached))} (pass a --module that '
-              'runs them)')
-    ok = worst <= args.atol and not unreached  # False for NaN
-    print(f'merge {"proven" if ok else "NOT proven"}: max {worst:.3e} '
-          f'(atol {args.atol:g}) on input {shape} {where}, float64, eval '
-          'mode')
-    return worst if not unreached else float('inf')
-
-
 def write(path: str, state: Dict[str, torch.Tensor],
           meta: Dict[str, Any]) -> None:
     """``torch.save({'state_dict': state, 'meta': meta}, path)``."""
@@ -331,25 +227,38 @@ def write(path: str, state: Dict[str, torch.Tensor],
 def write_proven(args: argparse.Namespace, cfg: Config, kept: List[dict],
                  inserted: nn.Module, state: Dict[str, torch.Tensor],
                  meta: Dict[str, Any]) -> int:
-    """Write ``--out`` + ``.part``, prove it, then rename it to ``--out``
-    (exit status 0), or remove it (1)."""
-    part = args.out + '.part'
-    write(part, state, meta)
+    """Write ``--out``, prove it (the merged model loads it under its own
+    name, so its report names it), and keep it (exit status 0, and
+    ``--out-config`` written) or remove it (1, or on any error)."""
+    write(args.out, state, meta)
     try:
-        worst = prove(args, cfg, kept, inserted, part, meta['folded'])
+        worst = prove(args, cfg, kept, inserted, args.out, meta['folded'])
     except BaseException:
-        os.remove(part)
+        os.remove(args.out)
         raise
     if not worst <= args.atol:
-        os.remove(part)
+        os.remove(args.out)
         print(f'nothing written to {args.out}')
         return 1
-    os.replace(part, args.out)
     kept_note = ", the kept entries' tensors unchanged" if kept else ''
     print(f'wrote {args.out}: {len(state)} tensors, '
           f'{len(meta["folded"])} LoRA branches folded{kept_note}; it needs '
           f'{meta["needs"]}')
+    if args.out_config is not None:
+        config = write_plain_config(args, kept)
+        print(f'wrote {config}: that config, for the library\'s tools/'
+              f'test.py {config} {args.out}')
     return 0
+
+
+def write_plain_config(args: argparse.Namespace, kept: List[dict]) -> str:
+    """:func:`plain_config.plain_config` written to ``--out-config``."""
+    path = plain_config_path(args.out, args.out_config)
+    try:
+        plain_config(args.config, kept).dump(path)
+    except OSError as error:
+        raise MergeError(f'--out-config {path}: {error}') from error
+    return path
 
 
 def merge(args: argparse.Namespace) -> int:
@@ -359,8 +268,12 @@ def merge(args: argparse.Namespace) -> int:
     except (OSError, SyntaxError, ImportError) as error:
         raise MergeError(f'{args.config}: {error}') from error
     insert = insert_of(cfg, args.config)
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise MergeError(f'--out {args.out}: no such directory')
+    for option, path in (('--out', args.out), ('--out-config', None if
+                         args.out_config is None else
+                         plain_config_path(args.out, args.out_config))):
+        if path is not None and not os.path.isdir(
+                os.path.dirname(os.path.abspath(path))):
+            raise MergeError(f'{option} {path}: no such directory')
     lora, kept = split_entries(insert)
     if kept and not args.keep_adapters:  # named in a model as configured
         model, _ = build_loaded(args.config, {}, args.seed)
@@ -402,6 +315,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='submodule path or model method fed the input')
     parser.add_argument('--input-shape', type=int, nargs='+')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out-config', nargs='?', const='', default=None,
+                        help='also write the config of the merged file '
+                        '(CONFIG without its folded entries) to this path, '
+                        'default: --out with .py')
     args = parser.parse_args(argv)
     try:
         return merge(args)

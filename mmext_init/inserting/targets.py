@@ -2,7 +2,9 @@
 ``re.fullmatch`` on the paths of ``model.named_modules()``) and/or
 ``layer`` (class names, base classes included); both given, a module must
 match both. An entry reaching nothing is an :class:`InitConfigError` naming
-the entry and the closest module paths (or class names).
+the entry and the closest module paths (or class names); so is each branch
+of an alternation in ``targets`` (``.*attn\\.(qkv|porj)``, or ``a|b`` at the
+top level) that matches no module path, though the others do.
 
 Example:
     >>> import torch.nn as nn
@@ -13,14 +15,15 @@ Example:
     ['0']
 """
 import re
-from typing import Collection, List, Optional, Sequence, Set, Tuple, Union
+from typing import (Collection, Iterator, List, Optional, Sequence, Set,
+                    Tuple, Union)
 
 import torch.nn as nn
 
 from ..errors import InitConfigError, close_names
 
 __all__ = ['select_targets', 'closest_paths', 'class_names', 'insert_label',
-           'check_forward_called']
+           'check_forward_called', 'check_branches']
 
 Layer = Optional[Union[str, Sequence[str]]]
 
@@ -35,6 +38,19 @@ def class_names(module: nn.Module) -> Set[str]:
     return {c.__name__ for c in type(module).__mro__}
 
 
+def regex_text(pattern: object) -> str:
+    r"""A regex as written in a config: a raw string where it has a
+    backslash (and no quote), else its repr.
+
+    Example:
+        >>> print(regex_text(r'.*attn\.qkv'), regex_text('a|b'))
+        r'.*attn\.qkv' 'a|b'
+    """
+    if isinstance(pattern, str) and '\\' in pattern and "'" not in pattern:
+        return f"r'{pattern}'"
+    return repr(pattern)
+
+
 def insert_label(index: int, type_name: str, targets: Optional[str],
                  layer: Layer) -> str:
     r"""How messages name an entry (a regex as a raw string, as written in
@@ -45,10 +61,8 @@ def insert_label(index: int, type_name: str, targets: Optional[str],
         insert[0] (LoRA, targets=r'.*attn\.qkv')
     """
     parts = [str(type_name)]
-    if isinstance(targets, str) and '\\' in targets and "'" not in targets:
-        parts.append(f"targets=r'{targets}'")
-    elif targets is not None:
-        parts.append(f'targets={targets!r}')
+    if targets is not None:
+        parts.append(f'targets={regex_text(targets)}')
     if layer is not None:
         parts.append(f'layer={layer!r}')
     return f'insert[{index}] ({", ".join(parts)})'
@@ -98,6 +112,108 @@ def _no_match(model: nn.Module, pattern: Optional[str], layers: List[str],
     return InitConfigError(text + (f'; did you mean {near}?' if near else ''))
 
 
+def _structure(pattern: str) -> Iterator[Tuple[int, str]]:
+    """``(index, char)`` of the ``(``, ``)`` and ``|`` of ``pattern`` that
+    are not escaped and not inside a character class."""
+    i, klass = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == '\\':
+            i += 1
+        elif klass or char == '[':
+            klass = char != ']' if klass else True
+        elif char in '()|':
+            yield i, char
+        i += 1
+
+
+def _groups(pattern: str) -> List[Tuple[int, int]]:
+    """(start, end) of the body of the whole pattern and of each group of
+    it whose branches may be taken one at a time (inside its parentheses):
+    not a lookaround, conditional or backreference group, and neither it
+    nor a group around it under a quantifier."""
+    groups, stack = [(0, len(pattern), True)], []
+    for i, char in _structure(pattern):
+        if char == '(':
+            stack.append(i)
+        elif char == ')' and stack:
+            start = stack.pop()
+            special = re.match(r'\(\?(?:[=!]|<[=!]|\()', pattern[start:])
+            quantified = re.match(r'[*+?{]', pattern[i + 1:i + 2])
+            groups.append((start + 1, i, not special and not quantified))
+    return [(a, b) for a, b, plain in groups
+            if plain and all(ok for c, d, ok in groups if c < a and b < d)]
+
+
+def _branches(pattern: str) -> List[Tuple[str, str]]:
+    r"""``(branch, pattern with only that branch)`` for each branch of each
+    plain alternation of ``pattern`` (the top level and groups not under a
+    quantifier), as :func:`select_targets` checks them.
+
+    Example:
+        >>> [b for b, _ in _branches(r'.*attn\.(qkv|porj)')]
+        ['qkv', 'porj']
+        >>> _branches(r'a|b'), _branches(r'(?:a|b)')
+        ([('a', 'a'), ('b', 'b')], [('a', '(?:a)'), ('b', '(?:b)')])
+        >>> _branches(r'(a|b)+'), _branches(r'x[|]y'), _branches(r'x(?!a|b)')
+        ([], [], [])
+    """
+    out = []
+    for inner, close in _groups(pattern):
+        body = pattern[inner:close]
+        if inner and body.startswith('?'):  # (?:...), (?P<n>...)
+            head = re.match(r'\?(?:P<[^>]*>|[a-zA-Z]*:)', body)
+            if head is None:
+                continue
+            inner += head.end()
+            body = body[head.end():]
+        cuts = _top_bars(body)
+        if not cuts:
+            continue
+        bounds = [-1] + cuts + [len(body)]
+        for a, b in zip(bounds, bounds[1:]):
+            branch = body[a + 1:b]
+            out.append((branch, pattern[:inner] + branch + pattern[close:]))
+    return out
+
+
+def _top_bars(body: str) -> List[int]:
+    """Positions of the ``|`` of ``body`` outside its groups."""
+    cuts, depth = [], 0
+    for i, char in _structure(body):
+        depth += {'(': 1, ')': -1}.get(char, 0)
+        if char == '|' and depth == 0:
+            cuts.append(i)
+    return cuts
+
+
+def check_branches(targets: str, paths: Sequence[str], label: str) -> None:
+    r"""Each branch of an alternation in ``targets`` (``(qkv|proj)``, or
+    ``a|b`` at the top level) must reach one of ``paths`` (the modules of
+    the entry's ``layer``): one that matches none is an
+    :class:`InitConfigError` naming it (a typo there would otherwise
+    silently insert into the other branches only).
+
+    Example:
+        >>> check_branches(r'.*attn\.(qkv|porj)',
+        ...                ['b.attn', 'b.attn.qkv', 'b.attn.proj'], 'insert[0]')
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.InitConfigError: insert[0]: the alternative 'porj' of targets matches no module path (r'.*attn\.(porj)' reaches none); closest module paths: 'b.attn.proj'
+    """
+    for branch, alone in _branches(targets):
+        try:
+            regex = re.compile(alone)
+        except re.error:  # a branch that needs the others (backreference)
+            continue
+        if not any(regex.fullmatch(p) for p in paths):
+            near = closest_paths(alone, paths)
+            raise InitConfigError(
+                f'{label}: the alternative {branch!r} of targets matches no '
+                f'module path ({regex_text(alone)} reaches none)' +
+                (f'; closest module paths: {near}' if near else ''))
+
+
 def select_targets(model: nn.Module,
                    targets: Optional[str],
                    layer: Layer,
@@ -120,18 +236,20 @@ def select_targets(model: nn.Module,
     except (re.error, TypeError) as error:
         raise InitConfigError(f'{label}: targets is no regex: {error}') \
             from error
-    found, paths = [], []
+    found, paths, of_layer = [], [], []
     for path, module in model.named_modules():
         if id(module) in skip:
             continue
         paths.append(path)
-        if pattern is not None and not pattern.fullmatch(path):
-            continue
         if layers and not class_names(module) & set(layers):
             continue
-        found.append((path, module))
+        of_layer.append(path)
+        if pattern is None or pattern.fullmatch(path):
+            found.append((path, module))
     if not found:
         raise _no_match(model, targets, layers, label, paths)
+    if targets is not None:
+        check_branches(targets, of_layer, label)
     return found
 
 

@@ -91,6 +91,20 @@ class KeyMapping:
             parts.append(f'match={self.match!r}')
         return ', '.join(parts) or 'no key mapping'
 
+    def describe_change(self, current: 'KeyMapping') -> str:
+        """The config text of this mapping suggested instead of
+        ``current``: ``no prefix`` where it drops ``current``'s prefix.
+
+        Example:
+            >>> KeyMapping().describe_change(KeyMapping(prefix='backbone.'))
+            'no prefix'
+        """
+        if not current.prefix or self.prefix:
+            return self.describe()
+        rest = replace(self, prefix=None)
+        return 'no prefix' + (f', {rest.describe()}'
+                              if rest != KeyMapping() else '')
+
 
 @dataclass
 class MatchResult:
@@ -218,14 +232,14 @@ def top_prefixes(keys: Iterable[str], depth: int = 1) -> Counter:
 
 def _candidates(current: KeyMapping, model_shapes: Mapping[str, Shape],
                 ckpt_shapes: Mapping[str, Shape]) -> List[KeyMapping]:
-    """``current`` with one option changed: another ``prefix`` (from the
-    keys its other options make), a leading component added by
-    ``revise_keys`` (without ``prefix``), or ``match='suffix'``."""
+    """``current`` with one option changed: no ``prefix``, another
+    ``prefix`` (from the keys its other options make), a leading component
+    added by ``revise_keys`` (without ``prefix``), or ``match='suffix'``."""
     try:
         keys = replace(current, prefix=None).map_keys(ckpt_shapes)
     except ValueError:
         keys = {}
-    out: List[KeyMapping] = []
+    out: List[KeyMapping] = [replace(current, prefix=None)]
     for depth in (1, 2):
         for prefix, _ in top_prefixes(keys, depth).most_common(8):
             out.append(replace(current, prefix=prefix))
@@ -246,15 +260,22 @@ def suggest_mappings(model_shapes: Mapping[str, Shape],
     options), best first, with the fraction of the elements of ``counted``
     (default: all of the module's) each would load.
 
-    Each candidate is ``current`` with one option changed: taking another
-    sub-tree of the checkpoint (``prefix``), adding a leading component to
-    its keys (``revise_keys``), or ``match='suffix'``; the other options of
-    ``current`` are kept. A candidate that loads no more than ``current``
-    would not change the result and is not suggested.
+    Each candidate is ``current`` with one option changed: dropping its
+    ``prefix``, taking another sub-tree of the checkpoint (``prefix``),
+    adding a leading component to its keys (``revise_keys``), or
+    ``match='suffix'``; the other options of ``current`` are kept. A
+    candidate that loads no more than ``current`` would not change the
+    result and is not suggested. Ranked by what they would load (the
+    order of the list above among equals).
 
     Example:
         >>> suggest_mappings({'conv.w': (1, )}, {'backbone.conv.w': (1, )})
         [(KeyMapping(prefix='backbone.', ...), 1.0)]
+        >>> whole = {'backbone.conv.w': (1, ), 'head.fc.w': (1, )}
+        >>> [(m.describe_change(KeyMapping(prefix='backbone.')), f)
+        ...  for m, f in suggest_mappings(whole, whole,
+        ...                               current=KeyMapping(prefix='backbone.'))]
+        [('no prefix', 1.0), ("prefix='backbone.', match='suffix'", 0.5)]
     """
     current = current or KeyMapping()
 

@@ -59,7 +59,8 @@ def check_coverage(result: MatchResult, fraction: float,
         prefixes = ', '.join(
             f'{p!r} ({n} keys)'
             for p, n in top_prefixes(ckpt_shapes).most_common(5))
-        hints = '; '.join(f'{m.describe()} would load {f:.0%}'
+        hints = '; '.join(f'{m.describe_change(entry.mapping)} would '
+                          f'load {f:.0%}'
                           for m, f in suggest_mappings(
                               model_shapes, ckpt_shapes,
                               current=entry.mapping))

@@ -28,8 +28,7 @@ Example:
     (['0.bias', '0.weight'], 0)
 """
 import copy
-from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
-                    Set)
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import torch
 import torch.nn as nn
@@ -38,7 +37,6 @@ from mmengine.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
 from ..errors import (InitConfigError, InitConfigTypeError, close_names,
                       entry_label)
-from ..loading.options import as_cfg_list
 from ..provenance.ledger import INITIALIZER, VoidEntry
 from ..provenance.tracking import InitSource, WriteTracker
 

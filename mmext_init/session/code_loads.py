@@ -11,25 +11,28 @@ when they were read through a map of that checkpoint (see
 :mod:`mmext_init.checkpoint.page_release`). What the load left out (keys the module did not take,
 shapes that did not fit) is collected too, so that :func:`code_load_records`
 reports it and enforces ``strict``, ``on_mismatch`` and ``min_loaded`` as for
-mmext_init's own loads.
+mmext_init's own loads (a ``prefix`` the override ignored is a warning, and
+its record carries none).
 
 Example:
     >>> is_under('backbone.layers.0.weight', 'backbone')
     True
 """
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from torch.nn.parameter import is_lazy
 
 from ..loading.key_matching import element_fraction
 from ..loading.load_checks import check_load_options, is_counter
 from ..provenance.ledger import CHECKPOINT, LoadRecord, ProvenanceLedger
 from ..checkpoint.safe_load import file_key
-from .self_loading import (SelfLoad, nothing_loaded_error,
+from .self_loading import (SelfLoad, ignored_prefix, nothing_loaded_error,
                            unmatched_load_error)
 from ..provenance.tracking import InitSource
 
@@ -207,10 +210,14 @@ def code_load_records(session: Any, tensors: Dict[str, torch.Tensor],
         check_load_options(entry, label, fraction, missing, found.unexpected,
                            found.mismatched,
                            {n: tuple(tensors[n].shape) for n in missing})
-        records.append(
+        warning = ignored_prefix(
+            SelfLoad.of(session, module, override_owner(module), entry))
+        if warning:
+            print_log(warning, logger='current', level=logging.WARNING)
+        records.append(  # no prefix: the override applied none
             LoadRecord(path, entry.checkpoint,
                        f'{override_owner(module)}.init_weights',
-                       entry.prefix, loaded, missing, list(found.unexpected),
+                       None, loaded, missing, list(found.unexpected),
                        list(found.mismatched), [], fraction))
     return records
 

@@ -23,7 +23,6 @@ from mmengine.model import is_model_wrapper
 from ..checkpoint.page_release import MappedFile
 from ..context import CONTEXT, current_session
 from ..deferred import construction as deferred
-from ..errors import InitConfigError
 from ..loading.copy import apply_loads
 from ..loading.options import (PretrainedOptions, as_cfg_list,
                                is_pretrained_cfg)
@@ -35,6 +34,7 @@ from .code_loads import CodeLoadFindings, override_owner
 from .ledger_build import build_ledger, enforce_on_missing
 from .load_plans import SessionPlans
 from .model_names import ModelNames, is_base_like, uses_contract
+from .own_loader import ignored_options_error
 from .runner_load import load_of_model
 
 _INIT_MISSING_NOTE = 'init_missing of Pretrained'
@@ -134,16 +134,10 @@ class InitSession:
         if id(module) in self.handled:
             return
         for entry in self.pretrained_entries(module):
-            ignored = entry.ignored_by_own_loader()
-            if ignored:
-                raise InitConfigError(
-                    f"{self.label(path, 'Pretrained')}: "
-                    f'{override_owner(module)}.init_weights loads '
-                    f'{entry.checkpoint} itself and ignores '
-                    f'{", ".join(ignored)}. Put the Pretrained entry on the '
-                    f'parent module (with revise_keys=[(r"^", '
-                    f'"{path.rsplit(".", 1)[-1] or "<child>"}.")]) or on a '
-                    'wrapper, where mmext_init applies every option.') from exc
+            error = ignored_options_error(self.label(path, 'Pretrained'),
+                                          override_owner(module), path, entry)
+            if error is not None:
+                raise error from exc
 
     def after_override(self, module: nn.Module, path: str) -> None:
         """Finish what an ``init_weights`` override left undone."""

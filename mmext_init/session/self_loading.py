@@ -9,7 +9,9 @@ its own tensors with a bare ``KeyError``. Both become a
 :class:`~mmext_init.errors.CheckpointError` naming the entry and the file,
 saying what the backbone did, and giving the fixes: the entry on the parent
 module (where mmext_init applies every key option), a checkpoint of the
-backbone alone, or ``convert_weights=False`` (Swin).
+backbone alone, or ``convert_weights=False`` (Swin). A ``prefix`` such a
+backbone ignores while it loads is a warning naming it
+(:func:`ignored_prefix`); :mod:`.own_loader` predicts what it loads.
 
 Example:
     >>> from mmext_init.loading.options import PretrainedOptions
@@ -155,6 +157,30 @@ def _ignores_prefix(load: SelfLoad) -> str:
     return (f'{load.label}: {load.owner}.init_weights reads '
             f'{load.entry.checkpoint} itself, with its own key handling, and '
             f'ignores `prefix`{setting}')
+
+
+def ignored_prefix(load: SelfLoad) -> Optional[str]:
+    """The warning for an entry whose ``prefix`` the module's own loader
+    does not apply (None without a prefix): the load goes on with the
+    loader's own key handling, which the ledger reports.
+
+    Example:
+        >>> load = SelfLoad("init_cfg of 'backbone' (Pretrained)",
+        ...                 'SwinTransformer', 'backbone', 'EncoderDecoder',
+        ...                 PretrainedOptions('seg.pth', prefix='bakbone.'),
+        ...                 ['patch_embed.projection.weight'], False)
+        >>> print(ignored_prefix(load))  # doctest: +NORMALIZE_WHITESPACE
+        init_cfg of 'backbone' (Pretrained): SwinTransformer.init_weights
+        reads seg.pth itself, with its own key handling, and ignores
+        `prefix` (prefix='bakbone.' is not applied). Remove prefix from the
+        entry, or move the entry to the parent module, where mmext_init
+        applies prefix and every key option.
+    """
+    if not load.entry.prefix:
+        return None
+    return (f'{_ignores_prefix(load)}. Remove prefix from the entry, or move '
+            'the entry to the parent module, where mmext_init applies prefix '
+            'and every key option.')
 
 
 def nothing_loaded_error(load: SelfLoad, offered: Sequence[Sequence[str]],

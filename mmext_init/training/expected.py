@@ -18,8 +18,6 @@ Example:
     >>> list(origins), origins['0.weight'].kind
     (['0.weight'], 'checkpoint')
 """
-import copy
-import dataclasses
 from typing import Dict, List, Optional
 
 import torch.nn as nn
@@ -32,6 +30,7 @@ from ..provenance.report import fold_names
 from ..provenance.stored import stored_ledger
 from ..session.load_plans import plan_entries, plan_entry, superseded_reason
 from ..session.model_names import ModelNames, is_base_like, uses_contract
+from ..session.own_loader import own_loader_entries, reads_checkpoint_itself
 from ..session.runner_load import RESUME, load_of_model, plan_runner_load
 from .selectors import Origin, ParamTable
 
@@ -39,22 +38,21 @@ from .selectors import Origin, ParamTable
 def own_loader_plans(names: ModelNames, module: nn.Module) -> List[LoadPlan]:
     """The predicted plans of a module whose own ``init_weights`` reads its
     ``Pretrained`` entries with its own key handling (mmdet Swin, mmseg
-    ViT...): the entry as declared; if that matches nothing, with the
-    module's path stripped from the checkpoint keys (what Swin does with a
-    whole-detector checkpoint). The real ledger checks the prediction."""
+    ViT...): the first of :func:`own_loader_entries` that matches anything
+    (the file's keys as they are, whatever the ``prefix``; then with the
+    module's path stripped, what Swin does with a whole-detector
+    checkpoint). The real ledger checks the prediction."""
     plans = []
     path = names.path_of(module)
     for entry in names.pretrained_entries(module):
-        try:
-            plans.append(plan_entry(names, module, entry))
-            continue
-        except CheckpointError:
-            if not path:
-                raise
-        stripped = copy.copy(entry)
-        stripped.mapping = dataclasses.replace(entry.mapping,
-                                               prefix=f'{path}.')
-        plans.append(plan_entry(names, module, stripped))
+        options = own_loader_entries(entry, path)
+        for i, option in enumerate(options):
+            try:
+                plans.append(plan_entry(names, module, option))
+                break
+            except CheckpointError:
+                if i == len(options) - 1:
+                    raise
     return plans
 
 
@@ -68,8 +66,9 @@ def pretrained_plans(root: nn.Module) -> List[LoadPlan]:
     for module in filter(is_base_like, root.modules()):
         if uses_contract(module) and superseded_reason(names, module, plans):
             continue
-        plans += plan_entries(names, module) if uses_contract(module) \
-            else own_loader_plans(names, module)
+        own = not uses_contract(module) and reads_checkpoint_itself(module)
+        plans += own_loader_plans(names, module) if own \
+            else plan_entries(names, module)
     return plans
 
 

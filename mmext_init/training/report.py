@@ -9,10 +9,13 @@ Example of the text::
     parameter groups (SGD):
       group 0: lr=0.005 weight_decay=0.0001, 40 tensors: backbone.adapters.{0..2}.up.{weight,bias}, ...
     frozen: backbone.{conv1,bn1}.weight, ...
+
+Partly new parameters (:func:`.plan.partly_new`) get a line of their own, saying why
+they train under ``freeze='loaded'``.
 """
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -66,7 +69,11 @@ def report_data(root: str, plan: TrainingPlan,
                        if v['trainable']['tensors'] or v['frozen']['tensors']},
             'groups': groups,
             'frozen': [n for p in plan.table.params
-                       if not p.param.requires_grad for n in p.names]}
+                       if not p.param.requires_grad for n in p.names],
+            'partly_new': [dict(name=n, completed_by=p.partly,
+                                trainable=p.param.requires_grad)
+                           for p in plan.table.params if p.partly
+                           for n in p.names]}
 
 
 def format_trainable(data: Dict[str, Any]) -> str:
@@ -98,12 +105,38 @@ def format_trainable(data: Dict[str, Any]) -> str:
         lines.append(f'  group {i}: lr={_number(group["lr"])} weight_decay='
                      f'{_number(group["weight_decay"])}{where}, '
                      f'{len(group["names"])} tensors: {shown}{more}')
+    lines += partly_lines(data.get('partly_new', ()))
     if data['frozen']:
         folded = fold_names(data['frozen'])
         lines.append('frozen: ' + ', '.join(folded[:MAX_LINES]) +
                      (f', ... (see {TRAINABLE_FILE})'
                       if len(folded) > MAX_LINES else ''))
     return '\n'.join(lines)
+
+
+def partly_lines(partly: Sequence[Dict[str, Any]]) -> List[str]:
+    """The line of the partly new tensors, folded by what completes them:
+    why they train although the checkpoint provided part of them (or that
+    a selector froze them).
+
+    Example:
+        >>> partly_lines([dict(name=f'{h}.fc.{t}', trainable=True,
+        ...                    completed_by='Classes(new=[5])')
+        ...               for h in ('head', 'aux') for t in ('weight', 'bias')])
+        ["partly new (the checkpoint provides part, the rest is new: 'new' to selectors, not 'loaded', so freeze='loaded' leaves them to train): {head,aux}.fc.{weight,bias} <- Classes(new=[5]), trains"]
+    """
+    if not partly:
+        return []
+    by_how: Dict[Tuple[str, bool], List[str]] = {}
+    for p in partly:
+        by_how.setdefault((p['completed_by'], p['trainable']),
+                          []).append(p['name'])
+    shown = '; '.join(f"{', '.join(fold_names(names))} <- {how}, "
+                      f"{'trains' if trainable else 'frozen'}"
+                      for (how, trainable), names in by_how.items())
+    return ['partly new (the checkpoint provides part, the rest is new: '
+            "'new' to selectors, not 'loaded', so freeze='loaded' leaves "
+            f'them to train): {shown}']
 
 
 def write_trainable(data: Dict[str, Any],

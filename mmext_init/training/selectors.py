@@ -1,17 +1,23 @@
-"""The SELECTOR grammar: which parameters a ``freeze``, ``rules`` or
+r"""The SELECTOR grammar: which parameters a ``freeze``, ``rules`` or
 ``layer_decay`` entry (or an ``UnfreezeHook`` milestone) means.
 
-A selector is ``'loaded'`` (the checkpoint provided all or part of the
-tensor), ``'new'`` (everything else), ``'all'``, a dict, or a list of
-selectors (their union). A dict's keys are ANDed:
+A selector is ``'loaded'`` (the checkpoint provided all of the tensor),
+``'new'`` (everything else: tensors no checkpoint provides, and *partly new*
+ones, whose checkpoint part an ``adapt`` transform such as ``Classes``,
+``Grow`` or ``InputChannels`` completes with new rows or channels), ``'all'``,
+a dict, or a list of selectors (their union). A dict's keys are ANDed:
 
-* ``provenance``: a ledger kind or a list of kinds;
+* ``provenance``: a ledger kind or a list of kinds (``'checkpoint'`` also
+  selects partly new tensors: the checkpoint wrote part of them);
 * ``name``: a regex searched in the parameter name (``re.search``);
 * ``module_type``: class name(s), bases included: the class of the module
   holding the parameter or of any module containing it;
 * ``source``: a regex searched in the checkpoint file it was loaded from;
 * ``declared_by``: a regex searched in the path of the module whose
-  ``init_cfg`` declared its value.
+  ``init_cfg`` declared its value;
+* ``not``: a selector (a list: their union); the parameters it does not
+  match. Written ``{'not': ...}`` (``not`` is a Python keyword), e.g.
+  ``dict(name=r'^backbone\.', **{'not': dict(module_type='_BatchNorm')})``.
 
 A selector (or a list member) matching nothing is an error naming it and
 the closest names. Tied parameters (one tensor under two names) are one
@@ -25,6 +31,8 @@ Example:
     ['0.weight']
     >>> [p.name for p in select(dict(module_type='_BatchNorm'), table)]
     ['1.weight', '1.bias']
+    >>> [p.name for p in select({'not': ['loaded', dict(name='bias')]}, table)]
+    ['1.weight']
     >>> select(dict(name='weigth'), table)
     Traceback (most recent call last):
     ...
@@ -42,7 +50,8 @@ from ..provenance.inserted import inserted_notes
 from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
-SELECTOR_KEYS = ('provenance', 'name', 'module_type', 'source', 'declared_by')
+SELECTOR_KEYS = ('provenance', 'name', 'module_type', 'source', 'declared_by',
+                 'not')
 
 
 class SelectorError(InitConfigError):
@@ -69,11 +78,18 @@ class ParamInfo:
     origin: Origin
     module_types: FrozenSet[str]
     inserted: Optional[str] = None  # e.g. 'inserted by LoRA(rank=8) ...'
+    # partly new: what the checkpoint provides, e.g. "Classes(...)"
+    partly: Optional[str] = None
 
     @property
     def loaded(self) -> bool:
         """Whether the checkpoint provided all or part of it."""
         return self.origin.kind == CHECKPOINT
+
+    @property
+    def fully_loaded(self) -> bool:
+        """Whether the checkpoint provided all of it (``'loaded'``)."""
+        return self.loaded and self.partly is None
 
 
 @dataclass
@@ -109,6 +125,14 @@ class ParamTable:
     def names(self) -> List[str]:
         """Every parameter name (tied ones under each of their names)."""
         return [n for p in self.params for n in p.names]
+
+    def mark_partly(self, partly: Mapping[str, str]) -> None:
+        """Mark the parameters named in ``partly`` (name -> what the
+        checkpoint provides of it) partly new (they are ``'new'``, not
+        ``'loaded'``); the others not."""
+        for info in self.params:
+            info.partly = next((partly[n] for n in info.names if n in partly),
+                               None)
 
 
 def _module_types(model: nn.Module) -> Callable[[str], FrozenSet[str]]:
@@ -163,6 +187,9 @@ def _key_test(key: str, value: Any, table: ParamTable) -> Test:
         return lambda p: bool(types & p.module_types)
     if key == 'name':
         return _regex(key, value, lambda p: p.names)
+    if key == 'not':
+        chosen = {id(p) for p in select(value, table, "'not'")}
+        return lambda p: id(p) not in chosen
     if key == 'source':
         return _regex(key, value, lambda p: (p.origin.source, ))
     return _regex(key, value, lambda p: (p.origin.declared_by, ))
@@ -170,6 +197,8 @@ def _key_test(key: str, value: Any, table: ParamTable) -> Test:
 
 def _options(key: str, table: ParamTable) -> List[str]:
     """What a dict key could have named, for 'closest names'."""
+    if key == 'not':  # a selector, not a value
+        return []
     seen: Dict[str, None] = {}
     for p in table.params:
         if key == 'name':
@@ -198,6 +227,18 @@ def _nothing(selector: Any, table: ParamTable) -> SelectorError:
                          + '; '.join(parts))
 
 
+def _keyword_nothing(selector: Any, table: ParamTable) -> SelectorError:
+    """The error for a keyword matching nothing; for ``'loaded'``, the
+    partly new parameters it leaves out, if any."""
+    partly = [p for p in table.params if p.partly]
+    why = ''
+    if selector == 'loaded' and partly:
+        why = (f": the checkpoint provides only part of {len(partly)} "
+               f"(partly new, so 'new': they train), e.g. "
+               f'{partly[0].name!r} <- {partly[0].partly}')
+    return SelectorError(f'selector {selector!r} matches no parameter{why}')
+
+
 def matcher(selector: Any, table: ParamTable) -> Test:
     """The test of one selector (not a list), checked for form."""
     if isinstance(selector, str):
@@ -208,8 +249,8 @@ def matcher(selector: Any, table: ParamTable) -> Test:
                 + (f'(did you mean {close}?)' if close else '(or a dict)'))
         if selector == 'all':
             return lambda p: True
-        return (lambda p: p.loaded) if selector == 'loaded' else \
-            (lambda p: not p.loaded)
+        return (lambda p: p.fully_loaded) if selector == 'loaded' else \
+            (lambda p: not p.fully_loaded)
     if not isinstance(selector, Mapping) or not selector:
         raise SelectorError(f'selector {selector!r}: expected one of '
                             f'{", ".join(KEYWORDS)}, a non-empty dict or a '
@@ -240,8 +281,7 @@ def select(selector: Any, table: ParamTable,
             found = {id(p) for p in table.params if test(p)}
             if not found:
                 raise _nothing(member, table) if isinstance(
-                    member, Mapping) else SelectorError(
-                        f'selector {member!r} matches no parameter')
+                    member, Mapping) else _keyword_nothing(member, table)
             chosen |= found
     except SelectorError as exc:
         if not where:

@@ -1,4 +1,4 @@
-"""Issue 16 end to end: ``model = dict(..., insert=[...])`` in the tiny
+"""Inserting from the config, end to end: ``model = dict(..., insert=[...])`` in the tiny
 configs, trained by mmdet's and mmseg's own, unchanged ``tools/train.py``:
 the original names still load from the checkpoint, the inserted tensors
 get their declared init and say in the ledger what inserted them, they
