@@ -1,6 +1,6 @@
-"""tools/zoo_sweep.py: selection, stripping ``Pretrained``, what stock
-reaches, check 3's explanation rule and the summary (the sweep itself runs
-in tests/e2e/test_zoo.py)."""
+"""tools/zoo_sweep.py: selection, what stock reaches, check 3's explanation
+rule and the summary (the files for configs as shipped: test_zoo_files.py;
+the sweep itself runs in tests/e2e/test_zoo.py)."""
 import os
 import sys
 
@@ -15,8 +15,7 @@ from toy_models import Adapter
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'tools'))
 
-from zoo_models import (bit_equal, differing, state_of,  # noqa: E402
-                        stock_reach, strip_pretrained)
+from zoo_models import bit_equal, differing, state_of, stock_reach  # noqa
 from zoo_sweep import (format_line, format_summary, list_configs,  # noqa
                        select_configs, summarize)
 from zoo_verdicts import check_vs_stock  # noqa: E402
@@ -59,20 +58,6 @@ def test_only_limit_and_all(configs):
         ['vit/vit_a.py']
     assert len(select_configs(configs, every=True)) == 7
     assert len(select_configs(configs, limit=3)) == 3
-
-
-def test_strip_pretrained_everywhere():
-    cfg = dict(type='M', pretrained='open-mmlab://r50', backbone=dict(
-        init_cfg=dict(type='Pretrained', checkpoint='a.pth')),
-        neck=dict(init_cfg=[dict(type='Pretrained', checkpoint='b'),
-                            dict(type='Xavier', layer='Conv2d')]),
-        heads=[dict(init_cfg=[dict(type='Pretrained', checkpoint='c')])],
-        keep=dict(pretrained=True))
-    assert strip_pretrained(cfg) == 4
-    assert cfg['pretrained'] is None and cfg['backbone']['init_cfg'] is None
-    assert cfg['neck']['init_cfg'] == [dict(type='Xavier', layer='Conv2d')]
-    assert cfg['heads'][0]['init_cfg'] is None
-    assert cfg['keep'] == dict(pretrained=True)
 
 
 class _Head(BaseModule):
@@ -133,7 +118,7 @@ def test_vs_stock_explains_unreached_and_shifted_stream():
     # blocks.0 (ModuleList) and custom.inner (below an override): unreached;
     # head.fc.weight: Normal drawn after blocks.0's Kaiming draws.
     assert result['counts'] == {'unreached': 5, 'rng-shift': 1,
-                                'unexplained': 0}
+                                'skipped-draws': 0, 'unexplained': 0}
     assert result['unreached_modules'] == ['blocks.0', 'custom.inner']
 
 
@@ -200,3 +185,9 @@ def test_summary_lists_failures_skips_and_ratios():
     assert format_line(results[1]) == (
         'FAIL  mmdet:b/b.py  deferral: 74 of 300 tensors differ  '
         '[stock 1.00s plugin 2.00s cpu x2.00 (wall x3.00)]')
+
+
+def test_line_shows_a_failed_plugin_build():
+    result = _result('e/e.py', 'FAIL', checks={'build': {
+        'status': 'fail', 'detail': 'plugin build: KeyError: x'}})
+    assert 'build: plugin build: KeyError: x' in format_line(result)

@@ -3,7 +3,8 @@
 # demo and the test-suite need: torch 2.14.1 with torchvision 0.29.1,
 # mmengine 0.10.7, mmcv 2.1.0 built from source with its compiled ops against
 # that torch, mmdet 3.3.0, mmsegmentation 1.2.2, mmpretrain 1.2.0, timm, and
-# this package in editable mode with its test extras.
+# this package in editable mode with its test and docs extras (sphinx,
+# myst-parser: tests/test_docs.py builds the documentation site).
 #
 #   bash tools/setup_env.sh            # venv in ./.venv (override: MMEXT_VENV=...)
 #
@@ -61,7 +62,7 @@ fi
 # mmseg imports ftfy and regex (its tokenizer) without declaring them.
 "${PIP[@]}" "${TORCH_PINS[@]}" 'mmdet==3.3.0' 'mmsegmentation==1.2.2' \
   'mmpretrain==1.2.0' 'timm==1.0.31' ftfy regex
-"${PIP[@]}" --no-build-isolation -e "$ROOT[test]"
+"${PIP[@]}" --no-build-isolation -e "$ROOT[test,docs]"
 "$PY" - <<'EOF'
 import torch, torchvision, mmengine, mmcv, mmcv.ops, mmdet, mmseg, mmpretrain, timm
 print('[setup_env] torch', torch.__version__, 'torchvision', torchvision.__version__,

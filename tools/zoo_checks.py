@@ -3,15 +3,20 @@
     python tools/zoo_checks.py stock  PACKAGE CONFIG OUT_DIR
     python tools/zoo_checks.py plugin PACKAGE CONFIG OUT_DIR
 
-``stock`` never imports mmext_init (checked): it builds the config with every
-``Pretrained`` removed (seed 0), writes the state dict as a Runner-style
-checkpoint (``OUT_DIR/stock.pth``, numpy values in ``meta``) and a plain one
-(``stock_plain.pth``, for timing stock's own ``Pretrained`` load, which
-cannot read numpy ``meta`` under torch >= 2.6), the forward outputs, which
-modules its recursion reached, and timings. ``plugin`` imports mmext_init and
-runs checks 2-5 against those files (see tools/zoo_sweep.py). Each writes
-``OUT_DIR/<mode>.json``.
+``stock`` never imports mmext_init (checked). It builds the config as
+shipped: first a build with every checkpoint reference removed gives each
+reference's file in the hub cache (``$TORCH_HOME``, set by the sweep;
+``tools/zoo_files.py``), then the config is built as shipped (seed 0,
+references without a file removed, with the reason) and its state dict is
+written as a Runner-style checkpoint (``OUT_DIR/stock.pth``, numpy values in
+``meta``) and a plain one (``stock_plain.pth``, for timing stock's own
+``Pretrained`` load, which cannot read numpy ``meta`` under torch >= 2.6),
+with the forward outputs, the tensors stock took from the generated files,
+which modules its recursion reached, and timings. ``plugin`` imports
+mmext_init and runs checks 2-5 and ``shipped`` against those files (see
+tools/zoo_sweep.py). Each writes ``OUT_DIR/<mode>.json``.
 """
+import copy
 import importlib
 import json
 import os
@@ -23,13 +28,15 @@ from mmengine.registry import MODELS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from zoo_models import (build_and_init, differing, first_line,  # noqa: E402
-                        forward_outputs, load_config, overrides_init_weights,
-                        runner_checkpoint, seed_all, setup_scope, state_of,
-                        stock_reach, with_init_cfg)
+from zoo_models import (bit_equal, build_and_init, differing,  # noqa: E402
+                        first_line, forward_outputs, load_config,
+                        overrides_init_weights, runner_checkpoint, seed_all,
+                        setup_scope, state_of, stock_reach, with_init_cfg)
+from zoo_files import make_files  # noqa: E402
+from zoo_urls import find_refs, strip_refs  # noqa: E402
 from zoo_verdicts import (LogCapture, check_backbone, check_deferral,  # noqa
-                          check_ledger_values, check_vs_stock, deferral,
-                          verdict)
+                          check_ledger_values, check_shipped, check_vs_stock,
+                          deferral, skipped_draws, verdict)
 
 STOCK_CKPT = 'stock.pth'
 STOCK_PLAIN = 'stock_plain.pth'
@@ -38,16 +45,21 @@ BACKBONE_PREFIX = 'backbone.'
 
 
 def run_stock(package: str, config: str, out: str) -> Dict[str, Any]:
-    """Stock build, files for the plugin run, timings; ``skip`` on failure."""
+    """Stock build as shipped, files for the plugin run, timings; ``skip``
+    on failure."""
     assert 'mmext_init' not in sys.modules, 'stock run imported mmext_init'
     try:
         setup_scope(package)
         cfg = load_config(config, package)
+        shipped, expected = make_config_files(cfg.model)
         model, seconds = build_and_init(cfg.model)
     except Exception as exc:  # stock cannot build it: the config is skipped
         return {'skip': first_line(exc)}
     called, body_ran = stock_reach(model)
     state = state_of(model)
+    shipped['loaded'] = [n for n, v in expected.items()
+                         if n in state and bit_equal(state[n], v)]
+    del expected
     torch.save(runner_checkpoint(state), os.path.join(out, STOCK_CKPT))
     plain = os.path.join(out, STOCK_PLAIN)
     torch.save({'state_dict': state}, plain)
@@ -66,8 +78,44 @@ def run_stock(package: str, config: str, out: str) -> Dict[str, Any]:
     return dict(seconds=seconds, pretrained_seconds=pretrained_seconds,
                 pretrained_error=pretrained_error, called=sorted(called),
                 body_ran=sorted(body_ran), forward=how, tensors=tensors,
-                has_backbone=has_backbone,
+                has_backbone=has_backbone, shipped=shipped,
                 mmext_init_imported='mmext_init' in sys.modules)
+
+
+def make_config_files(model_cfg: Dict) -> tuple:
+    """Files in the hub cache for every checkpoint reference of
+    ``model_cfg`` (the ones without a file removed from it, in place): the
+    ``shipped`` record and ``{tensor name: value a load gives it}``."""
+    refs = find_refs(model_cfg)
+    if not refs:
+        return dict(records=[], unserved=[]), {}
+    bare = copy.deepcopy(model_cfg)
+    strip_refs(bare, refs)
+    seed_all(0)
+    served = make_files(MODELS.build(bare), refs)
+    strip_refs(model_cfg, served.unserved)
+    unserved = [i for i, r in enumerate(refs)
+                if any(r is u for u in served.unserved)]
+    return dict(records=served.records, unserved=unserved), served.expected
+
+
+def shipped_config(config: str, package: str,
+                   shipped: Dict[str, Any]) -> Any:
+    """The config the stock run built: as shipped, minus the references it
+    could make no file for."""
+    cfg = load_config(config, package)
+    refs = find_refs(cfg.model)
+    strip_refs(cfg.model, [refs[i] for i in shipped['unserved']])
+    return cfg
+
+
+def without_backbone_refs(model_cfg: Dict) -> Dict:
+    """A copy without the references the backbone loads (its own, and a
+    segmentor's ``pretrained``), so check 5 can give it its own entry."""
+    out = copy.deepcopy(model_cfg)
+    strip_refs(out, [r for r in find_refs(out) if r.module_path[:1] == (
+        'backbone',) or (r.kind == 'pretrained' and not r.module_path)])
+    return out
 
 
 def run_plugin(package: str, config: str, out: str,
@@ -77,7 +125,7 @@ def run_plugin(package: str, config: str, out: str,
     # never import mmext_init.
     mmext_init = importlib.import_module('mmext_init')
     setup_scope(package)
-    cfg = load_config(config, package)
+    cfg = shipped_config(config, package, stock['shipped'])
     ckpt = os.path.join(out, STOCK_CKPT)
     stock_state = torch.load(ckpt, mmap=True, weights_only=False)['state_dict']
     stock_out = torch.load(os.path.join(out, STOCK_FORWARD),
@@ -89,28 +137,67 @@ def run_plugin(package: str, config: str, out: str,
     except Exception as exc:  # plugin fails where stock built: a failure
         checks['build'] = verdict(False, f'plugin build: {first_line(exc)}')
         return result
-    if mmext_init.deferred.declares_checkpoint(cfg.model):  # a key left
-        del model  # as shipped, this build deferred: build again without
+    default = _observe(mmext_init, model, package)
+    declared = mmext_init.deferred.declares_checkpoint(cfg.model)
+    if declared:  # as shipped, this build deferred: build again without
+        del model
         with deferral('0'):
             model, _ = build_and_init(cfg.model)
-    off = state_of(model), forward_outputs(model, package)[0]
-    checks['vs_stock'] = check_vs_stock(
-        off, (stock_state, stock_out), mmext_init.get_provenance(model),
-        model, stock)
+    off = _observe(mmext_init, model, package) if declared else default
+    checks['shipped'] = check_shipped(off[0], stock_state, off[2],
+                                      stock['shipped'])
+    if declared and checks['shipped']['status'] == 'pass':
+        checks['shipped'] = check_shipped(default[0], stock_state,
+                                          default[2], stock['shipped'],
+                                          'the default build, deferred')
+    checks['vs_stock'] = vs_stock(off, (stock_state, stock_out), model,
+                                  stock, cfg.model if declared else None)
     del model
-    with deferral('1'):
-        model, _ = build_and_init(cfg.model)
-    checks['deferral'] = check_deferral(
-        (state_of(model), forward_outputs(model, package)[0]), off)
-    del model, off
+    if not declared:
+        with deferral('1'):
+            model, _ = build_and_init(cfg.model)
+        default = _observe(mmext_init, model, package)
+        del model
+    checks['deferral'] = check_deferral(default[:2], off[:2], off[2])
+    del default, off
     checks['model_pretrained'], result['pretrained_seconds'] = \
         model_pretrained(cfg.model, ckpt, stock_state, stock_out, package)
     if stock['has_backbone']:
         checks['backbone_pretrained'] = backbone_pretrained(
-            cfg.model, ckpt, stock_state)
+            without_backbone_refs(cfg.model), ckpt, stock_state)
     else:
         checks['backbone_pretrained'] = verdict(None, 'no backbone')
     return result
+
+
+def vs_stock(off: tuple, stock_result: tuple, model: torch.nn.Module,
+             stock: Dict[str, Any], shipped_cfg: Optional[Dict]
+             ) -> Dict[str, Any]:
+    """Check ``vs_stock``; where differences are left unexplained and the
+    config loads checkpoints, again with the draws stock makes on loaded
+    tensors (from the ledger of a build without the checkpoints)."""
+    result = check_vs_stock(off[:2], stock_result, off[2], model, stock)
+    if result['status'] != 'fail' or shipped_cfg is None:
+        return result
+    bare = copy.deepcopy(shipped_cfg)
+    strip_refs(bare, find_refs(bare))
+    with deferral('0'):
+        bare_model, _ = build_and_init(bare)
+    bare_ledger = importlib.import_module('mmext_init').get_provenance(
+        bare_model)
+    del bare_model
+    skipped = skipped_draws(off[2], bare_ledger, set(stock['called']),
+                            set(stock['body_ran']))
+    if not skipped:
+        return result
+    return check_vs_stock(off[:2], stock_result, off[2], model, stock,
+                          skipped)
+
+
+def _observe(mmext_init: Any, model: torch.nn.Module, package: str) -> tuple:
+    """(state, forward outputs, ledger) of a plugin build."""
+    return (state_of(model), forward_outputs(model, package)[0],
+            mmext_init.get_provenance(model))
 
 
 def model_pretrained(model_cfg: Dict, ckpt: str,

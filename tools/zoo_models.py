@@ -1,9 +1,8 @@
 """Model-side helpers of the zoo sweep (no mmext_init import here: the stock
 worker uses them too).
 
-Config loading with every ``Pretrained`` removed, seeded build +
-``init_weights`` with timing, a fixed forward pass, bit-exact tensor
-comparison and the set of modules stock MMEngine's recursion reaches.
+Config loading (as shipped), seeded build + ``init_weights`` with timing, a
+fixed forward pass, bit-exact tensor comparison and the set of modules stock MMEngine's recursion reaches.
 
 Example:
     >>> cfg = load_config('.../mmdet/.mim/configs/retinanet/x.py', 'mmdet')
@@ -58,48 +57,11 @@ def seed_all(seed: int = 0) -> None:
     random.seed(seed)
 
 
-def strip_pretrained(node: Any) -> int:
-    """Remove every ``Pretrained`` init_cfg entry and every string
-    ``pretrained=`` value below ``node`` (in place); return how many.
-
-    Example:
-        >>> cfg = dict(backbone=dict(init_cfg=dict(type='Pretrained')))
-        >>> strip_pretrained(cfg), cfg
-        (1, {'backbone': {'init_cfg': None}})
-    """
-    removed = 0
-    if isinstance(node, list):
-        return sum(strip_pretrained(item) for item in node)
-    if not isinstance(node, dict):
-        return 0
-    for key in list(node.keys()):
-        value = node[key]
-        if key == 'init_cfg' and _is_pretrained(value):
-            node[key] = None
-            removed += 1
-        elif key == 'init_cfg' and isinstance(value, list):
-            kept = [v for v in value if not _is_pretrained(v)]
-            removed += len(value) - len(kept)
-            node[key] = kept or None
-        elif key == 'pretrained' and isinstance(value, str):
-            node[key] = None
-            removed += 1
-        else:
-            removed += strip_pretrained(value)
-    return removed
-
-
-def _is_pretrained(entry: Any) -> bool:
-    return isinstance(entry, dict) and entry.get('type') == 'Pretrained'
-
-
 def load_config(path: str, package: str) -> Config:
-    """The config with ``Pretrained`` removed from ``model`` and the forward
-    input kept small (no fixed test-time padding size)."""
+    """The config as shipped, test-time proposal counts capped."""
     cfg = Config.fromfile(path)
     if not isinstance(cfg.get('model'), dict) or 'type' not in cfg.model:
         raise ValueError(f'{path} defines no model')
-    strip_pretrained(cfg.model)
     cap_test_proposals(cfg.model)
     return cfg
 

@@ -1,5 +1,5 @@
-"""Sweep the configs shipped with the installed mmdet and mmseg through
-mmext_init's checks (issue 13).
+"""Sweep the configs shipped with the installed mmdet and mmseg, built as
+shipped, through mmext_init's checks (README, "Zoo sweep").
 
 Usage::
 
@@ -14,28 +14,22 @@ config per family: the first in sorted order whose file name contains
 neither ``_tta`` nor ``lazy`` (else the first); then ``--limit`` keeps the
 first N (sorted by package and path).
 
-Each config runs in two fresh processes (``tools/zoo_checks.py``): stock
-(never imports mmext_init), then the plugin. Checks:
-
-1. stock: ``Pretrained`` removed, seed 0, build + ``init_weights``; its
-   state dict written as a Runner checkpoint, a forward output recorded;
-2. ``deferral``: plugin with ``MMEXT_INIT_DEFER=1`` (every build deferred)
-   vs as shipped (no ``Pretrained``: nothing deferred), bit-identical
-   tensors and forward output;
-3. ``vs_stock``: plugin (deferral off) vs stock: every differing tensor
-   explained by the ledger (rule in ``tools/zoo_verdicts.py``);
-4. ``model_pretrained``: model-level ``Pretrained`` from the stock file:
-   every tensor bit-exact, the ledger credits the file, forward = stock's;
-5. ``backbone_pretrained``: ``Pretrained(prefix='backbone.')`` on the
-   backbone: bit-exact, finite, report logged, ledger true; or an error
-   naming the entry and the file where the backbone loads it itself;
-6. timings of build + ``init_weights`` (first build of each process, 1
-   thread), stock and plugin, without and with model-level ``Pretrained``:
-   CPU time of the process (robust to other load on the machine) and wall
-   time; ratios plugin/stock, median and max over the sweep.
-
-A config whose stock build fails is SKIP with the reason; ``--timeout`` is
-the budget of one config (both processes). Exit status 1 if any FAIL.
+Each config runs in two fresh processes (``tools/zoo_checks.py``), stock
+(never imports mmext_init) then the plugin, with ``TORCH_HOME`` in the
+config's temporary folder and proxies on a closed port (nothing is
+downloaded). ``Pretrained`` entries, ``pretrained=`` keys and
+``convert_weights`` flags are kept; each checkpoint name gets a generated
+file at ``$TORCH_HOME/hub/checkpoints/<basename>`` in the layout stock's
+loading code takes (``tools/zoo_files.py``). Checks (``tools/zoo_verdicts.py``):
+``shipped`` (the tensors stock loads from those files bit-identical in the
+plugin's builds and credited to the file by the ledger), ``deferral``
+(deferred vs not: bit-identical, but for the random stream of tensors no
+file provides), ``vs_stock`` (deferral off vs stock: every difference
+explained by the ledger), ``model_pretrained`` and ``backbone_pretrained``
+(from stock's state dict), and timings (CPU and wall time of build +
+``init_weights``, plugin/stock). A config whose stock build fails is SKIP
+with the reason; ``--timeout`` is the budget of one config (both
+processes). Exit status 1 if any FAIL.
 """
 import argparse
 import json
@@ -54,14 +48,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from zoo_files import worker_env  # noqa: E402
 from zoo_models import PACKAGES, configs_root  # noqa: E402
 from zoo_verdicts import DEFER_ENV  # noqa: E402
 
 WORKER = os.path.join(HERE, 'zoo_checks.py')
-CHECKS = ('deferral', 'vs_stock', 'model_pretrained', 'backbone_pretrained')
+CHECKS = ('shipped', 'deferral', 'vs_stock', 'model_pretrained',
+          'backbone_pretrained')
 EXCLUDED_NAME_PARTS = ('_tta', 'lazy')
-RATIOS = {'ratio_cpu': 'no Pretrained, CPU time',
-          'ratio_wall': 'no Pretrained, wall time',
+RATIOS = {'ratio_cpu': 'as shipped, CPU time',
+          'ratio_wall': 'as shipped, wall time',
           'ratio_pretrained_cpu': 'model-level Pretrained, CPU time',
           'ratio_pretrained_wall': 'model-level Pretrained, wall time'}
 Config = Tuple[str, str, str]  # (package, path relative to configs, family)
@@ -119,7 +115,7 @@ def select_configs(configs: List[Config], only: Optional[str] = None,
 def _run_worker(mode: str, package: str, path: str, out: str,
                 timeout: float) -> Optional[str]:
     """Run one worker process; None if it wrote its JSON, else the reason."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = worker_env(out)
     env.pop(DEFER_ENV, None)  # the plugin run is "as shipped"
     with open(os.path.join(out, f'{mode}.log'), 'w') as log:
         try:
@@ -190,6 +186,7 @@ def _verdict(stock: Dict[str, Any], plugin: Dict[str, Any],
               for clock in ('wall', 'cpu')}
     return dict(status=status, error=error, checks=checks, timings=timings,
                 **ratios, forward=stock.get('forward'),
+                shipped=stock.get('shipped', {}).get('records', []),
                 stock_pretrained_error=stock.get('pretrained_error'))
 
 
@@ -206,12 +203,14 @@ def format_line(result: Dict[str, Any]) -> str:
     if result['status'] == 'SKIP':
         return f"SKIP  {name}  {result['reason']}"
     parts = [] if not result.get('error') else [result['error']]
-    for check in CHECKS:
+    for check in CHECKS + tuple(c for c in result['checks']
+                                if c not in CHECKS):  # e.g. 'build'
         info = result['checks'].get(check)
         if info is None:
             continue
         text = info['detail'] if info['status'] == 'fail' else \
-            info['status'] if check != 'vs_stock' else info['detail']
+            info['status'] if check not in ('vs_stock', 'shipped') \
+            else info['detail']
         parts.append(f'{check}: {text}')
     t, timing = result['timings'], []
     for label, suffix in (('', ''), ('Pretrained ', '_pretrained')):

@@ -14,13 +14,18 @@ from its ledger entry:
   earlier in ``named_modules()`` pre-order (MMEngine's init order) or lies
   below the tensor's declaring module. The extra draws shift the random
   stream of everything initialized after them;
+- ``skipped-draws``: the same, with the draws stock makes and the plugin
+  skips in place of the unreached ones: a random init of tensors that a
+  checkpoint of the config then overwrites (``skipped_draws``; README,
+  "Same values");
 - anything else (a constructor default, a deterministic init, no ledger
   entry, a tensor with no earlier unreached random init) is unexplained.
 """
 import contextlib
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import (Any, Dict, Iterator, List, Optional, Sequence, Set,
+                    Tuple)
 
 import torch
 import torch.nn as nn
@@ -85,15 +90,25 @@ def _forward_diff(a: Outputs, b: Outputs) -> Tuple[Optional[List[str]], str]:
 
 
 def check_deferral(deferred: Tuple[State, Outputs],
-                   off: Tuple[State, Outputs]) -> Dict[str, Any]:
-    """Check 2: every build deferred vs none, bit-identical tensors and
-    outputs."""
+                   off: Tuple[State, Outputs], ledger: Any) -> Dict[str, Any]:
+    """Check 2: every build deferred vs none. Bit-identical tensors and
+    outputs; when the build loads a checkpoint, tensors it does not load may
+    differ (deferral skips the draws of the loaded tensors, so later random
+    values move: README contract 4), the loaded ones may not."""
     diffs = differing(deferred[0], off[0])
+    loads = {n for n, e in ledger.entries.items() if e.kind == 'checkpoint'}
+    loaded_diffs = [n for n in diffs if n in loads or not loads]
     out_diffs, forward = _forward_diff(deferred[1], off[1])
-    if diffs or out_diffs:
-        return verdict(False, f'{len(diffs)} of {len(off[0])} tensors '
-                       f'differ, first {diffs[:5]}; {forward}',
-                       differing=diffs[:100])
+    if loaded_diffs or (out_diffs and not diffs):
+        what = 'loaded ' if loads else ''
+        return verdict(False, f'{len(loaded_diffs)} of {len(off[0])} '
+                       f'{what}tensors differ, first {loaded_diffs[:5]}; '
+                       f'{forward}', differing=loaded_diffs[:100])
+    if diffs:
+        return verdict(True, f'{len(off[0]) - len(diffs)} tensors '
+                       f'identical, {len(diffs)} not loaded differ (draws '
+                       f'of the {len(loads)} loaded ones skipped)',
+                       shifted=len(diffs))
     return verdict(True, f'{len(off[0])} tensors identical, {forward}')
 
 
@@ -117,27 +132,56 @@ def _shifted(owner: str, shifters: List[str], order: Dict[str, int]) -> bool:
                or owner == '' for u in shifters)
 
 
-def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
-                   ledger: Any, model: nn.Module,
-                   stock_info: Dict[str, Any]) -> Dict[str, Any]:
-    """Check 3: plugin (deferral off) vs stock, no ``Pretrained``; every
-    difference explained by the ledger (rule in the module docstring)."""
-    called, body_ran = set(stock_info['called']), set(stock_info['body_ran'])
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    entries = ledger.entries
+def _explain(diffs: List[str], entries: Dict[str, Any], called: Set[str],
+             body_ran: Set[str], order: Dict[str, int],
+             skipped: Sequence[str]) -> Dict[str, List[str]]:
+    """Differing tensor names by explanation (rule in the module
+    docstring)."""
     shifters = sorted({e.declared_by or '' for e in entries.values()
                        if _unreached(e, called, body_ran) and _is_random(e)})
     groups: Dict[str, List[str]] = {'unreached': [], 'rng-shift': [],
-                                    'unexplained': []}
-    for name in differing(off[0], stock[0]):
+                                    'skipped-draws': [], 'unexplained': []}
+    for name in diffs:
         entry = entries.get(name)
+        owner = '' if entry is None else entry.declared_by or ''
         if entry is not None and _unreached(entry, called, body_ran):
             groups['unreached'].append(name)
         elif entry is not None and _is_random(entry) and _shifted(
-                entry.declared_by or '', shifters, order):
+                owner, shifters, order):
             groups['rng-shift'].append(name)
+        elif entry is not None and _is_random(entry) and _shifted(
+                owner, list(skipped), order):
+            groups['skipped-draws'].append(name)
         else:
             groups['unexplained'].append(name)
+    return groups
+
+
+def skipped_draws(loaded_ledger: Any, bare_ledger: Any,
+                  called: Set[str], body_ran: Set[str]) -> List[str]:
+    """Modules whose random init stock runs on tensors that a checkpoint
+    then overwrites: the plugin skips those draws (README, "Same values"),
+    so later random values move. From the ledger of a build without the
+    checkpoints (``bare_ledger``: who initializes each tensor) and of the
+    build as shipped (``loaded_ledger``: which tensors a file gives)."""
+    loaded = {n for n, e in loaded_ledger.entries.items()
+              if e.kind == 'checkpoint'}
+    return sorted({e.declared_by or '' for n, e in bare_ledger.entries.items()
+                   if n in loaded and _is_random(e)
+                   and not _unreached(e, called, body_ran)})
+
+
+def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
+                   ledger: Any, model: nn.Module, stock_info: Dict[str, Any],
+                   skipped: Sequence[str] = ()) -> Dict[str, Any]:
+    """Check 3: plugin (deferral off) vs stock, as shipped; every
+    difference explained by the ledger (rule in the module docstring);
+    ``skipped``: see :func:`skipped_draws`."""
+    called, body_ran = set(stock_info['called']), set(stock_info['body_ran'])
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    entries = ledger.entries
+    groups = _explain(differing(off[0], stock[0]), entries, called, body_ran,
+                      order, skipped)
     counts = {k: len(v) for k, v in groups.items()}
     modules = sorted({entries[n].declared_by or '<root>'
                       for n in groups['unreached']})
@@ -150,19 +194,67 @@ def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
                  for n in groups['unexplained'][:5]]
         return verdict(False, f"{counts['unexplained']} unexplained "
                        f"differences from stock ({counts['unreached']} "
-                       f"unreached, {counts['rng-shift']} rng-shift "
+                       f"unreached, {counts['rng-shift']} rng-shift, "
+                       f"{counts['skipped-draws']} skipped-draws "
                        f'explained), first {shown}',
                        counts=counts, unexplained=groups['unexplained'][:100],
                        unreached_modules=modules)
     out_diffs, forward = _forward_diff(off[1], stock[1])
-    if counts['unreached'] or counts['rng-shift']:
+    if counts['unreached'] or counts['rng-shift'] or counts['skipped-draws']:
         forward = 'forward not compared (values differ, explained)'
     elif out_diffs:
         return verdict(False, f'tensors identical but {forward}')
     return verdict(True, f"{counts['unreached']} explained by unreached "
                    f"modules ({len(modules)}), {counts['rng-shift']} by the "
-                   f'shifted random stream; {forward}', counts=counts,
-                   unreached_modules=modules)
+                   f"shifted random stream, {counts['skipped-draws']} by "
+                   f'draws skipped on loaded tensors; {forward}',
+                   counts=counts, unreached_modules=modules,
+                   skipped_modules=list(skipped))
+
+
+def check_shipped(state: State, stock_state: State, ledger: Any,
+                  shipped: Dict[str, Any], build: str = ''
+                  ) -> Dict[str, Any]:
+    """The config's own checkpoint names (generated files in the hub
+    cache): every tensor stock took from them is bit-identical in the
+    plugin's build and credited to a checkpoint by its ledger; the plugin
+    takes no other tensor from those files."""
+    records = shipped['records']
+    served = [r for r in records if 'skip' not in r]
+    skipped = [f"{r['name']}: {r['skip']}" for r in records if 'skip' in r]
+    if not served:
+        return verdict(None, 'no checkpoint name' if not records else
+                       f"no file made ({'; '.join(skipped)})",
+                       skipped=skipped)
+    loaded = shipped['loaded']
+    differ = [n for n in loaded
+              if n not in state or not bit_equal(state[n], stock_state[n])]
+    entries = ledger.entries
+    uncredited = [n for n in loaded if n not in differ and (
+        n not in entries or entries[n].kind != 'checkpoint')]
+    files = {os.path.basename(r['file']) for r in served}
+    # floats only: the files keep integer buffers (indices, counters) at
+    # the constructor's values, so a load of them is not seen in stock
+    extra = sorted(n for n, e in entries.items() if e.kind == 'checkpoint'
+                   and os.path.basename(e.source) in files
+                   and n not in set(loaded) and n in state
+                   and state[n].is_floating_point())
+    what = ', '.join(sorted({f"{r['name']} ({r['layout']})" for r in served}))
+    problems = [f'{len(v)} {text}, first {v[:5]}' for v, text in (
+        (differ, 'tensors stock loads from the files differ'),
+        (uncredited, 'loaded tensors not credited to a checkpoint'),
+        (extra, 'tensors the plugin takes from the files but stock does '
+         'not')) if v]
+    data = dict(loaded=len(loaded), skipped=skipped, files=what)
+    if not loaded and not problems:
+        return verdict(None, f'stock loads no tensor from {what}', **data)
+    if problems:
+        where = f' in {build}' if build else ''
+        return verdict(False, f"{'; '.join(problems)}{where} [{what}]",
+                       differing=differ[:100], **data)
+    return verdict(True, f'{len(loaded)} tensors from {what} identical to '
+                   'stock' + (f"; skipped {'; '.join(skipped)}"
+                              if skipped else ''), **data)
 
 
 def alias_of(model: nn.Module) -> Dict[str, str]:
@@ -179,14 +271,21 @@ def alias_of(model: nn.Module) -> Dict[str, str]:
 
 
 def check_ledger_values(ledger: Any, state: State, file_state: State,
-                        full: bool) -> Optional[str]:
+                        full: bool, path: Optional[str] = None
+                        ) -> Optional[str]:
     """A problem when an entry says ``checkpoint`` for a tensor whose value
-    is not the file's at its key; with ``full`` also when the ledger credits
-    anything else for a tensor (the file provides every tensor)."""
+    is not the file's at its key (with ``path``, only the entries crediting
+    that file: a config's other checkpoints load the rest); with ``full``
+    also when the ledger credits anything else for a tensor (the file
+    provides every tensor)."""
     wrong, not_credited = [], []
     for name, entry in ledger.entries.items():
-        if entry.kind != 'checkpoint':
+        other = path is not None and entry.kind == 'checkpoint' and \
+            os.path.basename(entry.source) != os.path.basename(path)
+        if entry.kind != 'checkpoint' or (other and full):
             not_credited.append(f'{name}: {entry.describe()}')
+            continue
+        if other:
             continue
         key = entry.key or name
         if name not in state or key not in file_state or not bit_equal(
@@ -231,7 +330,8 @@ def check_backbone(model: Optional[nn.Module], ledger: Any,
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         return verdict(False, f'{len(bad)} non-finite tensors, first {bad[:5]}')
-    problem = check_ledger_values(ledger, state, file_state, full=False)
+    problem = check_ledger_values(ledger, state, file_state, full=False,
+                                  path=ckpt)
     if problem:
         return verdict(False, problem)
     if not report_seen:

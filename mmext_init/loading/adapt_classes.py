@@ -112,9 +112,10 @@ class Classes(AdaptTransform):
     class has more than one row, state ``groups`` (RetinaNet's
     ``retina_cls``: ``groups=num_anchors``) or ``inner`` (class-specific box
     regression: ``inner=4``); ``extra=1`` for a trailing background row.
+    In a config: ``dict(type='Classes', keys=..., old_classes=...,
+    new_classes=...)``.
 
-    Example (config: ``dict(type='Classes', keys=..., old_classes=...,
-    new_classes=...)``):
+    Example:
         >>> t = Classes('fc.bias', old_classes=['cat', 'dog', 'car'],
         ...             new_classes=['dog', 'bus'])
         >>> done = t('fc.bias', torch.tensor([0., 1., 2.]), (2, ))
