@@ -28,6 +28,8 @@ Example:
     ('constructor', [('0.bias', (4,), (3,))])
 """
 import contextlib
+import copy
+import dataclasses
 import logging
 from typing import Dict, Iterator, List, Optional
 
@@ -57,10 +59,9 @@ def _base_ledger(root: nn.Module) -> ProvenanceLedger:
         default = Provenance(CONSTRUCTOR, 'constructor default')
         return ProvenanceLedger(type(root).__name__, {
             n: default for n in root.state_dict(keep_vars=True)})
-    return ProvenanceLedger(ledger.root, dict(ledger.entries),
-                            list(ledger.loads), dict(ledger.numel),
-                            list(ledger.void_entries),
-                            list(ledger.beyond_stock))
+    return ProvenanceLedger(**{  # every field, its container copied
+        f.name: copy.copy(getattr(ledger, f.name))
+        for f in dataclasses.fields(ledger)})
 
 
 class ObservedLoad:
