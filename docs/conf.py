@@ -38,7 +38,7 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
 smartquotes = False  # config values ('Zero') stay as written
-highlight_language = 'text'  # README's plain blocks are output, not code
+highlight_language = 'text'  # the guides' plain blocks are output, not code
 html_theme = 'alabaster'
 html_static_path = []
 html_title = f'mmext_init {release}'

@@ -34,11 +34,11 @@ from .hooks.delta_checkpoint import DeltaCheckpointHook
 from .hooks.lsuv import LSUVInitHook
 from .hooks.unfreeze import UnfreezeHook
 from .initializers.copy_from import CopyFromInit, copy_from
-from .initializers.layer_types import (identity_init, lora_init,
+from .initializers.layer_types import (identity_init, lora_pair_init,
                                        orthogonal_init, zero_init)
 from .initializers.pretrained import PretrainedInit
-from .inserting.registry import INSERT_TYPES
-from .loading.adapt import ADAPT_TRANSFORMS
+from .inserting.registry import INSERT_TYPES, InsertType
+from .loading.adapt import ADAPT_TRANSFORMS, AdaptTransform
 from .loading.adapt_classes import Classes  # noqa: F401
 from .plugin.mixin import InitWeightsMixin
 from .plugin.patches import install, stock_mmengine, uninstall
@@ -55,9 +55,10 @@ __all__ = [
     'fold_names', 'read_checkpoint', 'extract_state_dict', 'add_note',
     'CheckpointError', 'InitConfigError', 'install', 'uninstall',
     'CopyFromInit', 'copy_from', 'LSUVInitHook', 'zero_init', 'identity_init',
-    'orthogonal_init', 'lora_init', 'ADAPT_TRANSFORMS', 'CHECKPOINT_CONVERTERS',
-    'open_checkpoint', 'materialize', 'ProvenanceOptimWrapperConstructor',
-    'UnfreezeHook', 'DeltaCheckpointHook', 'INSERT_TYPES'
+    'orthogonal_init', 'lora_pair_init', 'ADAPT_TRANSFORMS',
+    'CHECKPOINT_CONVERTERS', 'open_checkpoint', 'materialize',
+    'ProvenanceOptimWrapperConstructor', 'UnfreezeHook', 'DeltaCheckpointHook',
+    'INSERT_TYPES', 'InsertType', 'AdaptTransform'
 ]
 
 install()

@@ -1,7 +1,7 @@
 """Exceptions raised by mmext_init. Every message names the file and the
 config entry at fault, so a user can fix the config without a debugger."""
 import difflib
-from typing import Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 from urllib.error import URLError
 
 
@@ -132,3 +132,33 @@ def close_names(word: str, options: Iterable[str]) -> str:
         return repr(lowered[word.lower()])
     found = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
     return ' or '.join(repr(f) for f in found)
+
+
+#: (what, former name) -> (its name now, why): a former name is an error
+#: naming the new one, never an alias
+RENAMED: Dict[Tuple[str, str], Tuple[str, str]] = {
+    ('init type', 'LoRA'): (
+        'LoRAPair', "'LoRA' is the insert type of a model's "
+        "insert=[dict(type='LoRA', ...)]"),
+    ('converter', 'timm_vit'): ('TimmViT', 'registered names are CamelCase'),
+    ('converter', 'timm_vit_mmpretrain'): (
+        'TimmViTMMPretrain', 'registered names are CamelCase'),
+    ('converter', 'swin_official'): (
+        'SwinOfficial', 'registered names are CamelCase'),
+}
+
+
+def renamed(what: str, name: Any) -> str:
+    """The sentence for a ``what`` given by its former name ('' if ``name``
+    is none).
+
+    Example:
+        >>> renamed('converter', 'timm_vit')
+        "converter 'timm_vit' is now named 'TimmViT' (registered names are CamelCase)"
+        >>> renamed('converter', 'TimmViT')
+        ''
+    """
+    found = RENAMED.get((what, name)) if isinstance(name, str) else None
+    if found is None:
+        return ''
+    return f'{what} {name!r} is now named {found[0]!r} ({found[1]})'

@@ -1,5 +1,5 @@
-"""``tools/bench_init.py`` and ``tools/bench_copy.py`` run end to end (tiny
-size, one repeat): every configuration in its own process, the plugin reads
+"""``tools/bench_init.py`` (``mmext-bench``) and ``tools/bench_copy.py`` run
+end to end (tiny size, one repeat): every configuration in its own process, the plugin reads
 the checkpoint through a map (no read() of its bytes); and the three modes
 the benchmark times (stock, plugin, floor) load the same tensors."""
 import json
@@ -10,18 +10,18 @@ import sys
 import torch
 
 import mmext_init
+from mmext_init.tools.bench import models as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import bench_init as bench  # noqa: E402
 
 
-def test_bench_runs_and_the_plugin_maps_the_checkpoint():
-    out = subprocess.run(
+def test_bench_runs_and_the_plugin_maps_the_checkpoint(tmp_path):
+    out = tmp_path / 'bench.json'
+    subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tools', 'bench_init.py'),
-         '--sizes', 'vit-t', '--repeats', '1', '--json'],
+         '--sizes', 'vit-t', '--repeats', '1', '--json', str(out)],
         check=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    row = json.loads(out.stdout)['results']['vit-t']
+    row = json.loads(out.read_text())['results']['vit-t']
     checkpoint_mb = row['checkpoint_mb']
     assert row['stock']['read_mb'] >= 0.9 * checkpoint_mb  # torch.load
     assert row['plugin']['read_mb'] < 0.1 * checkpoint_mb  # memory map
@@ -65,7 +65,7 @@ def test_the_three_modes_measure_the_same_load(tmp_path):
 def test_bench_copy_runs_every_variant():
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tools', 'bench_copy.py'),
-         '--dim', '64', '--depth', '1', '--repeats', '1', '--json'],
+         '--dim', '64', '--depth', '1', '--repeats', '1', '--json', '-'],
         check=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
     medians = json.loads(out.stdout)['medians']
     assert sorted(medians) == sorted(

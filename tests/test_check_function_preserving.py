@@ -1,6 +1,8 @@
-"""tools/check_function_preserving.py on real mmdet/mmseg backbones with
+"""``mmext-check`` (mmext_init.tools.check_function_preserving) on real
+mmdet/mmseg backbones with
 inserted adapters (``Zero`` up projection) and serial ``Identity`` convs
 (test-only classes in tests/inserted_models.py)."""
+import json
 import os
 import sys
 
@@ -14,8 +16,7 @@ MMLogger.get_current_instance()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # inserted_models, imported by the configs
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'tools'))
-import check_function_preserving as tool  # noqa: E402
+from mmext_init.tools import check_function_preserving as tool  # noqa: E402
 
 SWIN = dict(pretrain_img_size=64, embed_dims=32, depths=(1, 1),
             num_heads=(1, 2), patch_size=4, strides=(4, 2), window_size=4,
@@ -94,6 +95,27 @@ def test_adapters_not_zero_initialized_are_detected(tmp_path, case, capsys):
     assert 'function CHANGED' in out and max(_diffs(out)) > 1e-3
 
 
+def test_json_cfg_options_and_input_errors(tmp_path, capsys):
+    """``--json -``: the result alone on stdout, the text on stderr;
+    ``--cfg-options`` reach both configs (both backbones lose their last
+    stage: 3 outputs); a missing config is ``mmext-check: error: ...``."""
+    new, ref = _configs(tmp_path, 'mmdet_resnet')
+    argv = [new, '--reference', ref, '--input-shape', '1', '3', '32', '32']
+    assert tool.main(argv + ['--json', '-', '--cfg-options',
+                             'model.out_indices=[0,1,2]']) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert (data['preserved'], data['atol'], data['module']) == (
+        True, 1e-5, 'the model')
+    assert [o['shape'][1] for o in data['outputs']] == [64, 128, 256]
+    assert data['max_abs_difference'] == max(_diffs(captured.err))
+    assert 'function preserved' in captured.err
+    missing = str(tmp_path / 'missing.py')
+    assert tool.main([new, '--reference', missing]) == 2
+    assert capsys.readouterr().err.endswith(
+        f'mmext-check: error: {missing}: no such config file\n')
+
+
 def test_serial_identity_through_init_missing(tmp_path, capsys):
     new, ref = _configs(tmp_path, 'mmdet_resnet', serial='plain')
     assert tool.main([new, '--reference', ref, '--input-shape', '1', '3',
@@ -154,14 +176,17 @@ def test_detector_module_choice_and_atol(tmp_path, capsys):
     assert worst > 1e-3
     assert tool.main([changed, '--reference', ref, '--module', 'extract_feat',
                       '--atol', str(2 * worst)] + shape) == 0
-    with pytest.raises(ValueError, match="'nope' is neither a submodule"):
-        tool.main([new, '--reference', ref, '--module', 'nope'] + shape)
+    assert tool.main([new, '--reference', ref, '--module', 'nope'] +
+                     shape) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "mmext-check: error: --module 'nope' is neither a submodule nor a "
+        'method of RetinaNet')
     # an input the detector cannot take: exit 2, naming the options
     assert tool.main([new, '--reference', ref, '--input-shape', '1',
                       '64']) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith(
-        'check_function_preserving: error: the input (1, 64) '
+    assert captured.err.splitlines()[-1].startswith(
+        'mmext-check: error: the input (1, 64) '
         '(--input-shape) does not run through backbone: ')
     assert 'Give --input-shape with the shape the model takes' in \
         captured.err and '--module' in captured.err

@@ -1,4 +1,5 @@
-"""The contract of README.md, line by line, on real MMEngine modules."""
+"""The contract (docs/guides/contract.md), line by line, on real MMEngine
+modules."""
 import copy
 
 import pytest

@@ -105,7 +105,7 @@ def test_timm_vit_checkpoint_into_mmseg_vit(save_ckpt):
                             final_norm=True, out_indices=(1, ),
                             patch_bias=True)  # timm's patch embed has a bias
     model = Wrapper(vit, init_cfg=dict(
-        type='Pretrained', checkpoint=path, converter='timm_vit',
+        type='Pretrained', checkpoint=path, converter='TimmViT',
         revise_keys=[(r'^', 'backbone.')], strict=True))
     model.init_weights()
     ledger = get_provenance(model)
@@ -124,8 +124,27 @@ def test_timm_vit_checkpoint_into_mmseg_vit(save_ckpt):
 def test_unknown_converter_lists_registered(save_ckpt):
     model = Wrapper(nn.Linear(2, 2), init_cfg=dict(
         type='Pretrained', checkpoint=save_ckpt({'w': torch.zeros(1)}),
-        converter='timm_vitt'))
-    with pytest.raises(InitConfigError, match='registered: .*timm_vit'):
+        converter='TimmVit'))
+    with pytest.raises(InitConfigError, match='registered: .*TimmViT'):
+        model.init_weights()
+
+
+@pytest.mark.parametrize('old, new', [
+    ('timm_vit', 'TimmViT'), ('timm_vit_mmpretrain', 'TimmViTMMPretrain'),
+    ('swin_official', 'SwinOfficial')])
+def test_former_snake_case_converter_names_name_the_new_one(save_ckpt, old,
+                                                           new):
+    """Converters are CamelCase as every registered type; a former name is
+    an error naming the new one, not an alias."""
+    assert new in CHECKPOINT_CONVERTERS.module_dict
+    assert old not in CHECKPOINT_CONVERTERS.module_dict
+    model = Wrapper(nn.Linear(2, 2), init_cfg=dict(
+        type='Pretrained', checkpoint=save_ckpt({'w': torch.zeros(1)}),
+        converter=old))
+    with pytest.raises(InitConfigError, match=(
+            r'^init_cfg of the model root \(Wrapper\) \(Pretrained\): '
+            rf"Pretrained: converter '{old}' is now named '{new}' "
+            r'\(registered names are CamelCase\)$')):
         model.init_weights()
 
 
@@ -157,7 +176,7 @@ def test_swin_official_checkpoint_into_mmdet_swin(save_ckpt):
                            strides=(4, 2), out_indices=(0, 1))
     assert any(k.endswith('attn_mask') for k in official.state_dict())
     model = Wrapper(swin, init_cfg=dict(
-        type='Pretrained', checkpoint=path, converter='swin_official',
+        type='Pretrained', checkpoint=path, converter='SwinOfficial',
         revise_keys=[(r'^', 'backbone.')], on_missing='ignore'))
     model.init_weights()
     ledger = get_provenance(model)
@@ -190,7 +209,7 @@ def test_swin_official_matches_mmdet_swin_converter():
     # mmdet: a heavy optional extra (openmmlab) only this test needs
     from mmdet.models.backbones.swin import swin_converter
     state = SwinOfficial(img=32, depths=(2, 2, 1), heads=(1, 2, 4)).state_dict()
-    ours = CHECKPOINT_CONVERTERS.get('swin_official')(dict(state))
+    ours = CHECKPOINT_CONVERTERS.get('SwinOfficial')(dict(state))
     theirs = {k[len('backbone.'):]: v for k, v in swin_converter(state).items()
               if not k.endswith('attn_mask') and not k.startswith('backbone.norm.')}
     assert set(ours) - set(theirs) == {'norm2.weight', 'norm2.bias'}
@@ -208,7 +227,7 @@ def test_converter_runs_on_shapes_first(tmp_path):
 
     def spy(state):
         seen.append({v.device.type for v in state.values()})
-        return CHECKPOINT_CONVERTERS.get('timm_vit')(state)
+        return CHECKPOINT_CONVERTERS.get('TimmViT')(state)
 
     source = open_checkpoint(str(tmp_path / 'v.safetensors'))
     converted = convert_source(source, spy)
@@ -229,7 +248,7 @@ def test_converter_on_a_backbone_loading_by_itself_is_an_error(save_ckpt):
                             num_layers=2, num_heads=2, mlp_ratio=4,
                             patch_bias=True, init_cfg=ConfigDict(
                                 type='Pretrained', checkpoint=path,
-                                converter='timm_vit'))
+                                converter='TimmViT'))
     with pytest.raises(InitConfigError, match=r'VisionTransformer.init_weights '
                        r'loads .* itself and ignores converter'):
         vit.init_weights()

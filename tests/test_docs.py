@@ -1,6 +1,7 @@
 """The documentation site builds with warnings as errors, and the built
 pages hold what they promise: an API entry per public name, every type
-mmext_init registers, README's (test-checked) report block."""
+mmext_init registers, README's (test-checked) report block; README stays a
+landing page whose links reach the site's pages."""
 import html
 import os
 import re
@@ -59,14 +60,35 @@ def test_every_registered_type_is_listed_with_its_docstring(site):
     assert len(registered(WEIGHT_INITIALIZERS)) >= 6  # Pretrained, Zero, ...
 
 
-def test_getting_started_shows_the_readme_report(site):
+def readme() -> str:
     with open(os.path.join(REPO, 'README.md')) as f:
-        readme = f.read()
-    block = readme.split('<!-- report:begin -->')[1].split(
+        return f.read()
+
+
+@pytest.mark.parametrize('page', ['getting_started', 'guides/report'])
+def test_pages_show_the_readme_report(site, page):
+    """README's block (the one source, checked against the demo by
+    tests/test_readme_report.py) is included, line for line."""
+    block = readme().split('<!-- report:begin -->')[1].split(
         '<!-- report:end -->')[0].strip().strip('`').strip()
     assert block.startswith('mmext_init: initialization report for ')
-    text = page_text(site, 'getting_started')
+    text = page_text(site, page)
     assert all(line in text for line in block.splitlines())
+
+
+def test_readme_is_a_landing_page_linking_the_site(site):
+    """At most 200 lines, and every relative link names a file that
+    exists; each docs/*.md one is a page the site built."""
+    text = readme()
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r'\]\(([^)#:]+)(?:#[^)]*)?\)', text)
+    pages = [link for link in links if link.startswith('docs/')]
+    assert len(pages) >= 10, links
+    for link in links:
+        assert os.path.exists(os.path.join(REPO, link)), link
+    for link in pages:
+        built = os.path.join(site, link[len('docs/'):-len('.md')] + '.html')
+        assert os.path.exists(built), link
 
 
 def test_a_warning_fails_the_build(tmp_path):

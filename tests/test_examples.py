@@ -1,8 +1,11 @@
-"""The example package ``mmext_examples`` (inserted modules the configs use)
-and the example configs, on real mmdet/mmseg backbones; no training."""
+"""The example package ``mmext_init.examples`` (inserted modules the
+configs use) and the example configs, on real mmdet/mmseg backbones; no
+training."""
 import doctest
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,9 +16,10 @@ from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope, Registry
 from mmseg.registry import MODELS as SEG_MODELS
 
-import mmext_examples
 import mmext_init
-from mmext_examples import ConvAdapter, adapters, mmdet_models, mmseg_models
+import mmext_init.examples
+from mmext_init.examples import (ConvAdapter, adapters, mmdet_models,
+                                 mmseg_models)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SWIN = dict(pretrain_img_size=64, embed_dims=32, depths=(1, 1, 1, 1),
@@ -43,12 +47,27 @@ def test_docstring_examples(module):
 
 
 def test_exports_and_registration():
-    assert {'ConvAdapter', 'ResNetWithAdapters', 'SwinWithAdapters',
-            'MiTWithAdapters'} <= set(mmext_examples.__all__)
+    assert set(mmext_init.examples.__all__) == {'ConvAdapter',
+                                                'apply_adapters'}
     assert DET_MODELS.get('ResNetWithAdapters') is \
         mmdet_models.ResNetWithAdapters
     assert DET_MODELS.get('SwinWithAdapters') is mmdet_models.SwinWithAdapters
     assert SEG_MODELS.get('MiTWithAdapters') is mmseg_models.MiTWithAdapters
+
+
+def test_the_package_imports_neither_library():
+    """``import mmext_init.examples`` alone leaves mmdet and mmseg out: only
+    the submodule a config names imports its library."""
+    code = ('import sys, mmext_init.examples; '
+            "print(sorted(m for m in ('mmdet', 'mmseg') if m in sys.modules))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split('\n')[-2] == '[]'
+    code = code.replace('mmext_init.examples;',
+                        'mmext_init.examples.mmseg_models;')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, check=True).stdout
+    assert 'mmseg' in out.split('\n')[-2]
 
 
 def test_conv_adapter_identity_after_init_not_before():
@@ -133,8 +152,10 @@ def test_example_configs_build_and_run(config, registry, channels):
     """Every example config builds (no checkpoint needed to build), its
     backbone has one adapter per used stage, and the model runs."""
     cfg = Config.fromfile(os.path.join(REPO, config))
+    library = 'mmseg' if registry is SEG_MODELS else 'mmdet'
     assert cfg.custom_imports == dict(
-        imports=['mmext_init', 'mmext_examples'], allow_failed_imports=False)
+        imports=['mmext_init', f'mmext_init.examples.{library}_models'],
+        allow_failed_imports=False)
     init_cfg = cfg.model.backbone.init_cfg
     assert init_cfg.type == 'Pretrained'
     assert init_cfg.checkpoint.startswith('checkpoints/')

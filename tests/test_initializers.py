@@ -1,4 +1,4 @@
-"""Zero, Identity, Orthogonal, LoRA: their math, the stock conventions
+"""Zero, Identity, Orthogonal, LoRAPair: their math, the stock conventions
 (``layer``, ``override``, ``bias``, ``bias_prob`` as for ``Constant``),
 registry resolution under mmdet/mmseg scopes, provenance and errors."""
 import copy
@@ -14,13 +14,13 @@ from mmengine.model.weight_init import bias_init_with_prob
 from mmengine.registry import WEIGHT_INITIALIZERS, DefaultScope
 
 import mmext_init
-from mmext_init import (get_provenance, identity_init, lora_init,
-                        orthogonal_init, zero_init)
-from mmext_init.initializers.layer_types import (IdentityInit, LoRAInit, OrthogonalInit,
-                                     ZeroInit)
+from mmext_init import (InitConfigError, get_provenance, identity_init,
+                        lora_pair_init, orthogonal_init, zero_init)
+from mmext_init.initializers.layer_types import (IdentityInit, LoRAPairInit,
+                                                 OrthogonalInit, ZeroInit)
 
 NEW_TYPES = {'Zero': ZeroInit, 'Identity': IdentityInit,
-             'Orthogonal': OrthogonalInit, 'LoRA': LoRAInit}
+             'Orthogonal': OrthogonalInit, 'LoRAPair': LoRAPairInit}
 
 
 # -- Identity ---------------------------------------------------------------
@@ -134,7 +134,7 @@ class ParamLoRA(nn.Module):
 
 def test_lora_product_zero_and_kaiming_uniform_variance():
     m = LoRALinear(dim=1024, rank=512)  # A: 512 x 1024, 524288 samples
-    lora_init(m)
+    lora_pair_init(m)
     assert torch.count_nonzero(m.lora_B.weight) == 0
     assert torch.count_nonzero(m.lora_B.weight @ m.lora_A.weight) == 0
     x = torch.randn(3, 1024)
@@ -148,24 +148,40 @@ def test_lora_product_zero_and_kaiming_uniform_variance():
     assert abs(a.mean().item()) < 0.01 * bound
 
 
-def test_lora_gaussian_std_is_one_over_rank():
-    m = LoRALinear(dim=512, rank=64)
-    lora_init(m, mode='gaussian')  # rank from A's shape
-    assert m.lora_A.weight.std().item() == pytest.approx(1 / 64, rel=0.02)
-    lora_init(m, mode='gaussian', rank=16)
-    assert m.lora_A.weight.std().item() == pytest.approx(1 / 16, rel=0.02)
+@pytest.mark.parametrize('rank', [16, 64])
+def test_lora_gaussian_std_is_one_over_rank(rank):
+    """r is the rank of the pair (A's first dimension), as an insert's
+    ``rank``: there is no second meaning to give."""
+    m = LoRALinear(dim=512, rank=rank)
+    lora_pair_init(m, mode='gaussian')
+    assert m.lora_A.weight.std().item() == pytest.approx(1 / rank, rel=0.02)
     assert torch.count_nonzero(m.lora_B.weight) == 0
+    with pytest.raises(TypeError, match='rank'):
+        WEIGHT_INITIALIZERS.build(dict(type='LoRAPair', rank=rank))
+
+
+def test_the_former_init_type_name_lora_names_the_new_one():
+    """``LoRA`` is the insert type; in an ``init_cfg`` it is an error
+    naming ``LoRAPair`` (no alias: one name, one meaning)."""
+    assert 'LoRA' not in WEIGHT_INITIALIZERS.module_dict
+    lora = LoRALinear(16, 4)
+    lora.init_cfg = dict(type='LoRA', mode='gaussian')
+    with pytest.raises(InitConfigError, match=(
+            r"^init_cfg of the model root \(LoRALinear\) \(LoRA\): init "
+            r"type 'LoRA' is now named 'LoRAPair' \('LoRA' is the insert "
+            r"type of a model's insert=\[dict\(type='LoRA', \.\.\.\)\]\)$")):
+        lora.init_weights()
 
 
 def test_lora_parameters_and_conv_projections():
     p = ParamLoRA()
-    lora_init(p, a_attr='down', b_attr='up')
+    lora_pair_init(p, a_attr='down', b_attr='up')
     assert torch.count_nonzero(p.up) == 0
     assert p.down.abs().max() <= 1 / math.sqrt(32)
     conv = nn.Module()  # PEFT's Conv2d LoRA: A = kxk conv, B = 1x1 conv
     conv.lora_A = nn.Conv2d(8, 2, 3, padding=1)
     conv.lora_B = nn.Conv2d(2, 8, 1)
-    lora_init(conv)
+    lora_pair_init(conv)
     out = conv.lora_B(conv.lora_A(torch.randn(1, 8, 5, 5)))
     assert torch.count_nonzero(out) == 0
     assert torch.count_nonzero(conv.lora_A.bias) == 0
@@ -173,37 +189,35 @@ def test_lora_parameters_and_conv_projections():
 
 def test_lora_errors_name_module_and_attribute():
     with pytest.raises(ValueError, match="Linear has no projection 'lora_A'"):
-        lora_init(nn.Linear(4, 4))
+        lora_pair_init(nn.Linear(4, 4))
     with pytest.raises(ValueError,
                        match="ParamLoRA has no projection 'lora_B'"):
-        lora_init(ParamLoRA(), a_attr='down')
+        lora_pair_init(ParamLoRA(), a_attr='down')
     with pytest.raises(ValueError, match="mode must be 'kaiming' or"):
-        lora_init(LoRALinear(8, 2), mode='xavier')
-    with pytest.raises(ValueError, match='rank must be a positive int'):
-        lora_init(LoRALinear(8, 2), mode='gaussian', rank=0)
+        lora_pair_init(LoRALinear(8, 2), mode='xavier')
     with pytest.raises(ValueError, match="mode must be 'kaiming' or"):
-        WEIGHT_INITIALIZERS.build(dict(type='LoRA', mode='normal'))
+        WEIGHT_INITIALIZERS.build(dict(type='LoRAPair', mode='normal'))
     with pytest.raises(ValueError, match='bias/bias_prob do not apply'):
-        WEIGHT_INITIALIZERS.build(dict(type='LoRA', bias_prob=0.01))
+        WEIGHT_INITIALIZERS.build(dict(type='LoRAPair', bias_prob=0.01))
 
 
 def test_lora_layer_filter_skips_others_and_requires_projections_on_match():
     model = nn.Sequential(LoRALinear(16, 4), nn.Linear(16, 16))
     before = model[1].weight.clone()
-    initialize(model, dict(type='LoRA', layer='LoRALinear'))
+    initialize(model, dict(type='LoRAPair', layer='LoRALinear'))
     assert torch.count_nonzero(model[0].lora_B.weight) == 0
     assert torch.equal(model[1].weight, before)  # not the target: untouched
     with pytest.raises(ValueError, match="Linear has no projection 'lora_A'"):
-        initialize(model, dict(type='LoRA', layer='Linear'))
+        initialize(model, dict(type='LoRAPair', layer='Linear'))
     # override: every LoRA module under the named one; none is an error
     nested = nn.Module()
     nested.block = nn.Sequential(LoRALinear(8, 2), LoRALinear(8, 2))
     nested.head = nn.Linear(8, 8)
-    initialize(nested, dict(type='LoRA', override=dict(name='block')))
+    initialize(nested, dict(type='LoRAPair', override=dict(name='block')))
     assert all(torch.count_nonzero(m.lora_B.weight) == 0 for m in nested.block)
     with pytest.raises(ValueError, match=r"neither Linear\(.*\) nor any "
                        "module under it has both projections 'lora_A'"):
-        initialize(nested, dict(type='LoRA', override=dict(name='head')))
+        initialize(nested, dict(type='LoRAPair', override=dict(name='head')))
 
 
 # -- stock conventions, compared with Constant -------------------------------
@@ -347,7 +361,7 @@ def test_every_type_resolves_under_downstream_scopes(scope):
             dict(type='Zero', override=dict(name='zero'), bias=1.0),
             dict(type='Identity', override=dict(name='eye')),
             dict(type='Orthogonal', override=dict(name='orth'), gain=3.0),
-            dict(type='LoRA', layer='LoRALinear', mode='gaussian'),
+            dict(type='LoRAPair', layer='LoRALinear', mode='gaussian'),
         ])
     assert torch.count_nonzero(model.zero.weight) == 0
     assert torch.all(model.zero.bias == 1)
@@ -376,7 +390,7 @@ def test_provenance_records_type_args_and_notes():
         dict(type='Identity', layer='Conv2d', bias_prob=0.01),
         dict(type='Orthogonal', layer='Linear', gain=1.0,
              override=[dict(type='Zero', name='up'),
-                       dict(type='LoRA', name='lora', mode='gaussian')]),
+                       dict(type='LoRAPair', name='lora', mode='gaussian')]),
     ])
     block.init_weights()
     assert torch.count_nonzero(block.up.weight) == 0
@@ -394,7 +408,7 @@ def test_provenance_records_type_args_and_notes():
     assert entries['serial.bias'].notes == ()
     assert (entries['up.weight'].kind, entries['up.weight'].source) == (
         'initializer', 'Zero')
-    assert entries['lora.lora_B.weight'].source == 'LoRA'
+    assert entries['lora.lora_B.weight'].source == 'LoRAPair'
     assert entries['lora.lora_A.weight'].args == {'mode': 'gaussian'}
     assert entries['proj.weight'].source == 'Orthogonal'
     assert entries['lora.base.weight'].source == 'Orthogonal'

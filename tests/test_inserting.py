@@ -329,6 +329,14 @@ def test_entry_matching_nothing_names_it_and_the_closest_path():
                        'none is a Conv2d'):
         insert_modules(model, [dict(type='LoRA', targets=QKV, rank=8,
                                     layer='Conv2d')])
+    # targets match whole paths: a searched-for fragment names its paths
+    with pytest.raises(InitConfigError, match=(
+            r"targets='w_msa\.qkv'\) matches no module of SwinTransformer "
+            r'\(it matches only part of \d+ names, e\.g\. '
+            r"'stages\.0\.blocks\.0\.attn\.w_msa\.qkv': a pattern matches "
+            r"whole names, e\.g\. '\.\*w_msa\.qkv\.\*'\)$")):
+        insert_modules(model, [dict(type='LoRA', targets='w_msa.qkv',
+                                    rank=8)])
 
 
 def test_targets_and_layer_together_select_both():

@@ -1,11 +1,13 @@
 """Activation: import, reload, root registries under every scope,
 custom_imports from a config, and the stock-behaviour context manager."""
 import importlib
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from mmengine.config import DictAction
 from mmengine.model import BaseModule
 from mmengine.registry import WEIGHT_INITIALIZERS, DefaultScope
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -15,6 +17,11 @@ import mmext_init
 from mmext_init import PretrainedInit, stock_mmengine
 from mmext_init.deferred import deferred_construction, pending_count
 from mmext_init.plugin.patches import original
+from mmext_init.tools import (check_function_preserving, match_checkpoint,
+                              merge_inserted)
+from mmext_init.tools.cli import ATOL
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_import_twice_and_reload_do_not_double_patch():
@@ -127,3 +134,44 @@ def test_a_scheme_registered_later_leaves_uninstall_complete():
         assert CheckpointLoader._schemes[''] is ours
     finally:
         CheckpointLoader._schemes.pop('mmext-test://')
+
+
+TOOLS = {'mmext-match': match_checkpoint, 'mmext-merge': merge_inserted,
+         'mmext-check': check_function_preserving}
+
+
+@pytest.mark.parametrize('script', sorted(TOOLS))
+def test_tools_share_their_conventions(script):
+    """Every option has a help text; ``--cfg-options`` (mmengine's
+    DictAction) and ``--json PATH`` everywhere, ``--atol`` with one
+    default; the parser names the console script in its errors."""
+    parser = TOOLS[script].build_parser()
+    assert parser.prog == script
+    actions = {a.dest: a for a in parser._actions if a.dest != 'help'}
+    assert all(a.help for a in actions.values()), \
+        [d for d, a in actions.items() if not a.help]
+    assert isinstance(actions['cfg_options'], DictAction)
+    assert (actions['json'].metavar, actions['json'].default) == \
+        ('PATH', None)
+    if 'atol' in actions:
+        assert actions['atol'].default == ATOL == 1e-5
+
+
+@pytest.mark.parametrize('script', sorted(TOOLS))
+def test_tools_run_as_scripts_modules_and_wrappers(script, tmp_path):
+    """The console script (installed with the package), ``python -m`` and
+    the repository's ``tools/*.py`` wrapper run the same ``main``: one error
+    line, exit status 2, for a config that does not exist."""
+    module = TOOLS[script].__name__
+    missing = str(tmp_path / 'missing.py')
+    args = [missing, 'x.pth', '--out', str(tmp_path / 'o.pth')] \
+        if script == 'mmext-merge' else [missing, '--reference', missing] \
+        if script == 'mmext-check' else [missing]
+    bin_dir = os.path.dirname(sys.executable)
+    wrapper = os.path.join(REPO, 'tools', module.rsplit('.', 1)[1] + '.py')
+    for command in ([os.path.join(bin_dir, script)],
+                    [sys.executable, '-m', module],
+                    [sys.executable, wrapper]):
+        proc = subprocess.run(command + args, capture_output=True, text=True)
+        assert (proc.returncode, proc.stderr) == (
+            2, f'{script}: error: {missing}: no such config file\n'), command

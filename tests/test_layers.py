@@ -12,7 +12,7 @@ import mmext_init
 PACKAGE = Path(mmext_init.__file__).parent
 # bottom up; units on one layer do not import each other
 LAYERS: List[Set[str]] = [
-    {'errors', 'context', 'aten'},
+    {'errors', 'context', 'aten', 'matching'},
     {'provenance', 'checkpoint'},
     {'loading', 'deferred'},
     {'session'},

@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import torch
@@ -25,8 +24,7 @@ from mmext_init.training.report import TRAINABLE_FILE
 from runner_utils import ToyModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tools'))
-import match_checkpoint  # noqa: E402
+from mmext_init.tools import match_checkpoint
 
 RUNS = itertools.count()
 FREEZE = dict(constructor='ProvenanceOptimWrapperConstructor',

@@ -1,8 +1,8 @@
-"""tools/merge_inserted.py on the tiny LoRA/adapter configs: LoRA folded into
-Linear (Swin qkv/proj), Conv2d (MiT sr, Mix-FFN 1x1) and ConvModule
-(RetinaHead) weights, a plain checkpoint written and proven, and loaded by
-stock mmdet/mmseg in a subprocess that never imports mmext_init (real
-models, real files)."""
+"""``mmext-merge`` (mmext_init.tools.merge_inserted) on the tiny LoRA/adapter
+configs: LoRA folded into Linear (Swin qkv/proj), Conv2d (MiT sr, Mix-FFN
+1x1) and ConvModule (RetinaHead) weights, a plain checkpoint written and
+proven, and loaded by stock mmdet/mmseg in a subprocess that never imports
+mmext_init (real models, real files)."""
 import copy
 import os
 import re
@@ -10,15 +10,20 @@ import subprocess
 import sys
 from typing import Dict, List, Tuple
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 
 from mmext_init.hooks.delta_checkpoint import delta_checkpoint
 from mmext_init.inserting import lora_delta
+from mmext_init.tools import check_function_preserving as cfp
+from mmext_init.tools import merge_inserted as tool
 
 # MMEngine's logger keeps the sys.stdout of its creation: create it now,
 # not inside a capsys test whose stream is closed afterwards.
@@ -26,10 +31,7 @@ MMLogger.get_current_instance()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-TOOL = os.path.join(REPO, 'tools', 'merge_inserted.py')
-sys.path.insert(0, os.path.join(REPO, 'tools'))
-import check_function_preserving as cfp  # noqa: E402
-import merge_inserted as tool  # noqa: E402
+TOOL = os.path.join(REPO, 'tools', 'merge_inserted.py')  # the wrapper
 
 SWIN = os.path.join(REPO, 'configs', 'mmdet', 'retinanet_swin_lora_tiny.py')
 MIT = os.path.join(REPO, 'configs', 'mmseg', 'segformer_mit_lora_tiny.py')
@@ -96,7 +98,7 @@ def trained(config: str, pattern: str, seed: int = 1) -> nn.Module:
     tensors initialized), eval mode, the tensors whose name contains
     ``pattern`` made random (as after training) and the only ones that
     train."""
-    model, _ = cfp.build_initialized(config)
+    model, _ = cfp.build_initialized(Config.fromfile(config))
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -139,7 +141,7 @@ def error_line(err: str) -> str:
     by an earlier test can still hold a stream pytest has since closed, and
     logging then prints its own traceback to stderr."""
     lines = [line for line in err.splitlines()
-             if line.startswith('merge_inserted: error:')]
+             if line.startswith('mmext-merge: error:')]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -174,7 +176,7 @@ def swin(tiny_dir, tmp_path_factory) -> Dict[str, object]:
     cwd = os.getcwd()
     os.chdir(tiny_dir)
     try:
-        model, _ = cfp.build_initialized(SWIN)
+        model, _ = cfp.build_initialized(Config.fromfile(SWIN))
         base = str(folder / 'base.pth')
         torch.save({'state_dict': model.state_dict(),
                     'meta': {'dataset_meta': DATASET_META}}, base)
@@ -226,8 +228,15 @@ def test_mit_conv_lora_merges_into_a_stock_checkpoint(in_tiny, tmp_path,
     torch.save({'state_dict': model.state_dict()}, ckpt)
     ref = str(tmp_path / 'ref.pth')
     reference(model, (1, 3, 64, 64), ref)
-    assert tool.main([MIT, ckpt, '--out', out]) == 0
+    result = str(tmp_path / 'merge.json')
+    assert tool.main([MIT, ckpt, '--out', out, '--json', result]) == 0
     text = capsys.readouterr().out
+    with open(result) as f:
+        data = json.load(f)
+    assert (data['proven'], data['out'], data['atol']) == (True, out, 1e-5)
+    assert data['max_abs_difference'] == pytest.approx(
+        float(PROVEN.search(text).group(1)), rel=1e-3)  # printed with %.3e
+    assert len(data['meta']['folded']) == 11
     assert ('folded 11 LoRA branches of insert[0] LoRA(rank=4, alpha=8) '
             'into the weights of backbone.layers.{0..2}.1.0.attn.sr, '
             'backbone.layers.{0..3}.1.0.ffn.layers.{0,4}') in text
@@ -247,7 +256,7 @@ def test_adapters_need_keep_adapters(in_tiny, tmp_path, capsys):
                       '--out', out]) == 2
     err = capsys.readouterr().err
     assert error_line(err).startswith(
-        f'merge_inserted: error: {R18_ADAPTERS}: '
+        f'mmext-merge: error: {R18_ADAPTERS}: '
         'model.insert holds entries that cannot be folded')
     assert 'insert[0] Adapter(reduction=4) at backbone.layer{2..4}' in err
     assert '--keep-adapters folds the LoRA entries' in err
@@ -303,7 +312,7 @@ def test_keep_adapters_folds_conv_module_lora(in_tiny, tmp_path, capsys):
         type='Adapter', targets=r'backbone\.layer[2-4]', reduction=4)]
     assert 'only (the kept entries; mmext_init imported)' in \
         merged['meta']['needs']
-    adapters_only, _ = cfp.build_initialized(R18_ADAPTERS)
+    adapters_only, _ = cfp.build_initialized(Config.fromfile(R18_ADAPTERS))
     adapters_only.load_state_dict(merged['state_dict'], strict=True)
 
 
@@ -332,7 +341,7 @@ def test_checkpoints_that_do_not_fit_exit_2(swin, in_tiny, tmp_path, capsys):
     assert tool.main([SWIN, other, '--delta', swin['delta'],
                       '--out', out]) == 2
     err = capsys.readouterr().err
-    assert error_line(err).startswith(f'merge_inserted: error: {SWIN}: ')
+    assert error_line(err).startswith(f'mmext-merge: error: {SWIN}: ')
     assert (f"delta checkpoint {swin['delta']} was trained from another "
             f'base than {other}') in err
     stock = 'checkpoints/retinanet_swin_stock_tiny.pth'
@@ -374,7 +383,7 @@ def test_input_that_is_no_image_is_an_error_naming_the_options(tmp_path,
     assert tool.main([str(config), ckpt, '--out', out]) == 2
     captured = capsys.readouterr()
     assert error_line(captured.err).startswith(
-        'merge_inserted: error: the input (1, 3, 224, 224) (the default for '
+        'mmext-merge: error: the input (1, 3, 224, 224) (the default for '
         'images, 1x3x224x224: no crop_size, data preprocessor size or test '
         "Resize in the config) does not run through the whole model "
         "(mode='tensor'): RuntimeError: mat1 and mat2 shapes cannot be "

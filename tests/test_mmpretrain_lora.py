@@ -225,7 +225,7 @@ def test_depths_stay_right_with_lora_inserted():
     rate, base_lr = 0.5, 1.0
     build = ProvenanceOptimWrapperConstructor(
         dict(optimizer=dict(type='AdamW', lr=base_lr, weight_decay=0.05)),
-        dict(layer_decay=dict(rate=rate, select=dict(name=r'^backbone\.'))))
+        dict(layer_decay=dict(rate=rate, select=dict(name=r'backbone\..*'))))
     lr_of = {id(p): g['lr'] for g in build(ours).optimizer.param_groups
              for p in g['params']}
     top = ARCH['num_layers'] + 2  # stock's max_id: scale rate**(top - d - 1)

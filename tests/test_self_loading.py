@@ -129,7 +129,7 @@ def test_pidnet_backbone_entry_on_runner_checkpoint_is_a_clear_error(
     cfg.model.backbone.init_cfg = None
     cfg.model.init_cfg = suggested_parent_cfg(message)
     assert cfg.model.init_cfg == dict(type='Pretrained', checkpoint=path,
-                                      ignore_keys=[r'^(?!backbone\.)'])
+                                      ignore_keys=[r'(?!backbone\.).*'])
     model = build_segmentor(cfg.model)
     model.init_weights()
     assert_backbone_loaded(model, state, path)
@@ -276,7 +276,7 @@ def test_suggested_parent_entry_renames_another_prefix(tmp_path):
         model.init_weights()
     parent_cfg = suggested_parent_cfg(str(error.value))
     assert parent_cfg == dict(type='Pretrained', checkpoint=path,
-                              ignore_keys=[r'^(?!encoder\.)'],
+                              ignore_keys=[r'(?!encoder\.).*'],
                               revise_keys=[(r'^encoder\.', 'backbone.')])
     model = Holder(VisionTransformer(**VIT_ARGS), init_cfg=parent_cfg)
     model.init_weights()

@@ -6,8 +6,8 @@ model's own ``state_dict`` (safetensors, as the timm hub ships them, or
   (``revise_keys`` adding ``timm_model.``): every tensor, BatchNorm
   statistics included, loaded bit-exact from its file key, and the
   backbone computes what the timm model with those weights computes;
-* the ``timm_vit`` converter: timm's ``VisionTransformer`` into mmseg's
-  ViT, and ``timm_vit_mmpretrain`` into mmpretrain's, strict, with the
+* the ``TimmViT`` converter: timm's ``VisionTransformer`` into mmseg's
+  ViT, and ``TimmViTMMPretrain`` into mmpretrain's, strict, with the
   outputs of the timm model: bit for bit from mmpretrain's ViT (timm's
   fused ``qkv`` and the same ops), within float32 rounding from mmseg's
   (torch's ``nn.MultiheadAttention``).
@@ -116,7 +116,7 @@ def check_converted(model: BaseModule, vit: nn.Module, ref: nn.Module,
 
 
 def test_timm_vit_converter_into_mmseg_vit(tmp_path):
-    """timm_vit: a real timm ViT's file into mmseg's ViT (LayerNorm eps as
+    """TimmViT: a real timm ViT's file into mmseg's ViT (LayerNorm eps as
     timm's, ``patch_bias=True``), strict (the converter drops the head);
     the patch tokens after the final
     norm are timm's ``forward_features`` tokens."""
@@ -130,7 +130,7 @@ def test_timm_vit_converter_into_mmseg_vit(tmp_path):
                             patch_bias=True, norm_cfg=dict(type='LN',
                                                            eps=1e-6))
     model = Wrapper(vit, init_cfg=dict(
-        type='Pretrained', checkpoint=path, converter='timm_vit',
+        type='Pretrained', checkpoint=path, converter='TimmViT',
         revise_keys=[(r'^', 'backbone.')], strict=True))
     model.init_weights()
     check_converted(model, vit, ref, 'blocks.1.attn.qkv.weight',
@@ -147,7 +147,7 @@ def test_timm_vit_converter_into_mmseg_vit(tmp_path):
 
 
 def test_timm_vit_mmpretrain_converter_into_mmpretrain_vit(tmp_path):
-    """timm_vit_mmpretrain: the same file into mmpretrain's own ViT, its
+    """TimmViTMMPretrain: the same file into mmpretrain's own ViT, its
     ``init_cfg`` (mmpretrain's ViT does not load by itself), strict; all
     tokens after the final norm are timm's ``forward_features``, bit for
     bit."""
@@ -159,7 +159,7 @@ def test_timm_vit_mmpretrain_converter_into_mmpretrain_vit(tmp_path):
         arch=dict(embed_dims=32, num_layers=2, num_heads=2,
                   feedforward_channels=128),
         init_cfg=dict(type='Pretrained', checkpoint=path,
-                      converter='timm_vit_mmpretrain', strict=True)))
+                      converter='TimmViTMMPretrain', strict=True)))
     vit.init_weights()
     check_converted(vit, vit, ref, 'blocks.1.attn.qkv.weight',
                     'layers.1.attn.qkv.weight')
@@ -172,7 +172,7 @@ def test_timm_vit_mmpretrain_converter_into_mmpretrain_vit(tmp_path):
 
 
 def test_timm_vit_mmseg_converter_does_not_fit_mmpretrain(tmp_path):
-    """The mmseg naming of ``timm_vit`` is not mmpretrain's: strict, it is
+    """The mmseg naming of ``TimmViT`` is not mmpretrain's: strict, it is
     an error naming an attention key, not a silent partial load."""
     ref = timm_model('vit_tiny_patch16_224')
     path = write(ref.state_dict(), str(tmp_path / 'vit.pth'))
@@ -182,7 +182,7 @@ def test_timm_vit_mmseg_converter_does_not_fit_mmpretrain(tmp_path):
         arch=dict(embed_dims=32, num_layers=2, num_heads=2,
                   feedforward_channels=128),
         init_cfg=dict(type='Pretrained', checkpoint=path,
-                      converter='timm_vit', strict=True)))
+                      converter='TimmViT', strict=True)))
     with pytest.raises(RuntimeError, match=r'missing keys: layers\.0\.attn'
                        r'\.qkv\.weight, .*unexpected keys: layers\.0\.attn'
                        r'\.attn\.in_proj_weight'):

@@ -55,7 +55,7 @@ def test_rules_set_the_group_lr_and_decay(tmp_path, backbone_ckpt):
     runner = _runner(str(tmp_path / 'rules'), backbone_ckpt, dict(
         norm_decay_mult=0.0,
         rules=[dict(select='new', lr_mult=10.0),
-               dict(select=dict(name=r'adapters\.\d+\.up'), lr_mult=5.0,
+               dict(select=dict(name=r'.*adapters\.\d+\.up\..*'), lr_mult=5.0,
                     decay_mult=2.0)]))
     runner.train()
     model = runner.model

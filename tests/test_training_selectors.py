@@ -11,7 +11,6 @@ import mmext_init
 from mmext_init import ProvenanceOptimWrapperConstructor
 from mmext_init.errors import InitConfigError
 from mmext_init.training.expected import param_table
-from mmext_init.training.plan import selector_table
 from mmext_init.training.selectors import SelectorError, select
 
 SGD = dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=0.01))
@@ -47,11 +46,11 @@ def test_keywords_and_keys_before_and_after_init(net):
     assert _names('new', before) == ['head.weight', 'head.bias']
     assert len(_names('all', before)) == 6
     assert _names(dict(module_type='_BatchNorm'), before) == loaded[2:]
-    assert _names(dict(module_type='Net', name='bias$'), before) == \
+    assert _names(dict(module_type='Net', name=r'.*\.bias'), before) == \
         ['trunk.0.bias', 'trunk.1.bias', 'head.bias']
-    assert _names([dict(name='^head'), dict(source=r'ckpt_1\.pth$')],
+    assert _names([dict(name=r'head\..*'), dict(source=r'.*ckpt_1\.pth')],
                   before) == loaded + ['head.weight', 'head.bias']
-    assert _names(dict(declared_by='^trunk$'), before) == loaded
+    assert _names(dict(declared_by='trunk'), before) == loaded
     with pytest.raises(SelectorError, match="only 'checkpoint' is known"):
         select(dict(provenance='initializer'), before)
     net.init_weights()
@@ -65,11 +64,11 @@ def test_keywords_and_keys_before_and_after_init(net):
 def test_selector_matching_nothing_names_the_closest(net):
     table = param_table(net)
     with pytest.raises(SelectorError) as info:
-        select(dict(name='^haed', provenance='checkpoint'), table,
+        select(dict(name=r'haed\..*', provenance='checkpoint'), table,
                'paramwise_cfg.freeze')
     text = str(info.value)
     assert text.startswith('paramwise_cfg.freeze: selector')
-    assert "name='^haed' matches none" in text and 'provenance' not in \
+    assert "name='haed\\\\..*' matches none" in text and 'provenance' not in \
         text.split('matches no parameter:')[1]
     with pytest.raises(SelectorError, match="closest names: 'BatchNorm1d'"):
         select(dict(module_type='BatchNorm1D'), table)
@@ -78,12 +77,29 @@ def test_selector_matching_nothing_names_the_closest(net):
     with pytest.raises(SelectorError, match="unknown key 'names'"):
         select(dict(names='x'), table)
     with pytest.raises(SelectorError, match='none matches all'):
-        select(dict(name='^head', provenance='checkpoint'), table)
+        select(dict(name=r'head\..*', provenance='checkpoint'), table)
+
+
+def test_name_regexes_match_whole_names(net):
+    """One regex rule (``re.fullmatch``): a pattern that only occurs inside
+    names selects nothing, and the error shows the names it is part of and
+    the pattern that matches them whole."""
+    table = param_table(net)
+    assert _names(dict(name=r'head\..*'), table) == ['head.weight',
+                                                      'head.bias']
+    with pytest.raises(SelectorError) as info:
+        select(dict(name='head'), table, 'paramwise_cfg.freeze')
+    assert "name='head' matches none (it matches only part of 2 names, " \
+        "e.g. 'head.weight'" in str(info.value)
+    assert "e.g. 'head.*')" in str(info.value)
+    with pytest.raises(SelectorError, match=r"e\.g\. '\.\*bias\.\*'"):
+        select(dict(name='bias'), table)
+    assert _names(dict(name='head.*'), table) == ['head.weight', 'head.bias']
 
 
 def test_freeze_and_rule_conflict_is_an_error(net):
     build = ProvenanceOptimWrapperConstructor(SGD, dict(
-        freeze='loaded', rules=[dict(select=dict(name='bias$'),
+        freeze='loaded', rules=[dict(select=dict(name=r'.*\.bias'),
                                      lr_mult=2.0)]))
     with pytest.raises(InitConfigError,
                        match=r'rules\[0\] gives lr_mult=2.0 .*trunk'):
@@ -106,10 +122,10 @@ def test_tied_parameters_count_once():
     table = param_table(model)
     assert [p.names for p in table.params][:2] == [
         ('a.weight', 'b.0.weight'), ('a.bias', 'b.0.bias')]
-    assert len(select(dict(name=r'^b\.0\.'), table)) == 2
+    assert len(select(dict(name=r'b\.0\..*'), table)) == 2
     build = ProvenanceOptimWrapperConstructor(
         SGD, dict(norm_decay_mult=0.0,
-                  rules=[dict(select=dict(name=r'^b\.1'), lr_mult=3)]))
+                  rules=[dict(select=dict(name=r'b\.1\..*'), lr_mult=3)]))
     optimizer = build(model).optimizer  # stock would add a.weight twice
     params = [p for g in optimizer.param_groups for p in g['params']]
     assert len(params) == len({id(p) for p in params}) == 4
@@ -274,10 +290,10 @@ def test_not_selects_what_its_selector_does_not(net):
     selector matches nothing is an error (a typo would select all)."""
     table = param_table(net)
     assert _names({'not': 'loaded'}, table) == ['head.weight', 'head.bias']
-    assert _names(dict(name='^trunk', **{'not': dict(
+    assert _names(dict(name=r'trunk\..*', **{'not': dict(
         module_type='_BatchNorm')}), table) == ['trunk.0.weight',
                                                  'trunk.0.bias']
-    assert _names({'not': ['new', dict(name='bias$')]}, table) == \
+    assert _names({'not': ['new', dict(name=r'.*\.bias')]}, table) == \
         ['trunk.0.weight', 'trunk.1.weight']
     with pytest.raises(SelectorError, match=r"'not': selector \{'name': "
                        r"'haed'\} matches no parameter"):
@@ -285,7 +301,7 @@ def test_not_selects_what_its_selector_does_not(net):
     with pytest.raises(SelectorError, match=r"not='all' matches none"):
         select({'not': 'all'}, table)
     build = ProvenanceOptimWrapperConstructor(SGD, dict(
-        freeze={'not': dict(name='^head')}))
+        freeze={'not': dict(name=r'head\..*')}))
     optimizer = build(net).optimizer
     assert [n for n, p in net.named_parameters() if p.requires_grad] == \
         ['head.weight', 'head.bias']
@@ -306,7 +322,7 @@ def test_freeze_loaded_trains_a_partly_new_head(save_ckpt, adapt):
         type='Pretrained', checkpoint=save_ckpt({
             f'0.{k}': v for k, v in nn.Linear(4, 2).state_dict().items()}),
         adapt=[adapt]))
-    table = selector_table(head)
+    table = param_table(head)
     assert _names('new', table) == ['0.weight', '0.bias', '1.weight',
                                     '1.bias']
     assert _names(dict(provenance='checkpoint'), table) == \
@@ -317,7 +333,7 @@ def test_freeze_loaded_trains_a_partly_new_head(save_ckpt, adapt):
             rf"they train\), e\.g\. '0\.weight' <- {adapt['type']}\(")):
         ProvenanceOptimWrapperConstructor(SGD, dict(freeze='loaded'))(head)
     optimizer = ProvenanceOptimWrapperConstructor(SGD, dict(
-        freeze=dict(name=r'^1\.')))(head).optimizer
+        freeze=dict(name=r'1\..*')))(head).optimizer
     assert [n for n, p in head.named_parameters() if p.requires_grad] == \
         ['0.weight', '0.bias']
     assert sum(len(g['params']) for g in optimizer.param_groups) == 2

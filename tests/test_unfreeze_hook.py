@@ -130,7 +130,7 @@ def test_resume_with_a_split_grouping_loads_by_name(uninterrupted,
     parameters (torch would match by position and fail on the count)."""
     _, straight = uninterrupted
     split = dict(PARAMWISE, rules=PARAMWISE['rules'] + [
-        dict(select=dict(name='^bbox_head'), decay_mult=1.0)])
+        dict(select=dict(name=r'bbox_head\..*'), decay_mult=1.0)])
     runner = _run(str(tmp_path / 'split'), backbone_ckpt, paramwise=split,
                   resume=True, load_from=os.path.join(straight, 'iter_4.pth'))
     assert runner.iter == 6

@@ -22,7 +22,9 @@ from mmext_init.loading.adapt import AdaptTransform
 from mmext_init.loading.options import PretrainedOptions
 from mmext_init.session.runner_load import LOAD_FROM_CFG, LOAD_FROM_KEYS
 from mmext_init.training.plan import NEW_KEYS, RULE_KEYS, TrainingCfg
-from mmext_init.training.selectors import SELECTOR_KEYS
+from mmext_init.inserting.targets import select_targets
+from mmext_init.training.selectors import (REGEX_KEYS, SELECTOR_KEYS,
+                                           ParamTable, SelectorError, select)
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'docs')
@@ -143,6 +145,42 @@ def test_load_from_cfg_and_the_environment():
     assert PLACES['config (top level)'] == {LOAD_FROM_CFG}
     assert PLACES['`load_from_cfg=dict(...)`'] == set(LOAD_FROM_KEYS)
     assert PLACES['environment'] == {ENV_VAR}
+
+
+def _rule(name: str) -> Set[str]:
+    """The keys the page's rule ``name`` (``REGEX``, ``CLASS``) lists."""
+    with open(VOCABULARY) as f:
+        text = f.read()
+    body = text.split(f'- **{name}**')[1].split('\n\n')[0]
+    return set(re.findall(r'`(\w+)`', body))
+
+
+def test_the_regex_rule_holds_where_the_page_says():
+    """A pattern found inside a name does not match it; the whole name
+    does (``re.fullmatch``), for each key the rule lists."""
+    listed = _rule('REGEX')
+    assert set(REGEX_KEYS) | {'targets', 'keys', 'include'} <= listed
+    net = nn.Sequential(nn.Sequential(nn.Linear(2, 2)), nn.BatchNorm1d(2))
+    assert not AdaptTransform('weight').selects('0.0.weight')
+    assert AdaptTransform(r'.*weight').selects('0.0.weight')
+    table = ParamTable.build(net, {})
+    with pytest.raises(SelectorError, match='matches only part of'):
+        select(dict(name='weight'), table)
+    assert len(select(dict(name=r'.*weight'), table)) == 2
+    assert [p for p, _ in select_targets(net, '0', None, 'insert[0]')] == \
+        ['0']
+
+
+def test_the_class_rule_holds_where_the_page_says():
+    """A base class two levels up names the module (``BatchNorm1d`` ->
+    ``_BatchNorm`` -> ``_NormBase``), for each key the rule lists."""
+    assert {'layer', 'module_type', 'layers'} <= _rule('CLASS')
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert [p for p, _ in select_targets(net, None, '_NormBase',
+                                         'insert[0]')] == ['1']
+    table = ParamTable.build(net, {})
+    assert [p.name for p in select(dict(module_type='_NormBase'),
+                                   table)] == ['1.weight', '1.bias']
 
 
 def test_every_place_is_checked():

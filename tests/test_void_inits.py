@@ -77,26 +77,26 @@ def _retinanet(**cfg_changes) -> nn.Module:
 
 # 1. The new types without layer/override: the module that declares them.
 def test_lora_on_the_module_holding_the_projections():
-    lora = LoRALinear(init_cfg=dict(type='LoRA'))
+    lora = LoRALinear(init_cfg=dict(type='LoRAPair'))
     before = lora.lora_A.weight.clone()
     lora.init_weights()
     assert torch.count_nonzero(lora.lora_B.weight) == 0
     assert not torch.equal(lora.lora_A.weight, before)  # drawn again
     entries = get_provenance(lora).entries
-    assert entries['lora_A.weight'].source == 'LoRA'
-    assert entries['lora_B.weight'].source == 'LoRA'
+    assert entries['lora_A.weight'].source == 'LoRAPair'
+    assert entries['lora_B.weight'].source == 'LoRAPair'
     assert entries['base.weight'].kind == 'constructor'
     assert get_provenance(lora).void_entries == []
 
 
 def test_lora_on_a_block_whose_children_are_lora_modules():
-    block = Block(init_cfg=dict(type='LoRA', mode='gaussian'))
+    block = Block(init_cfg=dict(type='LoRAPair', mode='gaussian'))
     block.init_weights()
     for lora in (block.attn, block.mlp):
         assert torch.count_nonzero(lora.lora_B.weight) == 0
     entry = get_provenance(block).entries['mlp.lora_A.weight']
     assert (entry.source, entry.args, entry.declared_by) == (
-        'LoRA', {'mode': 'gaussian'}, '')
+        'LoRAPair', {'mode': 'gaussian'}, '')
 
 
 @pytest.mark.parametrize('init_type', ['Zero', 'Identity', 'Orthogonal'])
@@ -122,7 +122,7 @@ def test_bare_entry_equals_an_override_naming_the_module(init_type):
 
 
 @pytest.mark.parametrize('init_type', ['Zero', 'Identity', 'Orthogonal',
-                                       'LoRA'])
+                                       'LoRAPair'])
 def test_bare_entry_on_a_module_with_nothing_to_initialize(init_type):
     model = Holder(Act(init_cfg=dict(type=init_type)))
     with pytest.raises(InitConfigError, match=(

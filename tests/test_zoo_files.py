@@ -1,10 +1,9 @@
-"""The zoo sweep's files for configs as shipped (tools/zoo_urls.py,
-zoo_layouts.py, zoo_files.py, the ``shipped`` verdict): checkpoint names to
+"""The zoo sweep's files for configs as shipped (mmext_init.tools.zoo: urls,
+layouts, files, the ``shipped`` verdict): checkpoint names to
 the hub-cache file mmext_init reads, the original Swin/PVT layouts that
 mmdet's converters map back, and generated files that stock and the plugin
 load to the same bits (the whole sweep runs in tests/e2e/test_zoo.py)."""
 import os
-import sys
 import warnings
 
 import pytest
@@ -19,17 +18,15 @@ from mmengine.registry import MODELS
 import mmext_init
 from mmext_init.checkpoint.remote import resolve_checkpoint
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'tools'))
-
-from zoo_files import CLOSED, make_files, worker_env  # noqa: E402
-from zoo_layouts import pvt_original, random_state, swin_original  # noqa
-from zoo_models import (bit_equal, seed_all, setup_scope, state_of,  # noqa
-                        stock_reach)
-from zoo_urls import (checkpoint_url, find_refs, hub_cache_path,  # noqa
-                      strip_refs)
-from zoo_verdicts import (check_deferral, check_shipped,  # noqa: E402
-                          check_vs_stock, skipped_draws)
+from mmext_init.tools.zoo.files import CLOSED, make_files, worker_env
+from mmext_init.tools.zoo.layouts import (pvt_original, random_state,
+                                          swin_original)
+from mmext_init.tools.zoo.models import (bit_equal, seed_all, setup_scope,
+                                         state_of, stock_reach)
+from mmext_init.tools.zoo.urls import (checkpoint_url, find_refs,
+                                       hub_cache_path, strip_refs)
+from mmext_init.tools.zoo.verdicts import (check_deferral, check_shipped,
+                                           check_vs_stock, skipped_draws)
 
 SWIN = dict(type='SwinTransformer', embed_dims=16, depths=(1, 1),
             num_heads=(1, 2), strides=(4, 2), out_indices=(0, 1),

@@ -1,24 +1,31 @@
-"""tools/zoo_sweep.py: selection, what stock reaches, check 3's explanation
-rule and the summary (the files for configs as shipped: test_zoo_files.py;
-the sweep itself runs in tests/e2e/test_zoo.py)."""
+"""The zoo sweep (mmext_init.tools.zoo_sweep): selection, the timm
+sample, the command line, the stock worker, what stock reaches, check 3's
+explanation rule and the summary (the files for configs as shipped:
+test_zoo_files.py; the sweep itself runs in tests/e2e/test_zoo.py)."""
+import json
 import os
+import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.config import Config
 from mmengine.model import BaseModule
 
 import mmext_init
+from mmext_init.tools.zoo.models import (bit_equal, configs_root,
+                                         differing, state_of, stock_reach)
+from mmext_init.tools.zoo.report import (format_line, format_summary,
+                                         summarize)
+from mmext_init.tools.zoo.stock import STOCK_BOOT
+from mmext_init.tools.zoo.sweep import (SOURCE_ROOT, list_configs,
+                                        select_configs, worker_command)
+from mmext_init.tools.zoo.timm_sample import TIMM_SAMPLE, write_configs
+from mmext_init.tools.zoo.urls import checkpoint_url, find_refs
+from mmext_init.tools.zoo.verdicts import check_vs_stock
+from mmext_init.tools.zoo_sweep import parse_args
 from toy_models import Adapter
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'tools'))
-
-from zoo_models import bit_equal, differing, state_of, stock_reach  # noqa
-from zoo_sweep import (format_line, format_summary, list_configs,  # noqa
-                       select_configs, summarize)
-from zoo_verdicts import check_vs_stock  # noqa: E402
 
 
 def _tree(root, names):
@@ -191,3 +198,59 @@ def test_line_shows_a_failed_plugin_build():
     result = _result('e/e.py', 'FAIL', checks={'build': {
         'status': 'fail', 'detail': 'plugin build: KeyError: x'}})
     assert 'build: plugin build: KeyError: x' in format_line(result)
+
+
+def test_mmpretrain_family_configs_come_before_benchmarks(tmp_path):
+    root = _tree(tmp_path / 'pre', [
+        'mocov2/benchmarks/resnet50_linear.py', 'mocov2/mocov2_r50.py',
+        'resnest/_randaug_policies.py', 'resnest/resnest101.py'])
+    chosen = select_configs(list_configs({'mmpretrain': root}))
+    assert [c[1] for c in chosen] == ['mocov2/mocov2_r50.py',
+                                      'resnest/resnest101.py']
+    det = _tree(tmp_path / 'det', ['glip/sub/a.py', 'glip/z.py'])
+    assert [c[1] for c in select_configs(list_configs({'mmdet': det}))] == \
+        ['glip/sub/a.py']  # mmdet and mmseg keep the sorted order
+
+
+def test_timm_sample_configs(tmp_path):
+    paths = write_configs(str(tmp_path))
+    assert sorted(paths) == sorted(TIMM_SAMPLE)
+    chosen = select_configs(list_configs({'timm': str(tmp_path)}))
+    assert len(chosen) == len(TIMM_SAMPLE)
+    cfg = Config.fromfile(paths['vit_tiny_patch16_224'])
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.pretrained) == ('TIMMBackbone', False)
+    ref, = find_refs(cfg.model)
+    assert ref.module_path == ('backbone', ) and ref.kind == 'init_cfg'
+    assert checkpoint_url(ref.name).endswith('/vit_tiny_patch16_224.pth')
+
+
+def test_every_option_is_documented_and_json_takes_a_path():
+    parser_args = parse_args(['--json', 'out.json', '--packages', 'timm'])
+    assert (parser_args.json, parser_args.packages) == ('out.json', ['timm'])
+    out = subprocess.run([sys.executable, '-m', 'mmext_init.tools.zoo_sweep',
+                          '--help'], capture_output=True, text=True,
+                         check=True).stdout
+    for option in ('--packages', '--only', '--limit', '--all', '--jobs',
+                   '--timeout', '--json PATH', '--keep DIR'):
+        assert option in out, option
+    with pytest.raises(SystemExit):
+        parse_args(['--packages', 'mmocr'])
+
+
+def test_stock_worker_never_runs_the_package_init(tmp_path):
+    """The stock worker, started as the sweep starts it, builds a shipped
+    config with mmext_init's ``__init__`` never run (nothing patched)."""
+    config = os.path.join(configs_root('mmpretrain'), 'lenet',
+                          'lenet5_mnist.py')
+    command = worker_command('stock', 'mmpretrain', config, str(tmp_path))
+    assert command[1:3] == ['-c', STOCK_BOOT]
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, timeout=600,
+                   capture_output=True)
+    with open(tmp_path / 'stock.json') as f:
+        stock = json.load(f)
+    assert 'skip' not in stock and stock['mmext_init_imported'] is False
+    assert stock['tensors'] > 0 and (tmp_path / 'stock.pth').exists()
+    assert worker_command('plugin', 'mmpretrain', config, '.')[1:3] == [
+        '-m', 'mmext_init.tools.zoo.checks']

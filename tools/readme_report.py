@@ -14,7 +14,9 @@ Usage::
     python tools/readme_report.py --update   # rewrite README's block
 
 README's block is the fenced code block between the lines
-``<!-- report:begin -->`` and ``<!-- report:end -->``. ``--data-dir`` is
+``<!-- report:begin -->`` and ``<!-- report:end -->``; it is the one copy:
+the documentation pages ``docs/getting_started.md`` and
+``docs/guides/report.md`` include it from README. ``--data-dir`` is
 where ``data/`` and ``checkpoints/`` live (default: the repository, as for
 the demo); what is missing there is generated first (a stock train run of a
 few seconds for the checkpoint).

@@ -1,6 +1,6 @@
 # Adapters after the ResNet stages from the config, no model code:
 # the same detector as retinanet_r18_adapters_ft_tiny.py (whose adapters come
-# from the mmext_examples subclass ResNetWithAdapters) with mmdet's own
+# from the mmext_init.examples subclass ResNetWithAdapters) with mmdet's own
 # ResNet, and a bottleneck residual Adapter (reduction 4, last projection
 # zero: the output is unchanged at step 0) inserted after layer2..layer4.
 # Its tensors appear as backbone.layer2.adapter.{down,up}.{weight,bias}.

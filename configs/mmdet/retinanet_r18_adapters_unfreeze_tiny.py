@@ -10,7 +10,7 @@ _base_ = './retinanet_r18_adapters_freeze_tiny.py'
 
 custom_hooks = [
     dict(type='UnfreezeHook', milestones=[
-        dict(at=2, by='iter', select=dict(name=r'^backbone\.layer4\.'),
+        dict(at=2, by='iter', select=dict(name=r'backbone\.layer4\..*'),
              lr_mult=0.1),
         dict(at=3, by='iter', select='loaded', lr_mult=0.1),
     ]),

@@ -21,4 +21,4 @@ optim_wrapper = dict(
         rules=[dict(select='new', lr_mult=10.0)],
         layer_decay=dict(
             rate=0.8,
-            select=dict(name=r'^backbone\.', provenance='checkpoint'))))
+            select=dict(name=r'backbone\..*', provenance='checkpoint'))))

@@ -16,4 +16,4 @@ model = dict(
                             prefix='neck.')))
 optim_wrapper = dict(
     constructor='ProvenanceOptimWrapperConstructor',
-    paramwise_cfg=dict(freeze=dict(name=r'^(backbone|neck)\.')))
+    paramwise_cfg=dict(freeze=dict(name=r'(backbone|neck)\..*')))

@@ -11,7 +11,7 @@
 #       keys=r'bbox_head\.retina_cls\..*', index_map=[0, 1])])
 # (a key stock MMEngine ignores; README, "Fine-tuning with load_from"):
 # retina_cls is then loaded too, so choose what trains by name, e.g.
-# freeze=dict(_delete_=True, name=r'^(backbone|neck)\.').
+# freeze=dict(_delete_=True, name=r'(backbone|neck)\..*').
 _base_ = './retinanet_r18_stock_tiny.py'
 custom_imports = dict(_delete_=True, imports=['mmext_init'],
                       allow_failed_imports=False)

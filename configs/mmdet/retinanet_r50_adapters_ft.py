@@ -6,7 +6,7 @@
 # down, zero up: the pretrained function is intact at step 0); the new head
 # keeps RetinaHead's own init.
 _base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmext_init', 'mmext_examples'],
+custom_imports = dict(imports=['mmext_init', 'mmext_init.examples.mmdet_models'],
                       allow_failed_imports=False)
 
 detector_checkpoint = 'checkpoints/retinanet_r50_fpn_1x_coco.pth'

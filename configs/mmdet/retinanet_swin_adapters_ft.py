@@ -5,7 +5,7 @@
 # With mmext_init the Swin load is recorded, checked (it must load something)
 # and the adapters get their declared init afterwards without touching it.
 _base_ = 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmext_init', 'mmext_examples'],
+custom_imports = dict(imports=['mmext_init', 'mmext_init.examples.mmdet_models'],
                       allow_failed_imports=False)
 
 detector_checkpoint = 'checkpoints/retinanet_swin-t-p4-w7_fpn_1x_coco.pth'

@@ -29,4 +29,4 @@ optim_wrapper = dict(
         rules=[dict(select='new', lr_mult=10.0)],
         layer_decay=dict(
             rate=0.7,
-            select=dict(name=r'^backbone\.', provenance='checkpoint'))))
+            select=dict(name=r'backbone\..*', provenance='checkpoint'))))

@@ -5,7 +5,7 @@
 # mmext_init loads the backbone bit-exact (prefix='backbone.') and the
 # adapters get their declared init.
 _base_ = 'mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py'
-custom_imports = dict(imports=['mmext_init', 'mmext_examples'],
+custom_imports = dict(imports=['mmext_init', 'mmext_init.examples.mmseg_models'],
                       allow_failed_imports=False)
 
 segmentor_checkpoint = 'checkpoints/segformer_mit-b0_ade20k.pth'

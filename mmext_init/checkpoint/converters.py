@@ -4,19 +4,28 @@
 A converter is a function ``{key: tensor} -> {key: tensor}`` applied to the
 checkpoint's state dict before any key option.
 
-Example (then ``converter='trunk_to_backbone'`` on a ``Pretrained`` entry):
-    >>> @CHECKPOINT_CONVERTERS.register_module(name='trunk_to_backbone',
+Registered names are CamelCase, as every registered type's: ``TimmViT``,
+``TimmViTMMPretrain``, ``SwinOfficial``. A former snake_case name is an
+error naming the new one.
+
+Example (then ``converter='TrunkToBackbone'`` on a ``Pretrained`` entry):
+    >>> @CHECKPOINT_CONVERTERS.register_module(name='TrunkToBackbone',
     ...                                        force=True)
     ... def trunk_to_backbone(state):
     ...     return {k.replace('trunk.', 'backbone.'): v for k, v in state.items()}
-    >>> get_converter('trunk_to_backbone')({'trunk.conv.weight': 1})
+    >>> get_converter('TrunkToBackbone')({'trunk.conv.weight': 1})
     {'backbone.conv.weight': 1}
+    >>> get_converter('timm_vit')
+    Traceback (most recent call last):
+    ...
+    KeyError: "converter 'timm_vit' is now named 'TimmViT' (registered names are CamelCase)"
 """
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from mmengine.registry import Registry
 
+from ..errors import renamed
 from .formats import CheckpointTensors
 
 CHECKPOINT_CONVERTERS = Registry('checkpoint converter')
@@ -63,7 +72,7 @@ def rename_timm_vit(state: StateDict,
     return out
 
 
-@CHECKPOINT_CONVERTERS.register_module(name='timm_vit')
+@CHECKPOINT_CONVERTERS.register_module(name='TimmViT')
 def timm_vit_to_mmseg(state: StateDict) -> StateDict:
     """timm ``VisionTransformer`` naming -> mmseg ``VisionTransformer``
     naming (attention: torch's ``nn.MultiheadAttention``, ``in_proj_*`` and
@@ -78,7 +87,7 @@ def timm_vit_to_mmseg(state: StateDict) -> StateDict:
     return rename_timm_vit(state, _TIMM_VIT_BLOCK + _MMSEG_ATTENTION)
 
 
-@CHECKPOINT_CONVERTERS.register_module(name='timm_vit_mmpretrain')
+@CHECKPOINT_CONVERTERS.register_module(name='TimmViTMMPretrain')
 def timm_vit_to_mmpretrain(state: StateDict) -> StateDict:
     """timm ``VisionTransformer`` naming -> mmpretrain
     ``VisionTransformer`` naming (its attention keeps timm's fused ``qkv``
@@ -104,10 +113,10 @@ def _unfold_order(x: torch.Tensor) -> torch.Tensor:
         1, 2).reshape(out_ch, in_ch)
 
 
-@CHECKPOINT_CONVERTERS.register_module(name='swin_official')
+@CHECKPOINT_CONVERTERS.register_module(name='SwinOfficial')
 def swin_official_to_mm(state: StateDict) -> StateDict:
     """The original Microsoft Swin release naming -> mmdet/mmseg
-    ``SwinTransformer`` naming, relative to the backbone (as ``timm_vit``):
+    ``SwinTransformer`` naming, relative to the backbone (as ``TimmViT``):
     ``layers.i`` -> ``stages.i`` (``attn.`` -> ``attn.w_msa.``, ``mlp`` ->
     ``ffn``), patch-merging weights reordered for ``nn.Unfold``, the final
     ``norm`` -> ``norm{last stage}``; ``head`` and the ``attn_mask`` buffers
@@ -144,7 +153,15 @@ def swin_official_to_mm(state: StateDict) -> StateDict:
 
 
 def get_converter(name: str) -> Callable[[StateDict], StateDict]:
-    """The converter registered as ``name`` (error listing the known ones)."""
+    """The converter registered as ``name``.
+
+    Raises:
+        KeyError: a former name (naming the new one), or an unknown one
+            (listing the registered ones).
+    """
+    moved = renamed('converter', name)
+    if moved and name not in CHECKPOINT_CONVERTERS.module_dict:
+        raise KeyError(moved)
     fn = CHECKPOINT_CONVERTERS.get(name)
     if fn is None:
         known = ', '.join(sorted(CHECKPOINT_CONVERTERS.module_dict))
@@ -167,7 +184,7 @@ def convert_source(source: CheckpointTensors,
         >>> path = os.path.join(tempfile.mkdtemp(), 'vit.pth')
         >>> torch.save({'blocks.0.norm1.weight': torch.ones(3)}, path)
         >>> vit = open_checkpoint(path)
-        >>> t = convert_source(vit, get_converter('timm_vit'))
+        >>> t = convert_source(vit, get_converter('TimmViT'))
         >>> t.keys(), t.origin('layers.0.ln1.weight')
         (['layers.0.ln1.weight'], 'blocks.0.norm1.weight')
     """

@@ -34,7 +34,7 @@ from .state import ALIAS_METADATA, ENGINE, METADATA, Op, pid_at
 __all__ = ['Entry', 'entry_of', 'is_pending', 'pending_count',
            'PendingParameter', 'PendingAlias', 'mark', 'unmark', 'forget',
            'materialize_ids', 'materialize', 'materialize_all',
-           'hooks_installed', 'sync_hooks']
+           'hooks_installed', 'sync_hooks', 'remove_global_hook']
 
 
 class Entry:
@@ -307,3 +307,18 @@ def sync_hooks() -> None:
         step = hooks['step']  # iterated live: in the hook, only if last
         if not ENGINE.step_depth or next(reversed(live), None) == step.id:
             hooks.pop('step').remove()
+
+
+def remove_global_hook(kind: str) -> None:
+    """Remove the global ``'forward'`` (module forward pre-hook) or
+    ``'step'`` (optimizer step pre-hook) hook if it is installed: for
+    ``uninstall()``, after everything pending was computed (which removes
+    them already; this makes sure).
+
+    Example:
+        >>> remove_global_hook('forward'); hooks_installed()
+        False
+    """
+    hook = ENGINE.hooks.pop(kind, None)
+    if hook is not None:
+        hook.remove()

@@ -12,7 +12,7 @@ scale. Each rescale is recorded as a note in the ledger.
 
 Example (config):
     >>> custom_hooks = [dict(type='LSUVInitHook', layers=['Conv2d', 'Linear'],
-    ...                      include=r'backbone\\.adapters', tol=0.1)]
+    ...                      include=r'backbone\\.adapters\\..*', tol=0.1)]
 """
 import re
 from typing import Any, Dict, List, Optional, Sequence
@@ -24,23 +24,27 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
+from ..errors import InitConfigError
+from ..matching import class_matches, full_match, name_regex, partial_hint
 from ..provenance.ledger import CHECKPOINT, get_provenance
 from ..provenance.report import write_json
 
 
 @HOOKS.register_module(name='LSUVInitHook', force=True)
 class LSUVInitHook(Hook):
-    """Rescale not-loaded layers to unit output variance on one batch.
+    r"""Rescale not-loaded layers to unit output variance on one batch.
 
     Args:
-        layers (list[str]): class names of the layers to consider.
-        include (str, optional): regex the layer's module path must match
-            (``re.search``).
+        layers (list[str]): class names of the layers to consider (a
+            layer's class or any of its bases).
+        include (str, optional): regex that must match the whole module
+            path of a layer (``re.fullmatch``); one that matches no layer
+            is an error.
         tol (float): stop when ``|var - 1| < tol``. Defaults to 0.1.
         max_iters (int): rescaling rounds per layer. Defaults to 10.
 
     Example:
-        >>> custom_hooks = [dict(type='LSUVInitHook', include='head')]
+        >>> custom_hooks = [dict(type='LSUVInitHook', include=r'head\..*')]
     """
     priority = 'VERY_HIGH'
 
@@ -50,19 +54,25 @@ class LSUVInitHook(Hook):
                  tol: float = 0.1,
                  max_iters: int = 10) -> None:
         self.layers = tuple(layers)
-        self.include = re.compile(include) if include else None
+        try:
+            self.include = name_regex(include) if include else None
+        except re.error as exc:
+            raise InitConfigError(f'LSUVInitHook: include={include!r} is no '
+                                  f'regex: {exc}') from exc
         self.tol = float(tol)
         self.max_iters = int(max_iters)
 
     def select(self, model: nn.Module) -> List[str]:
         """Paths of the layers LSUV will rescale, in module order."""
         ledger = get_provenance(model)
-        chosen = []
+        chosen, paths = [], []
         for path, module in model.named_modules():
             weight = getattr(module, 'weight', None)
-            if (type(module).__name__ not in self.layers
-                    or not isinstance(weight, torch.Tensor)
-                    or (self.include and not self.include.search(path))):
+            if (not class_matches(module, self.layers)
+                    or not isinstance(weight, torch.Tensor)):
+                continue
+            paths.append(path)
+            if self.include and not full_match(self.include, path):
                 continue
             entry = ledger.entries.get(f'{path}.weight')
             if entry is None or entry.kind == CHECKPOINT:
@@ -70,6 +80,12 @@ class LSUVInitHook(Hook):
             if not bool(weight.detach().any()):  # zero init stays zero
                 continue
             chosen.append(path)
+        if self.include and not any(full_match(self.include, p)
+                                    for p in paths):
+            raise InitConfigError(
+                f'LSUVInitHook: include={self.include.pattern!r} matches no '
+                f'{" or ".join(self.layers)} layer of {type(model).__name__}'
+                + partial_hint(self.include, paths))
         return chosen
 
     def before_train(self, runner) -> None:

@@ -6,7 +6,7 @@ Example (config)::
                          optimizer=dict(type='SGD', lr=0.01, momentum=0.9),
                          paramwise_cfg=dict(freeze='loaded'))
     custom_hooks = [dict(type='UnfreezeHook', milestones=[
-        dict(at=500, by='iter', select=dict(name=r'^backbone\\.layer4'),
+        dict(at=500, by='iter', select=dict(name=r'backbone\\.layer4\\..*'),
              lr_mult=0.1),
         dict(at=1000, by='iter', select='loaded', lr_mult=0.1)])]
 
@@ -40,7 +40,7 @@ from ..training.added_groups import add_param_groups
 from ..training.constructor import (ProvenanceOptimWrapperConstructor,
                                     built_by)
 from ..training.freezing import unfreeze_params
-from ..training.plan import selector_table
+from ..training.expected import param_table
 from ..training.selectors import ParamInfo, select
 
 MILESTONE_KEYS = ('at', 'by', 'select', 'lr_mult')
@@ -137,7 +137,7 @@ class UnfreezeHook(Hook):
     def before_train(self, runner: Any) -> None:
         """Check every milestone still ahead before the first iteration."""
         self.constructor(runner)
-        table = selector_table(_root(runner))
+        table = param_table(_root(runner))
         ahead = sorted((m for m in self.milestones if m not in self.applied),
                        key=lambda m: (m.by, m.at))
         earlier: set = set()
@@ -189,7 +189,7 @@ class UnfreezeHook(Hook):
     def apply(self, runner: Any, m: Milestone, when: str) -> None:
         """Unfreeze ``m``'s selection and add its optimizer groups."""
         root = _root(runner)
-        frozen = self.frozen_selection(m, selector_table(root))
+        frozen = self.frozen_selection(m, param_table(root))
         params = [p.param for p in frozen]
         unfreeze_params(root, params)
         groups = self.constructor(runner).unfrozen_groups(root, params)

@@ -1,4 +1,4 @@
 """Init types registered in MMEngine's root ``WEIGHT_INITIALIZERS``:
 ``Pretrained`` (:mod:`.pretrained`), ``Zero``/``Identity``/``Orthogonal``/
-``LoRA`` (:mod:`.layer_types` on :mod:`.layer_init`) and ``CopyFrom``
+``LoRAPair`` (:mod:`.layer_types` on :mod:`.layer_init`) and ``CopyFrom``
 (:mod:`.copy_from`)."""

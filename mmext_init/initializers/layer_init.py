@@ -1,9 +1,11 @@
-"""The driver shared by ``Zero``, ``Identity``, ``Orthogonal`` and ``LoRA``:
-which layers an entry reaches, exactly like MMEngine's stock initializers,
-plus one rule for an entry with neither ``layer`` nor ``override``.
+"""The driver shared by ``Zero``, ``Identity``, ``Orthogonal`` and
+``LoRAPair``: which layers an entry reaches, exactly like MMEngine's stock
+initializers, plus one rule for an entry with neither ``layer`` nor
+``override``.
 
 * ``layer='Conv2d'``: the layers whose class or a direct base class is named
-  (``module.apply``, as ``ConstantInit``);
+  (``module.apply``, as ``ConstantInit``: stock's ``layer``, the one class
+  rule that stops at the direct bases, see :mod:`mmext_init.matching`);
 * ``override=dict(name='up')`` (``wholemodule``): every submodule of the
   named one (itself included) that the type can initialize;
 * neither (in an ``init_cfg``): the module that declares the entry, like an
@@ -16,12 +18,13 @@ the module and what was looked for. Layers whose parameters the checkpoint
 provides are skipped (and counted as skipped work).
 
 Example:
-    >>> init_cfg = dict(type='LoRA')   # on a module holding lora_A/lora_B
+    >>> init_cfg = dict(type='LoRAPair')   # on a module holding lora_A/lora_B
 """
 import torch
 import torch.nn as nn
 from mmengine.model.weight_init import BaseInit, update_init_info
 
+from ..matching import init_layer_names
 from ..provenance.tracking import count_skipped_layer, provided_by_checkpoint
 
 __all__ = ['LayerInit', 'describe_module', 'has_weight_or_bias']
@@ -66,8 +69,7 @@ class LayerInit(BaseInit):
         return f'{type(self).__name__}: bias={self.bias}'
 
     def _matches(self, m: nn.Module) -> bool:
-        names = {type(m).__name__} | {c.__name__ for c in type(m).__bases__}
-        return bool(names & set(self.layer))
+        return bool(init_layer_names(m) & set(self.layer))
 
     def __call__(self, module: nn.Module) -> None:
         found = []

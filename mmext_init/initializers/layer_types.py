@@ -1,9 +1,11 @@
 """Initializers for inserted modules that keep the pretrained function at
-step 0: ``Zero``, ``Identity``, ``Orthogonal``, ``LoRA``, registered in
+step 0: ``Zero``, ``Identity``, ``Orthogonal``, ``LoRAPair``, registered in
 MMEngine's *root* ``WEIGHT_INITIALIZERS`` (any ``default_scope``) with the
 stock ``layer``/``override``/``bias``/``bias_prob`` conventions, and as
 functions next to ``constant_init``: :func:`zero_init`,
-:func:`identity_init`, :func:`orthogonal_init`, :func:`lora_init`.
+:func:`identity_init`, :func:`orthogonal_init`, :func:`lora_pair_init`.
+(``LoRAPair`` initializes the two projections of a LoRA module a model
+defines itself; the ``LoRA`` of ``insert=[...]`` declares its own init.)
 An entry with neither ``layer`` nor ``override`` applies to the module that
 declares it (see :mod:`mmext_init.layer_init`).
 
@@ -12,7 +14,6 @@ Example:
     ...             dict(type='Zero', override=dict(name='up'))]
 """
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -22,8 +23,8 @@ from .layer_init import LayerInit, describe_module, has_weight_or_bias
 from ..provenance.tracking import add_note
 
 __all__ = [
-    'zero_init', 'identity_init', 'orthogonal_init', 'lora_init', 'ZeroInit',
-    'IdentityInit', 'OrthogonalInit', 'LoRAInit'
+    'zero_init', 'identity_init', 'orthogonal_init', 'lora_pair_init',
+    'ZeroInit', 'IdentityInit', 'OrthogonalInit', 'LoRAPairInit'
 ]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -158,23 +159,20 @@ def _projection(module: nn.Module, attr: str) -> torch.Tensor:
     if isinstance(part, nn.Module) and isinstance(
             getattr(part, 'weight', None), torch.Tensor):
         return part.weight
-    raise ValueError(f'LoRA: {type(module).__name__} has no projection '
+    raise ValueError(f'LoRAPair: {type(module).__name__} has no projection '
                      f'{attr!r} (a submodule with a weight, or a Parameter)')
 
 
-def _check_lora_args(mode: str, rank: Optional[int]) -> None:
+def _check_mode(mode: str) -> None:
     if mode not in ('kaiming', 'gaussian'):
-        raise ValueError(f'LoRA: mode must be \'kaiming\' or \'gaussian\', '
-                         f'got {mode!r}')
-    if rank is not None and (not isinstance(rank, int) or rank < 1):
-        raise ValueError(f'LoRA: rank must be a positive int, got {rank!r}')
+        raise ValueError(f'LoRAPair: mode must be \'kaiming\' or '
+                         f'\'gaussian\', got {mode!r}')
 
 
-def lora_init(module: nn.Module,
-              a_attr: str = 'lora_A',
-              b_attr: str = 'lora_B',
-              mode: str = 'kaiming',
-              rank: Optional[int] = None) -> None:
+def lora_pair_init(module: nn.Module,
+                   a_attr: str = 'lora_A',
+                   b_attr: str = 'lora_B',
+                   mode: str = 'kaiming') -> None:
     r"""LoRA init (Hu et al. 2021): the down projection A random, the up
     projection B zero, so the low-rank update :math:`\Delta W = B A = 0` at
     step 0. Biases of both projections are set to 0.
@@ -184,7 +182,8 @@ def lora_init(module: nn.Module,
       :math:`b = 1/\sqrt{\text{fan\_in}}`, variance :math:`1/(3\,
       \text{fan\_in})`;
     * ``mode='gaussian'``: A from :math:`\mathcal{N}(0, 1/r^2)`, ``r`` the
-      rank: ``rank`` if given, else A's first dimension (its output size).
+      rank of the pair: A's first dimension (its output size), as PEFT's
+      ``init_lora_weights='gaussian'``.
 
     ``a_attr``/``b_attr`` name the projections: submodules with a ``weight``
     (``nn.Linear``, ``nn.Conv2d``) or Parameters.
@@ -196,16 +195,16 @@ def lora_init(module: nn.Module,
     Example:
         >>> m = nn.Module()  # e.g. a LoRALinear
         >>> m.lora_A, m.lora_B = nn.Linear(64, 8), nn.Linear(8, 64)
-        >>> lora_init(m, mode='gaussian')
+        >>> lora_pair_init(m, mode='gaussian')
         >>> torch.count_nonzero(m.lora_B.weight @ m.lora_A.weight).item()
         0
     """
-    _check_lora_args(mode, rank)
+    _check_mode(mode)
     a, b = _projection(module, a_attr), _projection(module, b_attr)
     if mode == 'kaiming':
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
     else:
-        nn.init.normal_(a, std=1.0 / (rank or a.shape[0]))
+        nn.init.normal_(a, std=1.0 / a.shape[0])
     nn.init.zeros_(b)
     for attr in (a_attr, b_attr):
         _fill(getattr(module, attr), 'bias', 0)
@@ -290,10 +289,11 @@ class OrthogonalInit(LayerInit):
         return f'{type(self).__name__}: gain={self.gain}, bias={self.bias}'
 
 
-@WEIGHT_INITIALIZERS.register_module(name='LoRA', force=True)
-class LoRAInit(LayerInit):
-    r"""LoRA modules (down projection A, up projection B): A random, B zero,
-    so :math:`B A = 0` (see :func:`lora_init`). With ``layer``, each matched
+@WEIGHT_INITIALIZERS.register_module(name='LoRAPair', force=True)
+class LoRAPairInit(LayerInit):
+    r"""The projection pair of LoRA modules a model defines (down
+    projection A, up projection B): A random, B zero, so :math:`B A = 0`
+    (see :func:`lora_pair_init`). With ``layer``, each matched
     module must hold both projections (else a ``ValueError`` names its class
     and the missing attribute); an ``override`` initializes every module
     under the named one (itself included) that holds both, and fails if none
@@ -304,31 +304,29 @@ class LoRAInit(LayerInit):
         a_attr (str): the down projection. Defaults to 'lora_A'.
         b_attr (str): the up projection. Defaults to 'lora_B'.
         mode (str): ``'kaiming'`` (``kaiming_uniform_(a=sqrt(5))``) or
-            ``'gaussian'`` (:math:`\mathcal{N}(0, 1/r^2)`). Defaults to
-            'kaiming'.
-        rank (int, optional): ``r`` for ``'gaussian'``; A's first dimension
-            when None.
+            ``'gaussian'`` (:math:`\mathcal{N}(0, 1/r^2)`, ``r`` A's first
+            dimension). Defaults to 'kaiming'.
         layer (str | list[str], optional): class names of the LoRA modules.
 
     Example:
-        >>> init_cfg = dict(type='LoRA', layer='LoRALinear', mode='gaussian')
-        >>> init_cfg = dict(type='LoRA')  # on the LoRA module itself
+        >>> init_cfg = dict(type='LoRAPair', layer='LoRALinear',
+        ...                 mode='gaussian')
+        >>> init_cfg = dict(type='LoRAPair')  # on the LoRA module itself
     """
-    type_name = 'LoRA'
+    type_name = 'LoRAPair'
 
     def __init__(self,
                  a_attr: str = 'lora_A',
                  b_attr: str = 'lora_B',
                  mode: str = 'kaiming',
-                 rank: Optional[int] = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if self.bias != 0:
-            raise ValueError('LoRA: bias/bias_prob do not apply (the biases '
-                             'of both projections are set to 0)')
-        _check_lora_args(mode, rank)
+            raise ValueError('LoRAPair: bias/bias_prob do not apply (the '
+                             'biases of both projections are set to 0)')
+        _check_mode(mode)
         self.a_attr, self.b_attr = a_attr, b_attr
-        self.mode, self.rank = mode, rank
+        self.mode = mode
 
     def targets(self, m: nn.Module) -> bool:
         return all(
@@ -336,12 +334,12 @@ class LoRAInit(LayerInit):
             for attr in (self.a_attr, self.b_attr))
 
     def init_layer(self, m: nn.Module) -> None:
-        lora_init(m, self.a_attr, self.b_attr, self.mode, self.rank)
+        lora_pair_init(m, self.a_attr, self.b_attr, self.mode)
 
     def nothing_error(self, module: nn.Module) -> ValueError:
         return ValueError(
-            f'LoRA: neither {describe_module(module)} nor any module under it '
-            f'has both projections {self.a_attr!r} and {self.b_attr!r} '
+            f'LoRAPair: neither {describe_module(module)} nor any module under '
+            f'it has both projections {self.a_attr!r} and {self.b_attr!r} '
             '(submodules with a weight, or Parameters); name them with '
             'a_attr=/b_attr=')
 

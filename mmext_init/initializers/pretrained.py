@@ -35,8 +35,9 @@ class PretrainedInit(PretrainedOptions):
             left with no declared init at all.
         strict (bool): fail on any missing or unexpected key.
         revise_keys (list[tuple[str, str]]): ``(regex, replacement)`` pairs
-            applied to checkpoint keys.
-        ignore_keys (list[str]): regexes of checkpoint keys to skip.
+            applied to checkpoint keys (``re.sub``, as stock).
+        ignore_keys (list[str]): regexes of checkpoint keys to skip, each
+            matching whole keys (``re.fullmatch``).
         key_map (dict[str, str]): explicit checkpoint key -> model key
             (relative to this module); mapped keys skip ``revise_keys`` and
             ``prefix``.
@@ -49,7 +50,7 @@ class PretrainedInit(PretrainedOptions):
             also matches the model key it is a dotted suffix of (or vice
             versa); the longest match wins, ties are an error.
         converter (str, optional): a registered ``CHECKPOINT_CONVERTERS``
-            name (``'timm_vit'``, ``'swin_official'``) applied to the
+            name (``'TimmViT'``, ``'SwinOfficial'``) applied to the
             checkpoint's keys first.
         adapt (list[dict]): shape adaptation transforms (``ADAPT_TRANSFORMS``,
             e.g. ``ResizePosEmbed``) for shape-mismatched tensors.

@@ -30,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from ..matching import class_names
 from .registry import INSERT_TYPES, InsertType, child_name_free
-from .targets import class_names
 
 __all__ = ['LoRA', 'LoRADown', 'LoRAUp', 'lora_forward_hook', 'lora_delta',
            'lora_layer', 'LORA_ATTRS']

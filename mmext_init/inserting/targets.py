@@ -1,7 +1,8 @@
-"""Which modules an ``insert`` entry reaches: ``targets`` (a regex,
-``re.fullmatch`` on the paths of ``model.named_modules()``) and/or
-``layer`` (class names, base classes included); both given, a module must
-match both. An entry reaching nothing is an :class:`InitConfigError` naming
+"""Which modules an ``insert`` entry reaches: ``targets`` (a regex that
+must match a whole path of ``model.named_modules()``) and/or ``layer``
+(class names, base classes included), by the rules of
+:mod:`mmext_init.matching`; both given, a module must match both. An entry
+reaching nothing is an :class:`InitConfigError` naming
 the entry and the closest module paths (or class names); so is each branch
 of an alternation in ``targets`` (``.*attn\\.(qkv|porj)``, or ``a|b`` at the
 top level) that matches no module path, though the others do.
@@ -15,27 +16,19 @@ Example:
     ['0']
 """
 import re
-from typing import (Collection, Iterator, List, Optional, Sequence, Set,
-                    Tuple, Union)
+from typing import (Collection, Iterator, List, Optional, Sequence, Tuple,
+                    Union)
 
 import torch.nn as nn
 
 from ..errors import InitConfigError, close_names
+from ..matching import (class_matches, class_names, full_match,
+                        name_regex, partial_hint)
 
-__all__ = ['select_targets', 'closest_paths', 'class_names', 'insert_label',
+__all__ = ['select_targets', 'closest_paths', 'insert_label',
            'check_forward_called', 'check_branches']
 
 Layer = Optional[Union[str, Sequence[str]]]
-
-
-def class_names(module: nn.Module) -> Set[str]:
-    """The names of ``module``'s class and all its bases.
-
-    Example:
-        >>> sorted(class_names(nn.ReLU()))
-        ['Module', 'ReLU', 'object']
-    """
-    return {c.__name__ for c in type(module).__mro__}
 
 
 def regex_text(pattern: object) -> str:
@@ -99,14 +92,16 @@ def _no_match(model: nn.Module, pattern: Optional[str], layers: List[str],
     """The error for an entry that reaches no module."""
     text = f'{label} matches no module of {type(model).__name__}'
     if pattern is not None:
-        reached = [p for p in paths if re.fullmatch(pattern, p)]
+        regex = name_regex(pattern)
+        reached = [p for p in paths if full_match(regex, p)]
         if reached and layers:
             return InitConfigError(
                 f'{text}: {len(reached)} paths match targets (e.g. '
                 f'{reached[0]!r}) but none is a {" or ".join(layers)}')
+        hint = partial_hint(regex, paths)
         near = closest_paths(pattern, paths)
-        return InitConfigError(text + (f'; closest module paths: {near}'
-                                       if near else ''))
+        return InitConfigError(text + (hint or (
+            f'; closest module paths: {near}' if near else '')))
     names = set().union(*(class_names(m) for m in model.modules()))
     near = ' or '.join(filter(None, (close_names(w, names) for w in layers)))
     return InitConfigError(text + (f'; did you mean {near}?' if near else ''))
@@ -203,10 +198,10 @@ def check_branches(targets: str, paths: Sequence[str], label: str) -> None:
     """
     for branch, alone in _branches(targets):
         try:
-            regex = re.compile(alone)
+            regex = name_regex(alone)
         except re.error:  # a branch that needs the others (backreference)
             continue
-        if not any(regex.fullmatch(p) for p in paths):
+        if not any(full_match(regex, p) for p in paths):
             near = closest_paths(alone, paths)
             raise InitConfigError(
                 f'{label}: the alternative {branch!r} of targets matches no '
@@ -232,7 +227,7 @@ def select_targets(model: nn.Module,
                               'paths) and/or layer= (class names)')
     layers = [layer] if isinstance(layer, str) else list(layer or [])
     try:
-        pattern = None if targets is None else re.compile(targets)
+        pattern = None if targets is None else name_regex(targets)
     except (re.error, TypeError) as error:
         raise InitConfigError(f'{label}: targets is no regex: {error}') \
             from error
@@ -241,10 +236,10 @@ def select_targets(model: nn.Module,
         if id(module) in skip:
             continue
         paths.append(path)
-        if layers and not class_names(module) & set(layers):
+        if layers and not class_matches(module, layers):
             continue
         of_layer.append(path)
-        if pattern is None or pattern.fullmatch(path):
+        if pattern is None or full_match(pattern, path):
             found.append((path, module))
     if not found:
         raise _no_match(model, targets, layers, label, paths)

@@ -13,13 +13,14 @@ Example (config):
     ...          dict(type='InputChannels', keys='patch_embed.projection.weight')]
 """
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmengine.registry import Registry
+
+from ..matching import full_match, name_regex
 
 ADAPT_TRANSFORMS = Registry('checkpoint adaptation')
 Shape = Tuple[int, ...]
@@ -39,12 +40,13 @@ class AdaptTransform:
 
     def __init__(self, keys: Union[str, Sequence[str]]) -> None:
         keys = [keys] if isinstance(keys, str) else list(keys)
-        self.patterns = [re.compile(k) for k in keys]
+        self.patterns = [name_regex(k) for k in keys]
         self.keys = keys
 
     def selects(self, name: str) -> bool:
-        """Whether this transform handles model tensor ``name``."""
-        return any(p.fullmatch(name) for p in self.patterns)
+        """Whether this transform handles model tensor ``name`` (a pattern
+        of ``keys`` matches it whole)."""
+        return any(full_match(p, name) for p in self.patterns)
 
     def partial(self, name: str, ckpt_shape: Shape,
                 model_shape: Shape) -> bool:

@@ -4,7 +4,7 @@ Works on names and shapes only, so it never needs the weights in memory
 (the dry-run matcher and the load planner share it).
 
 Order of the key options of a ``Pretrained`` entry: ``ignore_keys`` (regexes
-searched in the raw checkpoint keys) -> ``key_map`` (explicit raw checkpoint
+matching whole raw checkpoint keys) -> ``key_map`` (explicit raw checkpoint
 key -> model key; a mapped key skips the next two steps) -> ``revise_keys``
 (``re.sub`` pairs, in order) -> ``prefix`` (keep the keys under it and strip it).
 
@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import (Container, Dict, Iterable, List, Mapping, Optional,
                     Sequence, Tuple)
+
+from ..matching import full_match, name_regex
 
 Shape = Tuple[int, ...]
 
@@ -43,7 +45,7 @@ class KeyMapping:
             >>> KeyMapping(revise_keys=[(r'^model\\.', '')]).map_keys(['model.fc.w'])
             {'fc.w': 'model.fc.w'}
         """
-        ignore = [re.compile(p) for p in self.ignore_keys]
+        ignore = [name_regex(p) for p in self.ignore_keys]
         revise = [(re.compile(p), r) for p, r in self.revise_keys]
         prefix = self.prefix
         if prefix and not prefix.endswith('.'):
@@ -51,7 +53,7 @@ class KeyMapping:
         explicit = dict(self.key_map)
         out: Dict[str, str] = {}
         for key in keys:
-            if any(p.search(key) for p in ignore):
+            if any(full_match(p, key) for p in ignore):
                 continue
             if key in explicit:
                 new = explicit[key]
@@ -186,15 +188,21 @@ def _is_dotted_suffix(a: str, b: str) -> bool:
 def suffix_match(model_keys: Iterable[str],
                  ckpt_keys: Iterable[str]) -> Dict[str, str]:
     """Pair keys where one is a dotted suffix of the other; for each model
-    key the longest match wins, and two candidates of equal length are an
-    error listing both (as detectron2's ``align_and_update_state_dicts``).
+    key the longest match wins. Two candidates of equal length, or one
+    checkpoint key that is the best match of two model keys, are an error
+    listing both (as detectron2's ``align_and_update_state_dicts``).
 
     Example:
         >>> suffix_match(['backbone.stem.conv.weight'], ['stem.conv.weight'])
         {'backbone.stem.conv.weight': 'stem.conv.weight'}
+        >>> suffix_match(['a.fc.w', 'b.fc.w'], ['fc.w'])
+        Traceback (most recent call last):
+        ...
+        ValueError: match='suffix': checkpoint key 'fc.w' is the best match of model keys 'a.fc.w' and 'b.fc.w'; use key_map or revise_keys
     """
     ckpt_keys = list(ckpt_keys)
     out: Dict[str, str] = {}
+    claimed: Dict[str, str] = {}  # checkpoint key -> model key
     for model_key in model_keys:
         best, best_len, tied = None, 0, None
         for key in ckpt_keys:
@@ -210,8 +218,15 @@ def suffix_match(model_keys: Iterable[str],
                 f'match=\'suffix\': model key {model_key!r} matches '
                 f'checkpoint keys {best!r} and {tied!r} equally well; use '
                 'key_map or revise_keys')
-        if best is not None:
-            out[model_key] = best
+        if best is None:
+            continue
+        if best in claimed:
+            raise ValueError(
+                f'match=\'suffix\': checkpoint key {best!r} is the best '
+                f'match of model keys {claimed[best]!r} and {model_key!r}; '
+                'use key_map or revise_keys')
+        claimed[best] = model_key
+        out[model_key] = best
     return out
 
 

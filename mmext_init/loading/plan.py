@@ -22,6 +22,7 @@ from ..checkpoint.converters import convert_source
 from ..checkpoint.formats import CheckpointTensors
 from ..checkpoint.stacked import StackedTensors, open_stack
 from ..errors import CheckpointError, InitConfigError, NonFiniteTensorError
+from ..matching import partial_hint
 from ..provenance.ledger import LoadRecord
 from .adapt import AdaptTransform, Adapted, dry_run, region_numel
 from .key_matching import MatchResult, Shape, match_keys
@@ -196,9 +197,12 @@ def check_selection(transforms: Sequence[AdaptTransform],
     """Each transform selects some tensor of the module."""
     for transform in transforms:
         if not any(transform.selects(n) for n in model_shapes):
+            hint = next(filter(None, (partial_hint(p, model_shapes)
+                                      for p in transform.patterns)), '')
             raise InitConfigError(
                 f'{label}: adapt transform {type(transform).__name__} with '
-                f'keys={transform.keys!r} matches no tensor of the module')
+                f'keys={transform.keys!r} matches no tensor of the module'
+                + hint)
 
 
 def shape_run(transform: Optional[AdaptTransform], name: str,

@@ -2,13 +2,17 @@
 in one table (:data:`PATCHES`), applied by :func:`install` and undone by
 :func:`uninstall`.
 
-A row names the owner (a class, or a registry's dictionary), the attribute
-or key, the function that makes the replacement from the original, and the
-reason. The originals are kept on MMEngine's ``BaseModule`` the first time
-and never captured again, so importing twice or ``importlib.reload`` wraps
-nothing twice. Besides the table, every ``init_weights`` override of a
-``BaseModule`` subclass is wrapped (:mod:`.overrides`, through
-``BaseModule.__init_subclass__`` for classes defined later).
+A :class:`Patch` row names the owner (a class, or a registry's
+dictionary), the attribute or key, the function that makes the replacement
+from the original, and the reason. The originals are kept on MMEngine's
+``BaseModule`` the first time and never captured again, so importing twice
+or ``importlib.reload`` wraps nothing twice. An :class:`Effect` row is a
+change that is no one attribute replaced: the ``init_weights`` overrides of
+every ``BaseModule`` subclass wrapped (:mod:`.overrides`, through
+``BaseModule.__init_subclass__`` for classes defined later), the class of
+a pending parameter (and of its session aliases), and torch's global
+forward and optimizer-step pre-hooks of the deferred engine; the row says
+how :func:`uninstall` undoes it.
 
 Example:
     >>> import mmext_init
@@ -21,27 +25,34 @@ Example:
     True
     >>> [(p.owner_name, p.attribute) for p in PATCHES][:2]
     [('BaseModule', 'init_weights'), ('WEIGHT_INITIALIZERS', 'Pretrained')]
+    >>> [p.attribute for p in PATCHES if isinstance(p, Effect)][:2]
+    ['__init_subclass__', '__class__']
 """
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from types import ModuleType
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 from mmengine.model.averaged_model import BaseAveragedModel
+from mmengine.optim import OptimWrapper
 from mmengine.registry import WEIGHT_INITIALIZERS, Registry
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
+from torch.nn.modules import module as torch_module
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import optimizer as torch_optimizer
 
 from ..checkpoint.remote import REMOTE_SCHEMES
 from ..checkpoint.safe_load import load_from_safe_local, load_from_safe_scheme
 from ..context import CONTEXT, current_session
 from ..deferred import guards
-from ..deferred.replay import materialize
+from ..deferred.replay import materialize, remove_global_hook
 from ..initializers.pretrained import PretrainedInit
 from ..session.code_loads import observe_load, observes_loads
+from ..training.startup import wrap_initialize_count_status
 from .insertion import wrap_build_insert
 from .mixin import InitWeightsMixin
 from .runner_load import wrap_load_or_resume
@@ -98,6 +109,40 @@ class Patch:
         else:
             setattr(self.owner, self.attribute, value)
 
+    def apply(self, saved: Dict[Tuple[str, str], Any]) -> None:
+        """Replace the attribute (its original saved the first time)."""
+        saved.setdefault(_key(self), self.current())
+        self.set(self.make(saved[_key(self)]))
+
+    def undo(self, saved: Dict[Tuple[str, str], Any]) -> None:
+        """Put the original back (if it was ever replaced)."""
+        if _key(self) in saved:
+            self.set(saved[_key(self)])
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A change to another library's class that is no one attribute
+    replacement: ``make`` applies it (None: made by the deferred engine,
+    per parameter, while it defers), ``undo`` takes every trace of it off;
+    ``reason`` says what it does and how ``undo`` undoes it."""
+    owner: Union[type, ModuleType]
+    attribute: str
+    make: Optional[Callable[[], None]]
+    undo_all: Callable[[], None]
+    reason: str
+
+    @property
+    def owner_name(self) -> str:
+        return self.owner.__name__
+
+    def apply(self, saved: Dict[Tuple[str, str], Any]) -> None:
+        if self.make is not None:
+            self.make()
+
+    def undo(self, saved: Dict[Tuple[str, str], Any]) -> None:
+        self.undo_all()
+
 
 def _wrap_load_from_state_dict(original: Callable) -> Callable:
     """The one wrapper of ``nn.Module._load_from_state_dict``: the deferred
@@ -136,6 +181,10 @@ def _wrap_runner_init(original: Callable) -> Callable:
 
 def _replace_with(value: Any) -> Callable[[Any], Any]:
     return lambda original: value
+
+
+def _compute_pending() -> None:
+    materialize()
 
 
 _DICT_NAMES = {id(WEIGHT_INITIALIZERS.module_dict): 'WEIGHT_INITIALIZERS'}
@@ -190,7 +239,33 @@ PATCHES: Tuple[Patch, ...] = (
     Patch(Runner, '__init__', _wrap_runner_init,
           "init_provenance.json is written into the Runner's log directory "
           'only'),
+    Patch(OptimWrapper, 'initialize_count_status',
+          wrap_initialize_count_status,
+          "a ProvenanceOptimWrapperConstructor's wrapper checks the "
+          'predicted provenance and reports what trains before the loop'),
+    Effect(BaseModule, '__init_subclass__',
+           lambda: wrap_overrides(BaseModule),
+           lambda: unwrap_overrides(BaseModule),
+           "every subclass's own init_weights is wrapped (classes defined "
+           'later too) to start a session; undo: the originals back, the '
+           'hook removed'),
+    Effect(nn.Parameter, '__class__', None, _compute_pending,
+           'a pending parameter is a PendingParameter (reads replay its '
+           'init); undo: every pending value computed, each an nn.Parameter '
+           'again'),
+    Effect(torch.Tensor, '__class__', None, _compute_pending,
+           "a session's state_dict alias of a pending parameter is a "
+           'PendingAlias; undo: computed, each a plain Tensor again'),
+    Effect(torch_module, '_global_forward_pre_hooks', None,
+           lambda: remove_global_hook('forward'),
+           'a forward pre-hook on every module while anything is pending '
+           'computes it first; undo: removed'),
+    Effect(torch_optimizer, '_global_optimizer_pre_hooks', None,
+           lambda: remove_global_hook('step'),
+           'an optimizer step pre-hook while anything is pending computes '
+           'it first; undo: removed'),
 )
+Row = Union[Patch, Effect]
 
 
 def _originals() -> Dict[Tuple[str, str], Any]:
@@ -199,46 +274,42 @@ def _originals() -> Dict[Tuple[str, str], Any]:
     return BaseModule.__dict__[_ORIGINALS]
 
 
-def _key(patch: Patch) -> Tuple[str, str]:
-    return patch.owner_name, patch.attribute
-
-
 def original(owner: Any, attribute: str) -> Optional[Any]:
     """What ``owner.attribute`` was before mmext_init's first install."""
     for patch in PATCHES:
-        if patch.owner is owner and patch.attribute == attribute:
+        if (isinstance(patch, Patch) and patch.owner is owner
+                and patch.attribute == attribute):
             return _originals().get(_key(patch))
     return None
 
 
+def _key(patch: Row) -> Tuple[str, str]:
+    return patch.owner_name, patch.attribute
+
+
 def install() -> None:
-    """Apply every patch and wrap the ``init_weights`` overrides
-    (idempotent, reload-safe)."""
+    """Apply every row of :data:`PATCHES` (idempotent, reload-safe)."""
     saved = _originals()
     for patch in PATCHES:
-        saved.setdefault(_key(patch), patch.current())
-        patch.set(patch.make(saved[_key(patch)]))
-    wrap_overrides(BaseModule)
+        patch.apply(saved)
 
 
 def uninstall() -> None:
-    """Put back every original (no-op if nothing is installed). What
-    deferred init left pending is computed first (the values it would have
-    had), since the guards that compute it on use go."""
+    """Undo every row of :data:`PATCHES` (no-op if nothing is installed).
+    What deferred init left pending is computed first (the values it would
+    have had), since the guards that compute it on use go."""
     materialize()
     saved = _originals()
     for patch in PATCHES:
-        if _key(patch) in saved:
-            patch.set(saved[_key(patch)])
-    unwrap_overrides(BaseModule)
+        patch.undo(saved)
 
 
 @contextlib.contextmanager
 def stock_mmengine() -> Iterator[None]:
     """Stock MMEngine and torch inside the block (for A/B comparisons):
-    every patch of :data:`PATCHES` and every ``init_weights`` wrapper is
-    taken off, and put back on exit. What deferred init left pending is
-    computed on entry (the values it would have had), since its guards go.
+    every row of :data:`PATCHES` is undone, and applied again on exit.
+    What deferred init left pending is computed on entry (the values it
+    would have had), since its guards go.
 
     Example:
         >>> import torch.nn as nn

@@ -11,8 +11,8 @@ stay bit-identical for the same seed), plus:
   exactly and skipped on tensors the checkpoint provides; one of MMEngine's
   value initializers whose every ``weight``/``bias`` in reach comes from the
   checkpoint is not run at all (it could only write those);
-* mmext_init's own types (``Zero``, ``Identity``, ``Orthogonal``, ``LoRA``,
-  ``CopyFrom``) without ``layer`` and ``override`` apply to the module that
+* mmext_init's own types (``Zero``, ``Identity``, ``Orthogonal``,
+  ``LoRAPair``, ``CopyFrom``) without ``layer`` and ``override`` apply to the module that
   declares them (stock types keep MMEngine's meaning: nothing);
 * an entry that touched no tensor (neither wrote one nor skipped a write the
   checkpoint made moot) is recorded in ``tracker.void_entries``.
@@ -36,7 +36,8 @@ from mmengine.model import weight_init
 from mmengine.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
 from ..errors import (InitConfigError, InitConfigTypeError, close_names,
-                      entry_label)
+                      entry_label, renamed)
+from ..matching import init_layer_names
 from ..provenance.ledger import INITIALIZER, VoidEntry
 from ..provenance.tracking import InitSource, WriteTracker
 
@@ -135,6 +136,9 @@ def _build(cfg: Dict[str, Any], label: str) -> Any:
     try:
         return build_from_cfg(cfg, WEIGHT_INITIALIZERS)
     except KeyError as exc:
+        moved = renamed('init type', cfg['type'])
+        if moved and cfg['type'] not in WEIGHT_INITIALIZERS.module_dict:
+            raise InitConfigError(f'{label}: {moved}') from exc
         known = sorted(WEIGHT_INITIALIZERS.module_dict)
         close = close_names(type_name(cfg), known)
         hint = f'; did you mean {close}?' if close else ''
@@ -188,18 +192,12 @@ def run_initializer(module: nn.Module,
     return src
 
 
-def _class_names(module: nn.Module) -> Set[str]:
-    """Names ``layer=`` matches: the class and its direct bases (stock)."""
-    cls = type(module)
-    return {cls.__name__} | {base.__name__ for base in cls.__bases__}
-
-
 def _reached(module: nn.Module, layers: Sequence[str],
              wholemodule: bool) -> List[torch.Tensor]:
     """The ``weight``/``bias`` tensors a stock value initializer reaches."""
     found = []
     for sub in module.modules():
-        if wholemodule or _class_names(sub) & set(layers):
+        if wholemodule or init_layer_names(sub) & set(layers):
             found += [getattr(sub, attr) for attr in ('weight', 'bias')
                       if isinstance(getattr(sub, attr, None), torch.Tensor)]
     return found
@@ -242,7 +240,7 @@ def void_reason(module: nn.Module, cfg: Dict[str, Any]) -> str:
     reasons = []
     if layers:
         layers = [layers] if isinstance(layers, str) else list(layers)
-        if any(_class_names(m) & set(layers) for m in module.modules()):
+        if any(init_layer_names(m) & set(layers) for m in module.modules()):
             reasons.append(f'its {" and ".join(layers)} layers hold nothing '
                            'it writes')
         else:

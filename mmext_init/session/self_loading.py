@@ -123,7 +123,7 @@ def parent_fix(load: SelfLoad, ckpt_prefix: str) -> str:
     where = f"'{parent}'" if parent else f'the model root ({load.root_name})'
     options = []
     if ckpt_prefix:
-        options.append(f"ignore_keys=[r'^(?!{re.escape(ckpt_prefix)})']")
+        options.append(f"ignore_keys=[r'(?!{re.escape(ckpt_prefix)}).*']")
     if ckpt_prefix != child + '.':
         options.append(f"revise_keys=[(r'^{re.escape(ckpt_prefix)}', "
                        f"'{child}.')]")

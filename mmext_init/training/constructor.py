@@ -7,7 +7,7 @@ Example:
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     >>> build = ProvenanceOptimWrapperConstructor(
     ...     dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4)),
-    ...     dict(rules=[dict(select=dict(name='^1'), lr_mult=10)]))
+    ...     dict(rules=[dict(select=dict(name=r'1\\..*'), lr_mult=10)]))
     >>> wrapper = build(net)
     >>> [(len(g['params']), g['lr']) for g in wrapper.optimizer.param_groups]
     [(2, 0.1), (2, 1.0)]

@@ -18,13 +18,13 @@ Example:
     >>> list(origins), origins['0.weight'].kind
     (['0.weight'], 'checkpoint')
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
 from ..errors import CheckpointError, InitConfigError
 from ..loading.copy import planned_copies
-from ..loading.plan import LoadPlan
+from ..loading.plan import LoadPlan, shape_run
 from ..provenance.ledger import CHECKPOINT, ProvenanceLedger, get_provenance
 from ..provenance.report import fold_names
 from ..provenance.stored import stored_ledger
@@ -79,14 +79,6 @@ def runner_plan(root: nn.Module) -> Optional[LoadPlan]:
     return plan_runner_load(root, found.load) if found else None
 
 
-def declared_plans(root: nn.Module) -> List[LoadPlan]:
-    """The plans of the ``Pretrained`` entries of ``root``
-    (:func:`pretrained_plans`), then of the Runner's load, which comes
-    last and wins (:func:`runner_plan`)."""
-    plan = runner_plan(root)
-    return pretrained_plans(root) + ([plan] if plan else [])
-
-
 def _origins(plans: List[LoadPlan]) -> Dict[str, Origin]:
     """Tensor name -> origin, for what ``plans`` load (all or part; the
     outermost wins, as when loading)."""
@@ -113,8 +105,13 @@ def expected_origins(root: nn.Module) -> Dict[str, Origin]:
     """Tensor name -> predicted origin, for the tensors a checkpoint will
     provide (all or part; the outermost entry wins, then the Runner's
     load, as when loading)."""
-    origins = _origins(pretrained_plans(root))
-    plan = runner_plan(root)
+    return _with_load(_origins(pretrained_plans(root)), runner_plan(root))
+
+
+def _with_load(origins: Dict[str, Origin],
+               plan: Optional[LoadPlan]) -> Dict[str, Origin]:
+    """``origins`` updated with what the Runner's load ``plan`` (if any)
+    gives."""
     if plan is not None:
         origins.update(load_origins(plan))
     return origins
@@ -139,19 +136,94 @@ def ledger_origins(ledger: ProvenanceLedger) -> Dict[str, Origin]:
 
 
 def param_table(root: nn.Module) -> ParamTable:
-    """The table selectors read: from the ledger if ``init_weights()`` has
-    run and the Runner's load (if any) is done, else predicted
-    (``exact=False``)."""
+    """The table selectors read, its partly new tensors marked
+    (:func:`partly_new`): from the ledger if ``init_weights()`` has run
+    and the Runner's load (if any) is done, else predicted
+    (``exact=False``). Each checkpoint is planned once."""
+    shapes = {n: tuple(t.shape)
+              for n, t in root.state_dict(keep_vars=True).items()}
     try:
-        ledger = get_provenance(root)
+        ledger: Optional[ProvenanceLedger] = get_provenance(root)
     except LookupError:
-        return ParamTable.build(root, expected_origins(root), exact=False)
+        ledger = None
     found = load_of_model(root)
-    if found is None or found.done:
-        return ParamTable.build(root, ledger_origins(ledger), exact=True)
-    origins = ledger_origins(ledger)  # the load is still to come
-    origins.update(load_origins(plan_runner_load(root, found.load)))
-    return ParamTable.build(root, origins, exact=False)
+    if ledger is None:
+        plans, runner = pretrained_plans(root), runner_plan(root)
+        origins, partly = _origins(plans), partly_new(plans, shapes)
+    else:
+        origins, partly = ledger_origins(ledger), ledger_partly(ledger)
+        runner = plan_runner_load(root, found.load) \
+            if found is not None and not found.done else None
+    if runner is not None:
+        origins = _with_load(origins, runner)
+        partly = {n: d for n, d in partly.items()
+                  if n not in runner.copies and n not in runner.partial}
+        partly.update(partly_new([runner], shapes))
+    table = ParamTable.build(root, origins,
+                             exact=ledger is not None and runner is None)
+    table.mark_partly(partly)
+    return table
+
+
+def partly_new(plans: List[LoadPlan],
+               shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, str]:
+    """Tensor name -> the transform that completes it (its description),
+    for every tensor (of the shapes ``shapes``) that ``plans`` provide
+    only part of (an ``adapt`` transform such as ``Classes`` adding a
+    class row, ``Grow`` or ``InputChannels`` gives it new values); the
+    outermost entry wins, then the Runner's load, as when loading; a
+    resume's from the ledger it holds. They are ``'new'`` to the
+    selectors, not ``'loaded'``: ``freeze='loaded'`` leaves them to train,
+    since frozen, their new rows would keep their init for the whole run.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> from mmengine.model import Sequential
+        >>> path = os.path.join(tempfile.mkdtemp(), 'fc.pth')
+        >>> torch.save({'0.weight': torch.ones(2, 4),
+        ...             '0.bias': torch.ones(2)}, path)
+        >>> net = Sequential(nn.Linear(4, 3), init_cfg=dict(
+        ...     type='Pretrained', checkpoint=path,
+        ...     adapt=[dict(type='Grow', keys='0.*')]))
+        >>> partly_new(pretrained_plans(net), {'0.weight': (3, 4), '0.bias': (3, )})
+        {'0.weight': "Grow(overlap='2x4')", '0.bias': "Grow(overlap='2')"}
+    """
+    out: Dict[str, str] = {}
+    for plan, name, partial in planned_copies(plans):
+        if not partial:
+            continue
+        transform = plan.adapted[name]
+        local = name[len(plan.module_path) + 1:] if plan.module_path \
+            else name
+        ckpt_shape = tuple(plan.source.shapes()[plan.partial[name]])
+        done = shape_run(transform, local, ckpt_shape, shapes[name],
+                         plan.label)
+        out[name] = done.description if done else type(transform).__name__
+    for plan in plans:  # a resume restores them whole: its ledger tells
+        stored = stored_ledger(plan.source.meta) \
+            if plan.record is not None and plan.record.via == RESUME else None
+        if stored is not None:
+            out = {n: d for n, d in out.items() if n not in plan.copies}
+            resumed = ledger_partly(stored)
+            out.update({n: resumed[n] for n in plan.copies if n in resumed})
+    return out
+
+
+def ledger_partly(ledger: ProvenanceLedger) -> Dict[str, str]:
+    """Tensor name -> the transform that completed it, for the tensors
+    ``ledger`` records as partly loaded (a ``rest: ...`` note after the
+    transform's description).
+
+    Example:
+        >>> from mmext_init.provenance.ledger import Provenance
+        >>> ledger = ProvenanceLedger('Net', {'fc.weight': Provenance(
+        ...     'checkpoint', 'r.pth', 'head', notes=(
+        ...         "Grow(overlap='2x4')", 'rest: constructor default'))})
+        >>> ledger_partly(ledger)
+        {'fc.weight': "Grow(overlap='2x4')"}
+    """
+    return {name: entry.notes[0] for name, entry in ledger.entries.items()
+            if any(n.startswith('rest: ') for n in entry.notes)}
 
 
 def disagreements(predicted: ParamTable,

@@ -7,7 +7,7 @@ Example:
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     >>> table = ParamTable.build(net, {'0.weight': Origin('checkpoint', 'a.pth')})
     >>> cfg = TrainingCfg.pop_from({'freeze': 'loaded', 'rules': [
-    ...     dict(select=dict(name='^1'), lr_mult=10)]})
+    ...     dict(select=dict(name=r'1\\..*'), lr_mult=10)]})
     >>> plan = make_plan(net, table, cfg)
     >>> [p.name for p in plan.frozen], plan.setting('1.bias').lr_mult
     (['0.weight'], 10.0)
@@ -18,13 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch.nn as nn
 
 from ..errors import InitConfigError
-from ..loading.copy import planned_copies
-from ..loading.plan import LoadPlan, shape_run
-from ..provenance.stored import stored_ledger
 from ..provenance.report import fold_names
-from ..session.runner_load import RESUME
 from .depth import LayerDepths, layer_depths
-from .expected import declared_plans, param_table
 from .selectors import ParamInfo, ParamTable, select
 
 NEW_KEYS = ('freeze', 'rules', 'layer_decay')
@@ -149,83 +144,10 @@ def _layer_decay(root: nn.Module, plan: TrainingPlan,
             setting.scale = plan.depths.scale(info.name, rate)
 
 
-def partly_new(root: nn.Module) -> Dict[str, str]:
-    """Tensor name -> the transform that completes it (its description),
-    for every tensor of ``root`` a checkpoint provides only part of (an
-    ``adapt`` transform such as ``Classes`` adding a class row, ``Grow``
-    or ``InputChannels`` gives it new values): predicted from the plans of
-    the model's ``Pretrained`` entries and of the Runner's load, before or
-    after ``init_weights()`` (the outermost entry wins, then the Runner's
-    load, as when loading; a resume's from the ledger it holds). They are ``'new'`` to the
-    selectors, not ``'loaded'``: ``freeze='loaded'`` leaves them to train,
-    since frozen, their new rows would keep their init for the whole run.
-
-    Example:
-        >>> import os, tempfile, torch
-        >>> from mmengine.model import Sequential
-        >>> path = os.path.join(tempfile.mkdtemp(), 'fc.pth')
-        >>> torch.save({'0.weight': torch.ones(2, 4),
-        ...             '0.bias': torch.ones(2)}, path)
-        >>> net = Sequential(nn.Linear(4, 3), init_cfg=dict(
-        ...     type='Pretrained', checkpoint=path,
-        ...     adapt=[dict(type='Grow', keys='0.*')]))
-        >>> partly_new(net)
-        {'0.weight': "Grow(overlap='2x4')", '0.bias': "Grow(overlap='2')"}
-    """
-    shapes = {n: tuple(t.shape)
-              for n, t in root.state_dict(keep_vars=True).items()}
-    plans = declared_plans(root)
-    out: Dict[str, str] = {}
-    for plan, name, partial in planned_copies(plans):
-        if not partial:
-            continue
-        transform = plan.adapted[name]
-        local = name[len(plan.module_path) + 1:] if plan.module_path \
-            else name
-        ckpt_shape = tuple(plan.source.shapes()[plan.partial[name]])
-        done = shape_run(transform, local, ckpt_shape, shapes[name],
-                         plan.label)
-        out[name] = done.description if done else type(transform).__name__
-    for plan in plans:  # a resume restores them whole: its ledger tells
-        resumed = resumed_partly(plan)
-        if resumed is not None:
-            out = {n: d for n, d in out.items() if n not in plan.copies}
-            out.update(resumed)
-    return out
-
-
-def resumed_partly(plan: LoadPlan) -> Optional[Dict[str, str]]:
-    """For the plan of a resume whose checkpoint holds a ledger, the
-    tensors it restores that were partly new in the run it continues
-    (their ledger entry completed by ``rest: ...``), so that the resumed
-    run keeps its trainable set; None for any other plan."""
-    stored = stored_ledger(plan.source.meta) \
-        if plan.record is not None and plan.record.via == RESUME else None
-    if stored is None:
-        return None
-    out = {}
-    for name in plan.copies:
-        entry = stored.entries.get(name)
-        notes = entry.notes if entry is not None else ()
-        if any(n.startswith('rest: ') for n in notes):
-            out[name] = notes[0]
-    return out
-
-
-def selector_table(root: nn.Module) -> ParamTable:
-    """The table selectors read (:func:`~.expected.param_table`), its
-    partly new parameters marked (:func:`partly_new`)."""
-    table = param_table(root)
-    table.mark_partly(partly_new(root))
-    return table
-
-
 def make_plan(root: nn.Module, table: ParamTable,
               cfg: TrainingCfg) -> TrainingPlan:
-    """Resolve ``cfg`` over ``table`` (the parameters of ``root``), its
-    partly new parameters marked first (:func:`partly_new`: ``'new'``, not
-    ``'loaded'``)."""
-    table.mark_partly(partly_new(root))
+    """Resolve ``cfg`` over ``table`` (the parameters of ``root``, as
+    :func:`~.expected.param_table` gives them)."""
     plan = TrainingPlan(table)
     if cfg.freeze is not None:
         plan.frozen = select(cfg.freeze, table, 'paramwise_cfg.freeze')

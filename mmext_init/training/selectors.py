@@ -9,18 +9,22 @@ a dict, or a list of selectors (their union). A dict's keys are ANDed:
 
 * ``provenance``: a ledger kind or a list of kinds (``'checkpoint'`` also
   selects partly new tensors: the checkpoint wrote part of them);
-* ``name``: a regex searched in the parameter name (``re.search``);
+* ``name``: a regex matching the whole parameter name (one of its names,
+  if tied);
 * ``module_type``: class name(s), bases included: the class of the module
   holding the parameter or of any module containing it;
-* ``source``: a regex searched in the checkpoint file it was loaded from;
-* ``declared_by``: a regex searched in the path of the module whose
+* ``source``: a regex matching the whole path of the checkpoint file it was
+  loaded from;
+* ``declared_by``: a regex matching the whole path of the module whose
   ``init_cfg`` declared its value;
 * ``not``: a selector (a list: their union); the parameters it does not
   match. Written ``{'not': ...}`` (``not`` is a Python keyword), e.g.
-  ``dict(name=r'^backbone\.', **{'not': dict(module_type='_BatchNorm')})``.
+  ``dict(name=r'backbone\..*', **{'not': dict(module_type='_BatchNorm')})``.
 
-A selector (or a list member) matching nothing is an error naming it and
-the closest names. Tied parameters (one tensor under two names) are one
+Regexes and class names match by the rules of :mod:`mmext_init.matching`
+(``re.fullmatch``; a class or any of its bases). A selector (or a list
+member) matching nothing is an error naming it and the closest names (or
+the names a regex matches only part of). Tied parameters (one tensor under two names) are one
 :class:`ParamInfo`, counted once.
 
 Example:
@@ -31,12 +35,12 @@ Example:
     ['0.weight']
     >>> [p.name for p in select(dict(module_type='_BatchNorm'), table)]
     ['1.weight', '1.bias']
-    >>> [p.name for p in select({'not': ['loaded', dict(name='bias')]}, table)]
+    >>> [p.name for p in select({'not': ['loaded', dict(name=r'.*\.bias')]}, table)]
     ['1.weight']
-    >>> select(dict(name='weigth'), table)
+    >>> select(dict(name=r'.*\.weigth'), table)
     Traceback (most recent call last):
     ...
-    mmext_init.training.selectors.SelectorError: selector {'name': 'weigth'} matches no parameter: name='weigth' matches none (closest names: ...)
+    mmext_init.training.selectors.SelectorError: selector {'name': '.*\\.weigth'} matches no parameter: name='.*\\.weigth' matches none (closest names: ...)
 """
 import re
 from dataclasses import dataclass, field
@@ -46,12 +50,14 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping,
 import torch.nn as nn
 
 from ..errors import InitConfigError, close_names
+from ..matching import class_names, full_match, name_regex, partial_hint
 from ..provenance.inserted import inserted_notes
 from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
 SELECTOR_KEYS = ('provenance', 'name', 'module_type', 'source', 'declared_by',
                  'not')
+REGEX_KEYS = ('name', 'source', 'declared_by')
 
 
 class SelectorError(InitConfigError):
@@ -138,8 +144,7 @@ class ParamTable:
 def _module_types(model: nn.Module) -> Callable[[str], FrozenSet[str]]:
     """name -> class names (MRO) of its module and the modules above it."""
     own: Dict[str, FrozenSet[str]] = {
-        path: frozenset(c.__name__ for c in type(m).__mro__
-                        if c is not object)
+        path: class_names(m)
         for path, m in model.named_modules(remove_duplicate=False)}
 
     def types(name: str) -> FrozenSet[str]:
@@ -162,10 +167,10 @@ def _as_list(value: Any) -> List[Any]:
 def _regex(key: str, value: Any, attr: Callable[[ParamInfo], Iterable[str]]
            ) -> Test:
     try:
-        pattern = re.compile(str(value))
+        pattern = name_regex(str(value))
     except re.error as exc:
         raise SelectorError(f'{key}={value!r} is not a valid regex: {exc}')
-    return lambda p: any(pattern.search(s) for s in attr(p) if s is not None)
+    return lambda p: any(full_match(pattern, s) for s in attr(p))
 
 
 def _key_test(key: str, value: Any, table: ParamTable) -> Test:
@@ -218,9 +223,12 @@ def _nothing(selector: Any, table: ParamTable) -> SelectorError:
     for key, value in selector.items():
         test = _key_test(key, value, table)
         if not any(test(p) for p in table.params):
-            close = close_names(str(value), _options(key, table))
-            parts.append(f'{key}={value!r} matches none' +
-                         (f' (closest names: {close})' if close else ''))
+            options = _options(key, table)
+            hint = partial_hint(name_regex(str(value)), options) \
+                if key in REGEX_KEYS else ''
+            close = close_names(str(value), options)
+            parts.append(f'{key}={value!r} matches none' + (hint or (
+                f' (closest names: {close})' if close else '')))
     if not parts:
         parts = ['each key matches some parameter, but none matches all']
     return SelectorError(f'selector {dict(selector)!r} matches no parameter: '

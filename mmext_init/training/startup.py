@@ -4,11 +4,15 @@ optimizer was built from is checked against the ledger, DDP against frozen
 parameters, the trained parameters against the model's own freezing in
 ``train()``, and the trainable report is logged.
 
-It runs from the optim wrapper's ``initialize_count_status``, which the
-Runner calls right before its train loop (the constructor wraps it on the
-wrapper it builds), so no hook needs to be declared.
+It runs from ``OptimWrapper.initialize_count_status``, which the Runner
+calls right before its train loop, so no hook needs to be declared: the
+constructor registers a :class:`TrainingStart` for the wrapper it builds
+(:func:`attach_start`, held weakly) and the patch table's row for
+``OptimWrapper.initialize_count_status`` (:func:`wrap_initialize_count_status`)
+runs it once, first.
 """
 import logging
+import weakref
 from typing import Any, Callable, Dict, List, Optional
 
 import torch.nn as nn
@@ -26,34 +30,25 @@ from .report import format_trainable, report_data, write_trainable
 
 
 class TrainingStart:
-    """Checks and reports once, then calls the wrapper's own
-    ``initialize_count_status``."""
+    """The checks and the report of one optim wrapper, run once (they hold
+    no reference to the wrapper: it is given to :meth:`start`)."""
 
-    def __init__(self, plan: TrainingPlan, cfg: TrainingCfg,
-                 optim_wrapper: OptimWrapper,
-                 original: Callable[..., Any]) -> None:
+    def __init__(self, plan: TrainingPlan, cfg: TrainingCfg) -> None:
         self.plan, self.cfg = plan, cfg
-        self.optim_wrapper = optim_wrapper
-        self.original = original
         self.done = False
 
-    def __call__(self, model: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if not self.done:
-            self.done = True
-            self.start(model)
-        return self.original(model, *args, **kwargs)
-
-    def start(self, model: nn.Module) -> Optional[str]:
+    def start(self, optim_wrapper: OptimWrapper,
+              model: nn.Module) -> Optional[str]:
         """Check, then report; returns the JSON file written, if any."""
+        self.done = True
         root = model.module if is_model_wrapper(model) else model
         plan = self.plan
         if not plan.table.exact:
             check_prediction(plan.table, root)
             plan = self.recheck(root)
         check_ddp(model, bool(plan.frozen))
-        check_frozen_by_train(root, self.optim_wrapper.optimizer)
-        data = report_data(type(root).__name__, plan,
-                           self.optim_wrapper.optimizer)
+        check_frozen_by_train(root, optim_wrapper.optimizer)
+        data = report_data(type(root).__name__, plan, optim_wrapper.optimizer)
         sources = loaded_sources(root, plan)
         if sources:
             data['sources'] = sources
@@ -168,10 +163,29 @@ def check_frozen_by_train(root: nn.Module, optimizer: Any) -> None:
         "paramwise_cfg.freeze (e.g. freeze='loaded').")
 
 
+#: optim wrapper -> its checks, for the wrapper's life
+STARTS: 'weakref.WeakKeyDictionary[OptimWrapper, TrainingStart]' = \
+    weakref.WeakKeyDictionary()
+
+
 def attach_start(optim_wrapper: OptimWrapper, plan: TrainingPlan,
                  cfg: TrainingCfg) -> TrainingStart:
-    """Run :class:`TrainingStart` when the Runner starts the train loop."""
-    start = TrainingStart(plan, cfg, optim_wrapper,
-                          optim_wrapper.initialize_count_status)
-    optim_wrapper.initialize_count_status = start
+    """Run :class:`TrainingStart` when the Runner starts the train loop
+    (through :func:`wrap_initialize_count_status`)."""
+    start = STARTS[optim_wrapper] = TrainingStart(plan, cfg)
     return start
+
+
+def wrap_initialize_count_status(original: Callable) -> Callable:
+    """``OptimWrapper.initialize_count_status`` that first runs the
+    wrapper's :class:`TrainingStart`, once, if it has one."""
+
+    def initialize_count_status(optim_wrapper: OptimWrapper,
+                                model: nn.Module, *args: Any,
+                                **kwargs: Any) -> Any:
+        start = STARTS.get(optim_wrapper)
+        if start is not None and not start.done:
+            start.start(optim_wrapper, model)
+        return original(optim_wrapper, model, *args, **kwargs)
+
+    return initialize_count_status

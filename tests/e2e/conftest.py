@@ -84,7 +84,8 @@ def _derived_config(tiny_dir: str, config: str, name: str, nproc: int,
     with open(derived, 'w') as f:
         f.write(f"_base_ = {os.path.join(REPO, config)!r}\n"
                 "custom_imports = dict(imports=['mmext_init', "
-                "'mmext_examples', 'snapshot_hook'], "
+                "'mmext_init.examples.mmdet_models', "
+                "'mmext_init.examples.mmseg_models', 'snapshot_hook'], "
                 'allow_failed_imports=False)\n'
                 f"custom_hooks = [{extra_hooks}"
                 "dict(type='WeightSnapshotHook')]\n")

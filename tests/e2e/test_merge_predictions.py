@@ -27,7 +27,7 @@ on mmseg), once per module:
      outputs by more than the tolerances below (the comparison can fail).
 
    The plain runs go through a ``sitecustomize`` that blocks and records any
-   import of ``mmext_init``/``mmext_examples``; the inserted run goes
+   import of ``mmext_init`` (its examples included); the inserted run goes
    through it unblocked, to show that the probe sees the plugin there.
 
 Dumps: mmdet's ``--out results.pkl`` (DumpDetResults: boxes, scores,
@@ -70,7 +70,7 @@ CASES = [('configs/mmdet/retinanet_swin_lora_tiny.py', 'mmdet'),
 IDS = ['swin_lora', 'segformer_lora']
 SCORE_ATOL, BOX_ATOL, LOGIT_ATOL = 1e-7, 1e-3, 1e-5
 RUNS = ('inserted', 'merged', 'unmerged')
-PLUGIN = ('mmext_init', 'mmext_examples')
+PLUGIN = ('mmext_init',)
 # What each derived test config adds to its base ({out}: the dump).
 OVERRIDES = {
     'mmdet': 'model = dict(test_cfg=dict(score_thr=0.0))\n',

@@ -107,7 +107,7 @@ def test_distributed_two_ranks_identical_and_one_report(train, tiny_dir):
     never opens it for writing), LSUV in the ledger."""
     config, library, ckpt_name, adapters = CASES[0]
     run = train(config, library, nproc=2, extra_hooks=(
-        "dict(type='LSUVInitHook', include='bbox_head'), "))
+        "dict(type='LSUVInitHook', include=r'bbox_head\\..*'), "))
     assert len(run.snapshots) == 2
     assert run.snapshots[0].keys() == run.snapshots[1].keys()
     for key, value in run.snapshots[0].items():

@@ -4,10 +4,10 @@ server: the workers run with ``TORCH_HOME`` in the config's folder and the
 network closed (``worker_env``), and find the files there as after a
 download.
 
-For each reference (``zoo_urls.find_refs``) of a config: the URL from
+For each reference (:func:`~mmext_init.tools.zoo.urls.find_refs`) of a config: the URL from
 MMEngine's tables, the module of a stock build (every reference removed)
 that loads it, and a file at ``$TORCH_HOME/hub/checkpoints/<basename>`` made
-from that module (``zoo_layouts``). The layout is the first candidate that
+from that module (:mod:`~mmext_init.tools.zoo.layouts`). The layout is the first candidate that
 stock's own loading code takes in full (or the one it takes most of): the
 module is reset, given the reference as its ``init_cfg`` and initialized
 with stock ``init_weights``, and its tensors compared with the file's. A
@@ -17,9 +17,20 @@ layout, a file name taken by another URL) is removed from the config, with
 the reason.
 
 Example:
-    >>> served = make_files(stripped_model, find_refs(cfg.model))
-    >>> served.records[0]['layout'], served.unserved
-    ('torchvision', [])
+    >>> import tempfile
+    >>> import torch.nn as nn
+    >>> from mmengine.model import BaseModule
+    >>> from mmext_init.tools.zoo.urls import find_refs
+    >>> os.environ['TORCH_HOME'] = tempfile.mkdtemp()
+    >>> class Net(BaseModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = nn.Linear(2, 2)
+    >>> refs = find_refs(dict(type='Net', init_cfg=dict(
+    ...     type='Pretrained', checkpoint='https://x.invalid/net.pth')))
+    >>> served = make_files(Net(), refs)
+    >>> served.records[0]['layout'], sorted(served.expected), served.unserved
+    ('plain', ['fc.bias', 'fc.weight'], [])
 """
 import copy
 import os
@@ -31,9 +42,9 @@ import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
 
-from zoo_layouts import State, candidate_layouts, floats, random_state
-from zoo_models import bit_equal, first_line
-from zoo_urls import Ref, checkpoint_url, hub_cache_path, loader_modules
+from mmext_init.tools.zoo.layouts import State, candidate_layouts, floats, random_state
+from mmext_init.tools.zoo.models import bit_equal, first_line
+from mmext_init.tools.zoo.urls import Ref, checkpoint_url, hub_cache_path, loader_modules
 
 
 CLOSED = 'http://127.0.0.1:9'  # discard port: a download fails at once

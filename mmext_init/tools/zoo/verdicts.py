@@ -7,13 +7,18 @@ from its ledger entry:
 - ``unreached``: the entry is an ``initializer`` whose ``declared_by``
   module's ``BaseModule.init_weights`` body never ran in stock, or an
   ``init_weights`` entry whose module stock's recursion never called
-  (see ``zoo_models.stock_reach``);
+  (see :func:`~mmext_init.tools.zoo.models.stock_reach`), and the ledger's
+  ``beyond_stock`` (the outermost modules stock never reaches whose init the
+  plugin ran) holds that module or one above it: the ledger says so;
 - ``rng-shift``: the entry is a random initializer (anything but
   ``Constant``/``Zero``/``Identity``/``CopyFrom``) or an ``init_weights``
-  override, and an ``unreached`` random init ran before it: its module comes
-  earlier in ``named_modules()`` pre-order (MMEngine's init order) or lies
-  below the tensor's declaring module. The extra draws shift the random
-  stream of everything initialized after them;
+  override, and an ``unreached`` random init, or the init of a module the
+  ledger lists in ``beyond_stock`` and stock did not reach (its values may
+  since have been overwritten, as CAE's neck does to its decoders), ran
+  before it: its module comes earlier in ``named_modules()`` pre-order
+  (MMEngine's init order) or lies below the tensor's declaring module. The
+  extra draws shift the random stream of everything initialized after
+  them;
 - ``skipped-draws``: the same, with the draws stock makes and the plugin
   skips in place of the unreached ones: a random init of tensors that a
   checkpoint of the config then overwrites (``skipped_draws``; README,
@@ -31,7 +36,8 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
-from zoo_models import bit_equal, differing, first_line, state_of
+from mmext_init.tools.zoo.models import (alias_of, bit_equal, differing,
+                                         first_line, state_of)
 
 DEFER_ENV = 'MMEXT_INIT_DEFER'
 DETERMINISTIC_INITS = {'Constant', 'Zero', 'Identity', 'CopyFrom',
@@ -118,8 +124,11 @@ def _is_random(entry: Any) -> bool:
         and entry.source not in DETERMINISTIC_INITS)
 
 
-def _unreached(entry: Any, called: Set[str], body_ran: Set[str]) -> bool:
+def _unreached(entry: Any, called: Set[str], body_ran: Set[str],
+               beyond: Sequence[str]) -> bool:
     owner = entry.declared_by or ''
+    if not any(owner == b or owner.startswith(b + '.') for b in beyond):
+        return False  # the ledger does not say stock never reaches it
     if entry.kind == 'initializer':
         return owner not in body_ran
     return entry.kind == 'init_weights' and owner not in called
@@ -132,19 +141,23 @@ def _shifted(owner: str, shifters: List[str], order: Dict[str, int]) -> bool:
                or owner == '' for u in shifters)
 
 
-def _explain(diffs: List[str], entries: Dict[str, Any], called: Set[str],
+def _explain(diffs: List[str], ledger: Any, called: Set[str],
              body_ran: Set[str], order: Dict[str, int],
              skipped: Sequence[str]) -> Dict[str, List[str]]:
     """Differing tensor names by explanation (rule in the module
     docstring)."""
+    entries, beyond = ledger.entries, list(ledger.beyond_stock)
     shifters = sorted({e.declared_by or '' for e in entries.values()
-                       if _unreached(e, called, body_ran) and _is_random(e)})
+                       if _unreached(e, called, body_ran, beyond)
+                       and _is_random(e)}
+                      | {b for b in beyond if b not in body_ran})
     groups: Dict[str, List[str]] = {'unreached': [], 'rng-shift': [],
                                     'skipped-draws': [], 'unexplained': []}
     for name in diffs:
         entry = entries.get(name)
         owner = '' if entry is None else entry.declared_by or ''
-        if entry is not None and _unreached(entry, called, body_ran):
+        if entry is not None and _unreached(entry, called, body_ran,
+                                            beyond):
             groups['unreached'].append(name)
         elif entry is not None and _is_random(entry) and _shifted(
                 owner, shifters, order):
@@ -166,9 +179,10 @@ def skipped_draws(loaded_ledger: Any, bare_ledger: Any,
     build as shipped (``loaded_ledger``: which tensors a file gives)."""
     loaded = {n for n, e in loaded_ledger.entries.items()
               if e.kind == 'checkpoint'}
+    beyond = list(bare_ledger.beyond_stock)
     return sorted({e.declared_by or '' for n, e in bare_ledger.entries.items()
                    if n in loaded and _is_random(e)
-                   and not _unreached(e, called, body_ran)})
+                   and not _unreached(e, called, body_ran, beyond)})
 
 
 def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
@@ -180,7 +194,7 @@ def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
     called, body_ran = set(stock_info['called']), set(stock_info['body_ran'])
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     entries = ledger.entries
-    groups = _explain(differing(off[0], stock[0]), entries, called, body_ran,
+    groups = _explain(differing(off[0], stock[0]), ledger, called, body_ran,
                       order, skipped)
     counts = {k: len(v) for k, v in groups.items()}
     modules = sorted({entries[n].declared_by or '<root>'
@@ -198,7 +212,8 @@ def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
                        f"{counts['skipped-draws']} skipped-draws "
                        f'explained), first {shown}',
                        counts=counts, unexplained=groups['unexplained'][:100],
-                       unreached_modules=modules)
+                       unreached_modules=modules,
+                       beyond_stock=list(ledger.beyond_stock))
     out_diffs, forward = _forward_diff(off[1], stock[1])
     if counts['unreached'] or counts['rng-shift'] or counts['skipped-draws']:
         forward = 'forward not compared (values differ, explained)'
@@ -209,6 +224,7 @@ def check_vs_stock(off: Tuple[State, Outputs], stock: Tuple[State, Outputs],
                    f"shifted random stream, {counts['skipped-draws']} by "
                    f'draws skipped on loaded tensors; {forward}',
                    counts=counts, unreached_modules=modules,
+                   beyond_stock=list(ledger.beyond_stock),
                    skipped_modules=list(skipped))
 
 
@@ -255,19 +271,6 @@ def check_shipped(state: State, stock_state: State, ledger: Any,
     return verdict(True, f'{len(loaded)} tensors from {what} identical to '
                    'stock' + (f"; skipped {'; '.join(skipped)}"
                               if skipped else ''), **data)
-
-
-def alias_of(model: nn.Module) -> Dict[str, str]:
-    """``{name: first name}`` for state-dict entries that are the same
-    tensor as an earlier one (tied weights, e.g. RetinaSepBNHead's convs)."""
-    seen: Dict[Tuple[int, Tuple[int, ...], Tuple[int, ...]], str] = {}
-    out = {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-        if t.numel() and key in seen:
-            out[name] = seen[key]
-        seen.setdefault(key, name)
-    return out
 
 
 def check_ledger_values(ledger: Any, state: State, file_state: State,

@@ -7,7 +7,7 @@ of ``out_indices``, so every adapter is used (DDP needs no
 
 Example:
     >>> import torch, mmext_init
-    >>> from mmext_examples.mmdet_models import ResNetWithAdapters
+    >>> from mmext_init.examples.mmdet_models import ResNetWithAdapters
     >>> net = ResNetWithAdapters(depth=18, out_indices=(1, 2, 3))
     >>> net.init_weights()
     >>> [f.shape[1] for f in net(torch.randn(1, 3, 64, 64))]

@@ -2,12 +2,17 @@
 worker uses them too).
 
 Config loading (as shipped), seeded build + ``init_weights`` with timing, a
-fixed forward pass, bit-exact tensor comparison and the set of modules stock MMEngine's recursion reaches.
+fixed forward pass, bit-exact tensor comparison and the set of modules
+stock MMEngine's recursion reaches.
 
 Example:
-    >>> cfg = load_config('.../mmdet/.mim/configs/retinanet/x.py', 'mmdet')
+    >>> import os
+    >>> setup_scope('mmpretrain')
+    >>> cfg = load_config(os.path.join(configs_root('mmpretrain'), 'lenet',
+    ...                                'lenet5_mnist.py'), 'mmpretrain')
     >>> model, seconds = build_and_init(cfg.model)
-    >>> outputs, how = forward_outputs(model, 'mmdet')
+    >>> sorted(seconds), type(model).__name__
+    (['cpu', 'wall'], 'ImageClassifier')
 """
 import copy
 import importlib
@@ -23,8 +28,13 @@ from mmengine.config import Config
 from mmengine.model import BaseModule, is_model_wrapper
 from mmengine.registry import MODELS, init_default_scope
 
-PACKAGES = ('mmdet', 'mmseg')
+PACKAGES = ('mmdet', 'mmseg')  # the default sweep
+KNOWN_PACKAGES = ('mmdet', 'mmseg', 'mmpretrain', 'timm')
+SCOPES = {'timm': 'mmpretrain'}  # the timm sample runs in mmpretrain's scope
+SAMPLE_CLASSES = {'mmdet': 'DetDataSample', 'mmseg': 'SegDataSample',
+                  'mmpretrain': 'DataSample'}
 INPUT_SIZE = (128, 128)
+INPUT_SIZES = {'mmpretrain': (224, 224)}  # classifiers' fixed position grids
 FORWARD_SEED = 1234
 PROPOSAL_CAP = 100  # test_cfg counts in the sweep's forward pass
 _COUNT_KEYS = ('nms_pre', 'max_per_img', 'max_num')
@@ -34,7 +44,8 @@ def configs_root(package: str) -> str:
     """``<site-packages>/<package>/.mim/configs`` of the installed package.
 
     Example:
-        >>> configs_root('mmdet')  # .../site-packages/mmdet/.mim/configs
+        >>> configs_root('mmdet').split(os.sep)[-3:]
+        ['mmdet', '.mim', 'configs']
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -44,7 +55,9 @@ def configs_root(package: str) -> str:
 
 
 def setup_scope(package: str) -> None:
-    """Default scope and registries of ``package`` (mmdet or mmseg)."""
+    """Default scope and registries of ``package`` (mmdet, mmseg or
+    mmpretrain; mmpretrain for the timm sample)."""
+    package = SCOPES.get(package, package)
     importlib.import_module(f'{package}.utils').register_all_modules(
         init_default_scope=False)
     init_default_scope(package)
@@ -151,20 +164,20 @@ def runner_checkpoint(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
 def _batch(package: str) -> Dict[str, list]:
     """One seeded uint8 image with the data sample the model expects."""
     gen = torch.Generator().manual_seed(FORWARD_SEED)
-    h, w = INPUT_SIZE
+    package = SCOPES.get(package, package)
+    h, w = INPUT_SIZES.get(package, INPUT_SIZE)
     image = torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
     meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                 scale_factor=(1.0, 1.0))
     structures = importlib.import_module(f'{package}.structures')
-    sample_cls = structures.DetDataSample if package == 'mmdet' \
-        else structures.SegDataSample
+    sample_cls = getattr(structures, SAMPLE_CLASSES[package])
     return dict(inputs=[image], data_samples=[sample_cls(metainfo=meta)])
 
 
 def forward_outputs(model: nn.Module, package: str
                     ) -> Tuple[Optional[Dict[str, torch.Tensor]], str]:
     """Outputs of ``model(..., mode='tensor')`` (else ``extract_feat``) on a
-    fixed seeded 128x128 image, flattened by name (``tensor.0.1``,
+    fixed seeded image (128x128, mmpretrain 224x224), flattened by name (``tensor.0.1``,
     ``extract_feat.2``); ``(None, reason)`` when neither runs."""
     reasons = []
     for how in ('tensor', 'extract_feat'):
@@ -256,3 +269,16 @@ def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = ' '.join(text[0].split()) if text else ''
     return f'{type(exc).__name__}: {line}'[:300]
+
+
+def alias_of(model: nn.Module) -> Dict[str, str]:
+    """``{name: first name}`` for state-dict entries that are the same
+    tensor as an earlier one (tied weights, e.g. RetinaSepBNHead's convs)."""
+    seen: Dict[Tuple[int, Tuple[int, ...], Tuple[int, ...]], str] = {}
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+        if t.numel() and key in seen:
+            out[name] = seen[key]
+        seen.setdefault(key, name)
+    return out

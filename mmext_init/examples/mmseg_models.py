@@ -3,7 +3,7 @@ output, in a plain ``nn.ModuleList`` (stock MMEngine never initializes it).
 
 Example:
     >>> import torch, mmext_init
-    >>> from mmext_examples.mmseg_models import MiTWithAdapters
+    >>> from mmext_init.examples.mmseg_models import MiTWithAdapters
     >>> net = MiTWithAdapters(embed_dims=32, num_layers=[1, 1, 1, 1])
     >>> net.init_weights()
     >>> [f.shape[1] for f in net(torch.randn(1, 3, 64, 64))]

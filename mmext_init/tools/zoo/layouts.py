@@ -20,7 +20,7 @@ out as the file on the zoo would be (``candidate_layouts``):
   the backbone's own conversion runs on it.
 
 Which layout stock's loading code expects is found by trying them in order
-(``zoo_files``); ``expected`` is what each module key should hold after a
+(:mod:`~mmext_init.tools.zoo.files`); ``expected`` is what each module key should hold after a
 load.
 
 Example:

@@ -1,4 +1,5 @@
-"""The proof of ``tools/merge_inserted.py``: the inserted model and the
+"""The proof of ``mmext-merge`` (:mod:`mmext_init.tools.merge_inserted`):
+the inserted model and the
 merged one (CONFIG with only the kept ``insert`` entries, loading the
 merged file), in float64 and eval mode, on one seeded input, through the
 whole model (``mode='tensor'``) where it runs, else the smallest of
@@ -17,11 +18,13 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.model import BaseModel
 
-import check_function_preserving as cfp
-from mmext_init import CheckpointError, InitConfigError, fold_names
+from ..errors import CheckpointError, InitConfigError
+from ..provenance.report import fold_names
+from . import check_function_preserving as cfp
+from .cli import ToolError
 
 
-class MergeError(Exception):
+class MergeError(ToolError):
     """A config or checkpoint problem: exit status 2."""
 
 
@@ -37,14 +40,15 @@ def model_options(cfg: Config, insert: List[dict],
     return {'model': dict(_delete_=True, **model)}
 
 
-def build_loaded(config: str, options: Dict[str, Any],
+def build_loaded(cfg: Config, options: Dict[str, Any],
                  seed: int) -> Tuple[nn.Module, Config]:
-    """:func:`check_function_preserving.build_initialized`, its config and
+    """:func:`~mmext_init.tools.check_function_preserving.build_initialized`
+    of CONFIG (``cfg``, its ``filename`` naming it), its config and
     checkpoint errors raised as MergeError."""
     try:
-        return cfp.build_initialized(config, options, seed)
+        return cfp.build_initialized(cfg, options, seed)
     except (InitConfigError, CheckpointError, OSError) as error:
-        raise MergeError(f'{config}: {error}') from error
+        raise MergeError(f'{cfg.filename}: {error}') from error
 
 
 def proof_modules(model: nn.Module, targets: Sequence[str],
@@ -71,19 +75,15 @@ def run_in_float64(model: nn.Module, modules: Sequence[Optional[str]],
                    ) -> Tuple[Optional[str], List, List[str]]:
     """The first of ``modules`` of ``model`` (float64, eval) that runs on
     ``x``, its output tensors and the ``targets`` (module paths) that did
-    not run; MergeError naming ``--input-shape``/``--module`` if none
+    not run; ToolError naming ``--input-shape``/``--module`` if none
     runs."""
     model.double()
     model.eval()
     ran = set()
     handles = [model.get_submodule(path).register_forward_hook(
         lambda *_, path=path: ran.add(path)) for path in targets]
-    try:
+    try:  # ToolError: the input runs nowhere, --module names nothing
         module, outs = cfp.first_running(model, modules, x.double(), source)
-    except cfp.ProofInputError as error:
-        raise MergeError(str(error)) from error
-    except ValueError as error:  # --module names nothing of the model
-        raise MergeError(str(error)) from error
     finally:
         for handle in handles:
             handle.remove()
@@ -99,8 +99,7 @@ def load_plain(args: argparse.Namespace, cfg: Config, kept: List[dict],
     print('== the merged model, built as configured, its root loading the '
           'merged file (strict), then load_state_dict(strict=True) of it')
     root = dict(type='Pretrained', checkpoint=path, strict=True)
-    plain, _ = build_loaded(args.config, model_options(cfg, kept, root),
-                            args.seed)
+    plain, _ = build_loaded(cfg, model_options(cfg, kept, root), args.seed)
     state = torch.load(path, map_location='cpu', weights_only=True)
     try:
         plain.load_state_dict(state['state_dict'], strict=True)
@@ -124,7 +123,7 @@ def prove(args: argparse.Namespace, cfg: Config, kept: List[dict],
     plain = load_plain(args, cfg, kept, path)
     if plain is None:
         return float('inf')
-    worst = cfp.largest_difference(
+    worst, _ = cfp.largest_difference(
         run_in_float64(plain, [module], x, source)[1], refs,
         'the inserted model')
     where = 'through ' + cfp.describe_module(inserted, module)
