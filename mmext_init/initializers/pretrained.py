@@ -21,7 +21,7 @@ from ..session.init_session import run_pretrained_alone
 
 class PretrainedInit(PretrainedOptions):
     """Load a checkpoint into a module; everything it does not provide gets
-    its declared init (see the contract in README.md).
+    its declared init (see the contract, ``docs/guides/contract.md``).
 
     Args:
         checkpoint (str): checkpoint file (``.pth``; Runner checkpoints work).

@@ -31,7 +31,7 @@ class InitWeightsMixin:
     """
 
     def init_weights(self) -> None:
-        """Initialize this module tree (see README's contract)."""
+        """Initialize this module tree (see the contract, ``docs/guides/contract.md``)."""
         session = current_session()
         if session is None:
             run_init_weights(self)

@@ -1,6 +1,5 @@
 """Sweep the configs shipped with the installed mmdet, mmseg and mmpretrain
-(and a timm sample), built as shipped, through mmext_init's checks (README,
-"Zoo sweep").
+(and a timm sample), built as shipped, through mmext_init's checks (``docs/guides/zoo.md``).
 
 Usage::
 

@@ -21,8 +21,8 @@ from its ledger entry:
   them;
 - ``skipped-draws``: the same, with the draws stock makes and the plugin
   skips in place of the unreached ones: a random init of tensors that a
-  checkpoint of the config then overwrites (``skipped_draws``; README,
-  "Same values");
+  checkpoint of the config then overwrites (``skipped_draws``;
+  ``docs/guides/performance.md``, "How it stays fast");
 - anything else (a constructor default, a deterministic init, no ledger
   entry, a tensor with no earlier unreached random init) is unexplained.
 """
@@ -100,7 +100,7 @@ def check_deferral(deferred: Tuple[State, Outputs],
     """Check 2: every build deferred vs none. Bit-identical tensors and
     outputs; when the build loads a checkpoint, tensors it does not load may
     differ (deferral skips the draws of the loaded tensors, so later random
-    values move: README contract 4), the loaded ones may not."""
+    values move: rule 4 of ``docs/guides/contract.md``), the loaded ones may not."""
     diffs = differing(deferred[0], off[0])
     loads = {n for n, e in ledger.entries.items() if e.kind == 'checkpoint'}
     loaded_diffs = [n for n in diffs if n in loads or not loads]
@@ -173,7 +173,7 @@ def _explain(diffs: List[str], ledger: Any, called: Set[str],
 def skipped_draws(loaded_ledger: Any, bare_ledger: Any,
                   called: Set[str], body_ran: Set[str]) -> List[str]:
     """Modules whose random init stock runs on tensors that a checkpoint
-    then overwrites: the plugin skips those draws (README, "Same values"),
+    then overwrites: the plugin skips those draws (``docs/guides/performance.md``),
     so later random values move. From the ledger of a build without the
     checkpoints (``bare_ledger``: who initializes each tensor) and of the
     build as shipped (``loaded_ledger``: which tensors a file gives)."""
