@@ -21,6 +21,7 @@ LAYERS: List[Set[str]] = [
     {'hooks'},
     {'plugin'},
     {''},  # mmext_init/__init__.py: the public API
+    {'tools', 'examples'},  # the command-line tools and example modules
 ]
 
 

@@ -171,7 +171,9 @@ def test_milestone_at_or_past_the_end_is_a_warning(backbone_ckpt, tmp_path,
     milestone comes later: the run trains, the warning names the milestone
     and the end, and what it selects stays frozen."""
     milestone = dict(MILESTONE, at=at)
-    runner = _run(str(tmp_path / 'short'), backbone_ckpt,
+    # a work dir named per case: MMEngine names the logger after the work
+    # dir and the second, so two runs in one second would share one log
+    runner = _run(str(tmp_path / f'short_at_{at}'), backbone_ckpt,
                   milestones=(milestone, ), iters=2)
     assert runner.iter == 2
     log = open(os.path.join(runner.log_dir,
