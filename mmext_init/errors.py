@@ -7,12 +7,29 @@ from urllib.error import URLError
 
 class InitConfigError(ValueError):
     """An ``init_cfg`` entry is wrong (unknown layer name, bad override path,
-    unknown key, contract violated such as ``strict`` or ``min_loaded``)."""
+    unknown key, contract violated such as ``strict`` or ``min_loaded``).
+
+    Example:
+        >>> from mmext_init import CopyFromInit
+        >>> CopyFromInit()
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.InitConfigError: CopyFrom needs exactly one of source= or checkpoint=
+    """
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: missing, corrupt, empty, non-finite values,
-    or holding objects that were not reconstructed because they could run code."""
+    or holding objects that were not reconstructed because they could run code.
+
+    Example:
+        >>> from mmext_init import read_checkpoint
+        >>> try:
+        ...     read_checkpoint('/nonexistent/r50.pth', label='Pretrained')
+        ... except CheckpointError as exc:
+        ...     print(exc)
+        Pretrained: checkpoint file not found: /nonexistent/r50.pth
+    """
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):

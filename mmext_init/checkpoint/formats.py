@@ -315,14 +315,16 @@ def open_checkpoint(path: str,
                     use_ema: bool = False) -> CheckpointTensors:
     """Open a checkpoint of any supported format (see the module docstring).
 
-    Example (EMA weights kept as ``ema_`` buffers):
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), 'epoch_12.pth')
-        >>> torch.save({'state_dict': {'fc.w': torch.ones(1),
-        ...                            'ema_fc_w': torch.zeros(1)}}, path)
-        >>> ema = open_checkpoint(path, use_ema=True)
-        >>> open_checkpoint(path).keys(), ema.keys(), ema.get('fc.w')
-        (['fc.w', 'ema_fc_w'], ['fc.w'], tensor([0.]))
+    Args:
+        path (str): the file; errors (:class:`CheckpointError`) name it.
+        map_location: as for :func:`torch.load`. Defaults to 'cpu'.
+        trust (bool): unpickle any object. Defaults to False.
+        label (str): how errors name the file. Defaults to 'checkpoint'.
+        use_ema (bool): the EMA weights (``ema_`` buffers). Defaults to False.
+    Example:
+        >>> import tempfile; path = tempfile.mkdtemp() + '/epoch_12.pth'
+        >>> torch.save({'w': torch.ones(1), 'ema_w': torch.zeros(1)}, path)
+        >>> assert open_checkpoint(path, use_ema=True).get('w') == 0
     """
     name = os.fspath(path)
     found = resolve_checkpoint(name, label)

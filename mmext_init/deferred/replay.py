@@ -237,6 +237,10 @@ def materialize(module: Optional[nn.Module] = None) -> None:
     """Replay the deferred init of ``module``'s pending parameters (of all
     pending parameters if None) now, e.g. before reading raw memory.
 
+    Args:
+        module (nn.Module, optional): the module whose parameters to
+            compute; None: every pending parameter.
+
     Example:
         >>> import torch.nn as nn
         >>> from mmext_init.deferred import deferred_construction

@@ -91,6 +91,14 @@ class UnfreezeHook(Hook):
     Args:
         milestones (list[dict]): ``dict(at=N, by='iter'|'epoch',
             select=SELECTOR, lr_mult=1.0)`` (module docstring).
+
+    Raises:
+        InitConfigError: for no milestones or a bad one (naming it).
+
+    Example:
+        >>> hook = UnfreezeHook([dict(at=2, by='epoch', select='all')])
+        >>> len(hook.milestones)
+        1
     """
     priority = 'NORMAL'
 

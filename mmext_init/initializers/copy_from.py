@@ -59,6 +59,14 @@ def copy_from(module: nn.Module, source: nn.Module) -> None:
     """Copy every parameter and persistent buffer of ``source`` into
     ``module`` (names must line up, shapes must match).
 
+    Args:
+        module (nn.Module): the module written to.
+        source (nn.Module): the module read from.
+
+    Raises:
+        InitConfigError: naming both classes and the first name or shape
+            that does not line up.
+
     Example:
         >>> import torch.nn as nn
         >>> new, old = nn.Linear(2, 2), nn.Linear(2, 2)
@@ -98,6 +106,11 @@ class CopyFromInit:
         checkpoint (str, optional): a checkpoint file instead of a module.
         prefix (str, optional): with ``checkpoint``, the key prefix of the
             sub-tree to copy, e.g. ``'backbone.layer4.'``.
+        layer: must be unset (a whole module is copied).
+
+    Raises:
+        InitConfigError: unless exactly one of ``source``/``checkpoint`` is
+            given, for ``layer``, or for an unknown argument.
 
     Example:
         >>> import torch, torch.nn as nn

@@ -39,9 +39,10 @@ def _fill(module: nn.Module, name: str, value: float) -> None:
 def zero_init(module: nn.Module, bias: float = 0) -> None:
     r"""Fill ``module.weight`` with 0 and ``module.bias`` with ``bias``.
 
-    The last layer of a residual branch ``x + f(x)`` set this way makes the
-    branch add nothing at step 0: :math:`W = 0, b = 0 \Rightarrow f(x) = 0`.
-    A module without ``weight``/``bias`` is left alone (as ``constant_init``).
+    Args:
+        module (nn.Module): e.g. the last layer of a residual branch, which
+            then adds nothing at step 0 (no ``weight``/``bias``: untouched).
+        bias (float): the bias value. Defaults to 0.
 
     Example:
         >>> up = nn.Conv2d(16, 64, 1)
@@ -77,15 +78,16 @@ def _check_conv_identity(conv: nn.Module) -> None:
 
 
 def identity_init(module: nn.Module, bias: float = 0) -> None:
-    r"""Make a Linear or Conv1d/2d/3d layer the identity map (a layer
-    inserted in series then changes nothing at step 0).
+    r"""Make a Linear or Conv1d/2d/3d layer the identity map, :math:`y = x`.
 
-    Linear: :func:`torch.nn.init.eye_`, :math:`W_{ij} = \delta_{ij}`.
-    Convolution: :func:`torch.nn.init.dirac_` per group,
-    :math:`W_{g n + i,\, j,\, c} = \delta_{ij}` at the kernel centre
-    :math:`c`, so :math:`y = x`. Bias ``bias`` (0). When the output and input
-    sizes (per group) differ, the overlapping identity is filled and the rest
-    is zero; the provenance ledger gets a note saying so.
+    Linear: :func:`torch.nn.init.eye_`; convolution:
+    :func:`torch.nn.init.dirac_` per group (at the kernel centre). Output and
+    input sizes (per group) that differ get the overlapping identity, zeros
+    elsewhere, and a note in the provenance ledger.
+
+    Args:
+        module (nn.Module): the layer, e.g. one inserted in series.
+        bias (float): the bias value. Defaults to 0.
 
     Raises:
         ValueError: naming the layer, for a layer that is neither Linear nor
@@ -122,17 +124,19 @@ def identity_init(module: nn.Module, bias: float = 0) -> None:
 def orthogonal_init(module: nn.Module,
                     gain: float = 1,
                     bias: float = 0) -> None:
-    r"""Fill ``module.weight`` with a (semi-)orthogonal matrix scaled by
-    ``gain`` (:func:`torch.nn.init.orthogonal_`, Saxe et al. 2013) and
-    ``module.bias`` with ``bias``.
+    r"""Fill ``module.weight`` with a (semi-)orthogonal matrix (Saxe 2013).
 
     With the weight flattened to :math:`W \in \mathbb{R}^{r \times c}`
     (``r`` output channels): :math:`W W^T = \text{gain}^2 I_r` if
     :math:`r \le c`, else :math:`W^T W = \text{gain}^2 I_c`.
 
+    Args:
+        module (nn.Module): the layer.
+        gain (float): as for :func:`torch.nn.init.orthogonal_`. Defaults to 1.
+        bias (float): the bias value. Defaults to 0.
+
     Raises:
-        ValueError: naming the layer, when it has no ``weight`` with at least
-            two dimensions.
+        ValueError: naming the layer, if it has no weight of 2 or more dims.
 
     Example:
         >>> fc = nn.Linear(32, 16)
@@ -174,23 +178,21 @@ def lora_pair_init(module: nn.Module,
                    b_attr: str = 'lora_B',
                    mode: str = 'kaiming') -> None:
     r"""LoRA init (Hu et al. 2021): the down projection A random, the up
-    projection B zero, so the low-rank update :math:`\Delta W = B A = 0` at
-    step 0. Biases of both projections are set to 0.
+    one B zero, so :math:`\Delta W = B A = 0` at step 0; both biases to 0.
 
-    * ``mode='kaiming'``: A by ``kaiming_uniform_(a=sqrt(5))`` (PEFT's and
-      ``nn.Linear``'s default), i.e. :math:`\mathcal{U}(-b, b)` with
-      :math:`b = 1/\sqrt{\text{fan\_in}}`, variance :math:`1/(3\,
-      \text{fan\_in})`;
-    * ``mode='gaussian'``: A from :math:`\mathcal{N}(0, 1/r^2)`, ``r`` the
-      rank of the pair: A's first dimension (its output size), as PEFT's
-      ``init_lora_weights='gaussian'``.
-
-    ``a_attr``/``b_attr`` name the projections: submodules with a ``weight``
-    (``nn.Linear``, ``nn.Conv2d``) or Parameters.
+    Args:
+        module (nn.Module): holds both projections: submodules with a
+            ``weight`` (``nn.Linear``, ``nn.Conv2d``) or Parameters.
+        a_attr (str): the down projection A. Defaults to 'lora_A'.
+        b_attr (str): the up projection B. Defaults to 'lora_B'.
+        mode (str): ``'kaiming'`` (default): A by
+            ``kaiming_uniform_(a=sqrt(5))`` (PEFT's and ``nn.Linear``'s),
+            :math:`\mathcal{U}(-b, b)`, :math:`b = 1/\sqrt{\text{fan\_in}}`;
+            ``'gaussian'``: A from :math:`\mathcal{N}(0, 1/r^2)`, ``r`` the
+            rank (A's first dimension), as PEFT's ``init_lora_weights``.
 
     Raises:
-        ValueError: naming the module class and the missing attribute, or an
-            unknown ``mode``.
+        ValueError: naming the class and the missing attribute, or a bad mode.
 
     Example:
         >>> m = nn.Module()  # e.g. a LoRALinear

@@ -40,6 +40,15 @@ class InsertType:
     (``ValueError`` naming ``path`` and the target's class) and add
     submodules in :meth:`insert`, returning the names of the children added
     to ``target``.
+
+    Example:
+        >>> class Gate(InsertType):
+        ...     def insert(self, target, path):
+        ...         target.add_module('gate', nn.Identity())
+        ...         return ['gate']
+        >>> block = nn.Sequential(nn.Linear(2, 2))
+        >>> Gate().insert(block, 'block'), tensor_names(block, ['gate'])
+        (['gate'], [])
     """
 
     def check(self, target: nn.Module, path: str) -> None:

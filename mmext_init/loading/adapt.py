@@ -36,7 +36,17 @@ class Adapted:
 
 
 class AdaptTransform:
-    """Base: ``keys`` selection, shape check, description."""
+    """Base of the ``adapt`` transforms: ``keys`` selection, shape check,
+    description.
+
+    Args:
+        keys (str | list[str]): patterns of the model tensor names handled.
+
+    Example:
+        >>> t = AdaptTransform(['head.fc.weight', 'head.fc.bias'])
+        >>> t.selects('head.fc.bias'), t.selects('neck.fc.bias')
+        (True, False)
+    """
 
     def __init__(self, keys: Union[str, Sequence[str]]) -> None:
         keys = [keys] if isinstance(keys, str) else list(keys)

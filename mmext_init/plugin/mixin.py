@@ -27,7 +27,15 @@ class InitWeightsMixin:
     ``BaseModule`` at import; inherit it explicitly to give a plain
     ``nn.Module`` the same behaviour (it reads ``self.init_cfg`` if set).
 
-    See the module's example.
+    Example:
+        >>> import torch.nn as nn
+        >>> from mmext_init import get_provenance
+        >>> class Gate(InitWeightsMixin, nn.Linear):
+        ...     init_cfg = dict(type='Zero')  # on the module itself
+        >>> gate = Gate(2, 2)
+        >>> gate.init_weights()
+        >>> get_provenance(gate).entries['bias'].describe('Gate')
+        'Zero from the model root (Gate)'
     """
 
     def init_weights(self) -> None:

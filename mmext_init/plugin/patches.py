@@ -288,7 +288,13 @@ def _key(patch: Row) -> Tuple[str, str]:
 
 
 def install() -> None:
-    """Apply every row of :data:`PATCHES` (idempotent, reload-safe)."""
+    """Apply every row of :data:`PATCHES` (idempotent, reload-safe).
+
+    Example:
+        >>> install()  # importing mmext_init did; again is harmless
+        >>> BaseModule.init_weights is InitWeightsMixin.init_weights
+        True
+    """
     saved = _originals()
     for patch in PATCHES:
         patch.apply(saved)
@@ -297,7 +303,14 @@ def install() -> None:
 def uninstall() -> None:
     """Undo every row of :data:`PATCHES` (no-op if nothing is installed).
     What deferred init left pending is computed first (the values it would
-    have had), since the guards that compute it on use go."""
+    have had), since the guards that compute it on use go.
+
+    Example:
+        >>> uninstall()
+        >>> BaseModule.init_weights is original(BaseModule, 'init_weights')
+        True
+        >>> install()  # put back what importing mmext_init applied
+    """
     materialize()
     saved = _originals()
     for patch in PATCHES:

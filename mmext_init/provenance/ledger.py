@@ -41,11 +41,22 @@ def format_args(args: Optional[Mapping[str, Any]]) -> str:
 class Provenance:
     """Origin of one tensor's value.
 
-    ``kind`` is one of ``checkpoint`` (``source`` is the file, ``key`` the
-    checkpoint key), ``initializer`` (``source`` is the init type, ``args`` its
-    arguments, ``declared_by`` the module path whose init_cfg declared it),
-    ``init_weights`` (``source`` is the class whose ``init_weights`` override
-    wrote it) or ``constructor`` (nothing declared wrote it).
+    Attributes:
+        kind (str): ``'checkpoint'``, ``'initializer'``, ``'init_weights'``
+            or ``'constructor'`` (nothing declared wrote it).
+        source (str): the checkpoint file, the init type, or the class whose
+            ``init_weights`` override wrote it.
+        declared_by (str, optional): the path of the module whose
+            ``init_cfg`` declared it (``''``: the model root).
+        key (str, optional): the checkpoint key (kind ``'checkpoint'``).
+        args (Mapping, optional): the init type's arguments (for a
+            checkpoint: how the tensor was adapted or cast).
+        notes (tuple[str]): remarks shown in the report.
+
+    Example:
+        >>> p = Provenance(CHECKPOINT, 'r50.pth', 'backbone', 'conv1.weight')
+        >>> p.with_note('tied to conv2.weight').describe()
+        'checkpoint r50.pth (tied to conv2.weight)'
     """
     kind: str
     source: str
@@ -93,7 +104,28 @@ class Provenance:
 
 @dataclass
 class LoadRecord:
-    """What one checkpoint load did for the module that declared it."""
+    """What one checkpoint load did for the module that declared it.
+
+    Attributes:
+        module (str): the path of the module loaded into (``''``: the root).
+        checkpoint (str): the checkpoint file.
+        via (str): what loaded it (``'Pretrained'``, ``'load_from'``, or a
+            class's ``init_weights`` override).
+        prefix (str, optional): the checkpoint key prefix used.
+        loaded (list[str]): the model tensors loaded.
+        missing (list[str]): model tensors the checkpoint does not provide.
+        unexpected (list[str]): checkpoint keys no model tensor took.
+        mismatched (list[tuple]): ``(name, checkpoint shape, model shape)``.
+        cast (list[tuple]): ``(name, checkpoint dtype, model dtype)``.
+        loaded_fraction (float): the loaded share of the module's elements.
+        adapted (list[tuple]): ``(name, transform description)``.
+
+    Example:
+        >>> record = LoadRecord('backbone', 'r50.pth', 'Pretrained',
+        ...                     loaded=['backbone.conv1.weight'])
+        >>> record.loaded, record.missing
+        (['backbone.conv1.weight'], [])
+    """
     module: str
     checkpoint: str
     via: str
@@ -127,7 +159,24 @@ class VoidEntry:
 
 @dataclass
 class ProvenanceLedger:
-    """All provenance of one ``init_weights()`` call on ``root``."""
+    """All provenance of one ``init_weights()`` call on ``root``.
+
+    Attributes:
+        root (str): the class name of the model root.
+        entries (dict[str, Provenance]): tensor name to its provenance.
+        loads (list[LoadRecord]): one per checkpoint load.
+        numel (dict[str, int]): tensor name to its number of elements.
+        void_entries (list[VoidEntry]): declared entries that touched no
+            tensor.
+        beyond_stock (list[str]): modules stock MMEngine's recursion never
+            reaches whose declared init ran (outermost only).
+
+    Example:
+        >>> ledger = ProvenanceLedger('Net', {
+        ...     'fc.weight': Provenance(INITIALIZER, 'Zero', 'fc')})
+        >>> ledger.counts()['initializer'], ledger.to_dict()['root']
+        (1, 'Net')
+    """
     root: str
     entries: Dict[str, Provenance] = field(default_factory=dict)
     loads: List[LoadRecord] = field(default_factory=list)
@@ -203,6 +252,15 @@ def entries_of(names: Iterable[str], written: Mapping[str, Provenance],
 
 def get_provenance(model: nn.Module) -> ProvenanceLedger:
     """The ledger of the last ``init_weights()`` run on ``model``.
+
+    Args:
+        model (nn.Module): the module ``init_weights()`` was called on.
+
+    Returns:
+        ProvenanceLedger: the ledger attached to ``model``.
+
+    Raises:
+        LookupError: naming the class, if none is attached.
 
     Example:
         >>> model = nn.Linear(2, 2)

@@ -13,6 +13,19 @@ Example of the INFO summary::
 
 The full ledger goes to ``init_provenance.json`` in the Runner's log
 directory (rank 0 only) and to the DEBUG log.
+
+Example (:func:`format_report` of a ledger built by hand):
+    >>> zero = Provenance('initializer', 'Zero', 'fc')
+    >>> ledger = ProvenanceLedger('Net', {'fc.weight': zero, 'fc.bias': zero},
+    ...                           numel={'fc.weight': 4, 'fc.bias': 2})
+    >>> print(format_report(ledger))
+    mmext_init: initialization report for Net: 2 tensors, 6 elements
+      checkpoint        0 tensors        0 elements  (0.0% of the model)
+      initializer       2 tensors        6 elements  (100.0% of the model)
+      init_weights      0 tensors        0 elements  (0.0% of the model)
+      constructor       0 tensors        0 elements  (0.0% of the model)
+    initialized:
+      fc.{weight,bias} <- Zero from fc
 """
 import json
 import logging
@@ -55,6 +68,12 @@ def _render(tokens: Sequence[str]) -> str:
 
 def fold_names(names: Sequence[str]) -> List[str]:
     """Fold dotted names that differ in one component.
+
+    Args:
+        names (Sequence[str]): dotted tensor or module names.
+
+    Returns:
+        list[str]: the folded patterns (``{0..1}`` ranges, ``{a,b}`` sets).
 
     Example:
         >>> fold_names(['a.0.up.weight', 'a.0.up.bias', 'a.1.up.weight', 'a.1.up.bias'])
@@ -120,7 +139,15 @@ def _limited(lines: List[str], more: str) -> List[str]:
 
 def format_report(ledger: ProvenanceLedger, skipped_ops: int = 0,
                   skipped_calls: int = 0) -> str:
-    """The grouped summary text of ``ledger``."""
+    """The grouped summary text of ``ledger`` (a full one: module docstring).
+
+    Args:
+        ledger (ProvenanceLedger): the ledger to summarize.
+        skipped_ops (int): initializer ops skipped on checkpoint tensors.
+        skipped_calls (int): initializer calls skipped on them.
+    Example:
+        >>> assert format_report(ProvenanceLedger('Net')).startswith(REPORT_TITLE)
+    """
     total = sum(ledger.numel.values()) or 1
     lines = [
         f'{REPORT_TITLE} for {ledger.root}: {len(ledger.entries)} tensors, '

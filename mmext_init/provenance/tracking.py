@@ -276,6 +276,10 @@ def add_note(tensor: torch.Tensor, note: str) -> None:
     Initializers call it to explain something a reader of the report must
     know (e.g. a rectangular identity). No-op outside ``init_weights``.
 
+    Args:
+        tensor (torch.Tensor): a parameter or buffer being initialized.
+        note (str): the text (a repeated note is recorded once).
+
     Example:
         >>> import torch.nn as nn
         >>> fc = nn.Linear(2, 2)

@@ -83,6 +83,22 @@ class ProvenanceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     model's ``Pretrained`` entries, and checked against the ledger when
     training starts, together with the trainable report
     (:mod:`mmext_init.training.startup`).
+
+    Args:
+        optim_wrapper_cfg (dict): the ``optim_wrapper`` config, as for
+            MMEngine's ``DefaultOptimWrapperConstructor``.
+        paramwise_cfg (dict, optional): stock keys plus ``freeze``,
+            ``rules`` and ``layer_decay``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> ctor = ProvenanceOptimWrapperConstructor(
+        ...     dict(optimizer=dict(type='SGD', lr=0.1)),
+        ...     dict(freeze=dict(name='0[.].*')))
+        >>> wrapper = ctor(model)
+        >>> [p.requires_grad for p in model.parameters()]
+        [False, False, True, True]
     """
 
     def __init__(self, optim_wrapper_cfg: dict,
