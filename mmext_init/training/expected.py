@@ -14,9 +14,9 @@ Example:
     >>> torch.save({'0.weight': torch.ones(2, 2)}, path)
     >>> net = Sequential(nn.Linear(2, 2),
     ...                  init_cfg=dict(type='Pretrained', checkpoint=path))
-    >>> origins = expected_origins(net)
-    >>> list(origins), origins['0.weight'].kind
-    (['0.weight'], 'checkpoint')
+    >>> table = param_table(net)
+    >>> [(i.name, i.origin.kind) for i in table.params if i.loaded]
+    [('0.weight', 'checkpoint')]
 """
 from typing import Dict, List, Optional, Tuple
 
@@ -101,22 +101,6 @@ def load_origins(plan: LoadPlan) -> Dict[str, Origin]:
     return origins
 
 
-def expected_origins(root: nn.Module) -> Dict[str, Origin]:
-    """Tensor name -> predicted origin, for the tensors a checkpoint will
-    provide (all or part; the outermost entry wins, then the Runner's
-    load, as when loading)."""
-    return _with_load(_origins(pretrained_plans(root)), runner_plan(root))
-
-
-def _with_load(origins: Dict[str, Origin],
-               plan: Optional[LoadPlan]) -> Dict[str, Origin]:
-    """``origins`` updated with what the Runner's load ``plan`` (if any)
-    gives."""
-    if plan is not None:
-        origins.update(load_origins(plan))
-    return origins
-
-
 def ledger_origins(ledger: ProvenanceLedger) -> Dict[str, Origin]:
     """Tensor name -> origin, from a real ledger.
 
@@ -155,7 +139,7 @@ def param_table(root: nn.Module) -> ParamTable:
         runner = plan_runner_load(root, found.load) \
             if found is not None and not found.done else None
     if runner is not None:
-        origins = _with_load(origins, runner)
+        origins.update(load_origins(runner))
         partly = {n: d for n, d in partly.items()
                   if n not in runner.copies and n not in runner.partial}
         partly.update(partly_new([runner], shapes))
