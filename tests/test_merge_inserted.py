@@ -21,7 +21,8 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 
 from mmext_init.hooks.delta_checkpoint import delta_checkpoint
-from mmext_init.inserting import lora_delta
+from mmext_init.inserting import (INSERT_TYPES, InsertType, insert_modules,
+                                 lora_delta)
 from mmext_init.tools import check_function_preserving as cfp
 from mmext_init.tools import merge_inserted as tool
 
@@ -259,7 +260,7 @@ def test_adapters_need_keep_adapters(in_tiny, tmp_path, capsys):
         f'mmext-merge: error: {R18_ADAPTERS}: '
         'model.insert holds entries that cannot be folded')
     assert 'insert[0] Adapter(reduction=4) at backbone.layer{2..4}' in err
-    assert '--keep-adapters folds the LoRA entries' in err
+    assert '--keep-adapters folds the other entries' in err
     assert not os.path.exists(out)
 
     model = trained(R18_ADAPTERS, r'\.adapter\.up\.')  # adapters only
@@ -268,7 +269,7 @@ def test_adapters_need_keep_adapters(in_tiny, tmp_path, capsys):
     assert tool.main([R18_ADAPTERS, ckpt, '--out', out,
                       '--keep-adapters']) == 0
     text = capsys.readouterr().out
-    assert 'no LoRA entry in model.insert: nothing folded' in text
+    assert 'no foldable entry in model.insert: nothing folded' in text
     assert 'merge proven: max 0.000e+00' in text
     merged = torch.load(out, weights_only=True)
     assert merged['meta']['insert'] == [dict(
@@ -396,3 +397,63 @@ def test_input_that_is_no_image_is_an_error_naming_the_options(tmp_path,
     text = capsys.readouterr().out
     assert "on input (4, 16) through the whole model (mode='tensor')" in text
     assert float(PROVEN.search(text).group(1)) <= 1e-5
+
+
+class _Twice(InsertType):
+    """A toy foldable type: doubles its Linear target's output."""
+    foldable = True
+
+    def insert(self, target, path):
+        target.register_forward_hook(lambda m, a, out: 2 * out)
+        return []
+
+    def fold(self, target, path):
+        return {'weight': 2 * target.weight, 'bias': 2 * target.bias}
+
+
+class _BadFold(_Twice):
+    def fold(self, target, path):
+        return {'lora_C.weight': None}
+
+
+@pytest.fixture
+def toy_types():
+    INSERT_TYPES.register_module(name='Twice', module=_Twice, force=True)
+    INSERT_TYPES.register_module(name='BadFold', module=_BadFold, force=True)
+    yield
+    for name in ('Twice', 'BadFold'):
+        INSERT_TYPES.module_dict.pop(name)
+
+
+def test_fold_entries_follow_insertion_order_on_a_copy(toy_types):
+    """Two foldable entries on one layer fold in insertion order (LoRA
+    first, then the doubling: 2 (W + sBA) x + 2 b), each fold reading the
+    one before; the model given stays as it was (it is the proof's
+    reference)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4))
+    insert = [dict(type='LoRA', targets='0', rank=2, alpha=4),
+              dict(type='Twice', targets='0')]
+    insert_modules(model, insert)
+    nn.init.normal_(model[0].lora_B.weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = tool.targets_of(model, [0, 1])
+    state = tool.fold_entries(model, insert, folded)
+    assert sorted(state) == ['0.bias', '0.weight']
+    plain = nn.Linear(6, 4).double()
+    plain.load_state_dict({k[2:]: v.double() for k, v in state.items()})
+    x = torch.randn(3, 6, dtype=torch.float64)
+    expected = copy.deepcopy(model).double()(x)
+    assert torch.allclose(plain(x), expected, rtol=0, atol=1e-6)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model[0].weight.dtype == torch.float32
+
+
+def test_a_fold_naming_no_tensor_is_an_error(toy_types):
+    model = nn.Sequential(nn.Linear(6, 4))
+    insert = [dict(type='BadFold', targets='0')]
+    insert_modules(model, insert)
+    with pytest.raises(tool.MergeError, match=r"insert\[0\] BadFold\(\): "
+                       r"folding '0\.lora_C\.weight' names no tensor of "
+                       r"Linear \(it has bias, weight\)"):
+        tool.fold_entries(model, insert, tool.targets_of(model, [0]))

@@ -23,7 +23,7 @@ Example:
     (2.0, torch.Size([4, 16]), torch.Size([8, 4]))
 """
 import math
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -155,6 +155,8 @@ class LoRA(InsertType):
         dropout (float): dropout on the branch's input. Defaults to 0.
     """
 
+    foldable = True
+
     def __init__(self,
                  rank: int,
                  alpha: Optional[float] = None,
@@ -204,6 +206,23 @@ class LoRA(InsertType):
         layer.register_forward_hook(lora_forward_hook)
         prefix = '' if layer is target else 'conv.'
         return [prefix + n for n in LORA_ATTRS[:3]]
+
+    def fold(self, target: nn.Module,
+             path: str) -> Dict[str, Optional[torch.Tensor]]:
+        """``weight + lora_delta(target)``; ``lora_A``/``lora_B`` dropped.
+
+        Example:
+            >>> fc = nn.Linear(4, 3)
+            >>> lora = LoRA(rank=2)
+            >>> _ = lora.insert(fc, 'fc')
+            >>> sorted(lora.fold(fc, 'fc').items(), key=lambda kv: kv[0])[0]
+            ('lora_A.weight', None)
+        """
+        layer = lora_layer(target)
+        prefix = '' if layer is target else 'conv.'
+        return {prefix + 'weight': layer.weight + lora_delta(layer),
+                prefix + 'lora_A.weight': None,
+                prefix + 'lora_B.weight': None}
 
 
 def lora_delta(module: nn.Module) -> torch.Tensor:

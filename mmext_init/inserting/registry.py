@@ -21,8 +21,9 @@ Example:
     >>> tensor_names(fc, Tag().insert(fc, 'head.fc'))
     ['tag.weight']
 """
-from typing import List
+from typing import Dict, List, Optional
 
+import torch
 import torch.nn as nn
 from mmengine.registry import Registry
 
@@ -39,7 +40,9 @@ class InsertType:
     ``ValueError`` for bad ones), may refuse a target in :meth:`check`
     (``ValueError`` naming ``path`` and the target's class) and add
     submodules in :meth:`insert`, returning the names of the children added
-    to ``target``.
+    to ``target``. A type whose addition is linear in the target's own
+    tensors sets ``foldable = True`` and implements :meth:`fold`, which
+    ``mmext-merge`` calls to fold it into them.
 
     Example:
         >>> class Gate(InsertType):
@@ -51,12 +54,33 @@ class InsertType:
         (['gate'], [])
     """
 
+    #: whether :meth:`fold` can fold what :meth:`insert` added into the
+    #: target's own tensors (``mmext-merge``); the others stay modules
+    foldable: bool = False
+
     def check(self, target: nn.Module, path: str) -> None:
         """Raise ``ValueError`` if ``target`` (at ``path``) is unsupported."""
 
     def insert(self, target: nn.Module, path: str) -> List[str]:
         """Add the modules to ``target``; return the new child names."""
         raise NotImplementedError
+
+    def fold(self, target: nn.Module,
+             path: str) -> Dict[str, Optional[torch.Tensor]]:
+        """What folding this entry into ``target`` (at ``path``) makes of
+        its ``state_dict``, by names relative to ``target``: a new value for
+        each of the target's own tensors it changes (computed from the
+        current values, in their dtype: ``mmext-merge`` calls it on the
+        model in float64, in insertion order, writing each result back
+        before the next entry's fold) and ``None`` for each inserted tensor
+        the folded model no longer has. Only for ``foldable`` types.
+
+        Raises:
+            ValueError: naming ``path``, if this target cannot be folded
+                (e.g. no tensor to fold a shift into).
+        """
+        raise NotImplementedError(
+            f'{type(self).__name__} is not foldable into weights')
 
 
 def tensor_names(module: nn.Module, children: List[str]) -> List[str]:

@@ -1,21 +1,24 @@
-"""Fold a config's LoRA branches into their weights: a plain checkpoint.
+"""Fold a config's inserted weight changes (LoRA, ...) into the weights:
+a plain checkpoint.
 
 Builds the model of CONFIG (a config with ``model.insert``, see
 :mod:`mmext_init.inserting`), its root loading CHECKPOINT and the deltas
 above it (``Pretrained(checkpoint=[CHECKPOINT, *DELTAS], strict=True)``:
 later files win per key, each delta is checked against the base it was
 trained on, and every tensor of the inserted model must come from them),
-folds every LoRA branch into its target weight (``W + lora_delta(target)``
-in float64, cast back to W's dtype) and writes ``--out``::
+folds every entry whose insert type is ``foldable`` into its targets'
+tensors (:meth:`~mmext_init.inserting.InsertType.fold`; LoRA:
+``W + lora_delta(target)``), in float64 and insertion order, cast back to
+each tensor's dtype, and writes ``--out``::
 
     {'state_dict': {name: tensor}, 'meta': {...}}
 
 with plain ``torch.save`` of tensors and plain data (dicts, lists, tuples,
 str, numbers, None): ``torch.load(path, weights_only=True)`` reads it. No
-``lora_*`` key is left.
+tensor of a folded entry is left.
 
 Then it proves the merge: the inserted model (the loaded weights) and the
-model of CONFIG without its LoRA entries (its root loading ``--out`` with
+model of CONFIG without its folded entries (its root loading ``--out`` with
 ``Pretrained(strict=True)``, so its init report names the merged file, then
 ``load_state_dict(torch.load(out, weights_only=True)['state_dict'],
 strict=True)`` as stock MMEngine reads it), both in float64 and eval mode,
@@ -43,17 +46,17 @@ entries (none: no ``insert``, and ``mmext_init`` taken out of
 it still needs the plugin where it uses ``ProvenanceOptimWrapperConstructor``
 or ``Pretrained`` options of mmext_init).
 
-Non-LoRA entries (``Adapter``: a non-linear residual; any other insert type)
-cannot be folded: without ``--keep-adapters`` that is an error naming the
-entries and their targets. With ``--keep-adapters`` the LoRA entries are
-folded and the other entries' tensors are written unchanged: that file
+Entries that are not foldable (``Adapter``: a non-linear residual; any
+type without ``foldable``) cannot be folded: without ``--keep-adapters``
+that is an error naming the entries and their targets. With
+``--keep-adapters`` the foldable entries are folded and the other entries' tensors are written unchanged: that file
 needs CONFIG's model with ``insert`` holding only the kept entries (in
 their order; ``meta['insert']`` has them, and mmext_init imported to build
 it). With no kept entry (``meta['insert'] == []``) the file needs CONFIG's
 model without ``insert``: stock MMEngine, no plugin.
 
 ``meta`` holds ``mmext_merged`` (1), ``config``, ``checkpoints`` (the
-files as given), ``folded`` (the LoRA target paths), ``insert`` (the kept
+files as given), ``folded`` (the folded target paths), ``insert`` (the kept
 entries), ``needs`` (a sentence: which model config loads the file) and the
 base checkpoint's ``dataset_meta`` when it is plain data.
 
@@ -96,6 +99,7 @@ reports left out)::
     wrote merged.pth: 99 tensors, 8 LoRA branches folded; it needs the model of configs/mmdet/retinanet_swin_lora_tiny.py without model.insert (loads in stock MMEngine, no plugin)
 """
 import argparse
+import copy
 import os
 import re
 import sys
@@ -105,8 +109,8 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
-from ..inserting import INSERT_TYPES, LoRA, inserted_into, lora_delta
-from ..inserting.lora import lora_layer
+from ..inserting import INSERT_TYPES, InsertType, inserted_into
+from ..inserting.insert import build_entry
 from ..provenance.report import fold_names
 from .cli import (add_atol, add_cfg_options, add_json, finite, load_config,
                   run_tool, tool_parser)
@@ -118,12 +122,13 @@ from .plain_config import (base_meta, needs, plain_config,
 MARK = re.compile(r'insert\[(\d+)\] ')  # inserted_into's marks
 
 
-def is_lora(entry: dict) -> bool:
-    """Whether an ``insert`` entry's type is LoRA (or a subclass)."""
+def is_foldable(entry: dict) -> bool:
+    """Whether an ``insert`` entry's type folds into weights
+    (``InsertType.foldable``: LoRA and its subclasses, ...)."""
     kind = entry.get('type')
     cls = kind if isinstance(kind, type) else INSERT_TYPES.get(kind) \
         if isinstance(kind, str) else None
-    return isinstance(cls, type) and issubclass(cls, LoRA)
+    return isinstance(cls, type) and bool(getattr(cls, 'foldable', False))
 
 
 def insert_of(cfg: Config, config: str) -> List[dict]:
@@ -147,49 +152,87 @@ def targets_of(model: nn.Module, indices: Sequence[int]) -> Dict[str, List]:
     return found
 
 
-def fold_lora(model: nn.Module,
-              targets: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """The state dict of ``model`` with every LoRA of ``targets`` folded
-    into its layer's weight (float64, then the weight's dtype) and the
-    ``lora_*`` tensors dropped. Leaves ``model`` in float64."""
+def entry_type(entry: dict, index: int) -> InsertType:
+    """The insert type of ``entry`` (``insert[index]``), built as
+    :func:`~mmext_init.inserting.insert.build_entry` builds it."""
+    args = {k: v for k, v in entry.items()
+            if k not in ('type', 'targets', 'layer')}
+    return build_entry(entry.get('type'), args, f'insert[{index}]')
+
+
+def fold_entries(model: nn.Module, insert: List[dict],
+                 folded: Dict[str, List[str]]) -> Dict[str, torch.Tensor]:
+    """The state dict of ``model`` with every entry of ``folded``
+    (``{'insert[i] <entry>': [target paths]}``) folded into its targets by
+    its type's :meth:`~mmext_init.inserting.InsertType.fold`: in float64,
+    in insertion order, on a copy of ``model`` (each result written back
+    into the copy before the next fold reads it; ``model`` stays the
+    reference of the proof) and cast to the tensor's dtype in the state
+    dict.
+
+    Raises:
+        MergeError: a fold refuses a target, or names a tensor the target
+            does not hold.
+    """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model = copy.deepcopy(model).double()
     names = {id(m): f'{n}.' if n else '' for n, m in model.named_modules()}
-    model.double()
-    for path in targets:
-        layer = lora_layer(model.get_submodule(path))
-        prefix = names[id(layer)]
-        with torch.no_grad():
-            merged = layer.weight + lora_delta(layer)  # both float64
-        weight = state[prefix + 'weight']
-        state[prefix + 'weight'] = merged.to(weight.dtype)
-        for key in list(state):
-            if key.startswith((prefix + 'lora_A.', prefix + 'lora_B.')):
-                del state[key]
+    order = sorted(folded, key=lambda mark: int(MARK.match(mark).group(1)))
+    for mark in order:
+        index = int(MARK.match(mark).group(1))
+        inserter = entry_type(insert[index], index)
+        for path in folded[mark]:
+            module = model.get_submodule(path)
+            with torch.no_grad():
+                try:
+                    updates = inserter.fold(module, path)
+                except ValueError as error:
+                    raise MergeError(f'{mark}: {error}') from error
+                write_back(module, names[id(module)], updates, state, mark)
     return state
 
 
+def write_back(module: nn.Module, prefix: str,
+               updates: Dict[str, Optional[torch.Tensor]],
+               state: Dict[str, torch.Tensor], mark: str) -> None:
+    """Apply one fold's ``updates`` (names relative to ``module``, at
+    ``prefix`` in ``state``) to ``state`` and to ``module``'s tensors."""
+    tensors = dict(module.state_dict(keep_vars=True))
+    for name, value in updates.items():
+        if name not in tensors or prefix + name not in state:
+            raise MergeError(
+                f'{mark}: folding {prefix + name!r} names no tensor of '
+                f'{type(module).__name__} (it has '
+                f'{", ".join(sorted(tensors)) or "none"})')
+        if value is None:
+            del state[prefix + name]
+            continue
+        tensors[name].data.copy_(value)
+        state[prefix + name] = value.to(state[prefix + name].dtype)
+
+
 def split_entries(insert: List[dict]) -> Tuple[List[int], List[int]]:
-    """Indices of the LoRA entries of ``insert`` and of the others.
+    """Indices of the foldable entries of ``insert`` and of the others.
 
     Example:
         >>> split_entries([dict(type='LoRA', rank=4),
         ...                dict(type='Adapter', reduction=4)])
         ([0], [1])
     """
-    lora = [i for i, e in enumerate(insert) if is_lora(e)]
-    return lora, [i for i in range(len(insert)) if i not in lora]
+    foldable = [i for i, e in enumerate(insert) if is_foldable(e)]
+    return foldable, [i for i in range(len(insert)) if i not in foldable]
 
 
 def unfoldable_error(model: nn.Module, kept: List[int],
                      config: str) -> MergeError:
-    """The error for non-LoRA entries without ``--keep-adapters``, naming
-    each entry and its targets in ``model``."""
+    """The error for entries that do not fold, without
+    ``--keep-adapters``, naming each entry and its targets in ``model``."""
     held = '; '.join(f'{mark} at {", ".join(fold_names(paths))}'
                      for mark, paths in targets_of(model, kept).items())
     return MergeError(
         f'{config}: model.insert holds entries that cannot be folded into '
-        f'weights (non-linear): {held}. --keep-adapters folds the LoRA '
-        'entries and keeps these tensors; the written checkpoint then needs '
+        f'weights (not a weight change): {held}. --keep-adapters folds the '
+        'other entries and keeps these tensors; the written checkpoint then needs '
         'the config with model.insert holding only these entries')
 
 
@@ -204,11 +247,13 @@ def write(path: str, state: Dict[str, torch.Tensor],
 
 def write_proven(args: argparse.Namespace, cfg: Config, kept: List[dict],
                  inserted: nn.Module, state: Dict[str, torch.Tensor],
-                 meta: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+                 meta: Dict[str, Any],
+                 kinds: str) -> Tuple[int, Dict[str, Any]]:
     """Write ``--out``, prove it (the merged model loads it under its own
     name, so its report names it), and keep it (exit status 0, and
     ``--out-config`` written) or remove it (1, or on any error); the status
-    and the result (see the module's ``--json``)."""
+    and the result (see the module's ``--json``); ``kinds`` names the
+    folded types (``'LoRA'``, ``'LoRA/SSF'``, ``''``: none)."""
     write(args.out, state, meta)
     try:
         worst = prove(args, cfg, kept, inserted, args.out, meta['folded'])
@@ -224,7 +269,8 @@ def write_proven(args: argparse.Namespace, cfg: Config, kept: List[dict],
         return 1, data
     kept_note = ", the kept entries' tensors unchanged" if kept else ''
     print(f'wrote {args.out}: {len(state)} tensors, '
-          f'{len(meta["folded"])} LoRA branches folded{kept_note}; it needs '
+          f'{len(meta["folded"])} {kinds + " " if kinds else ""}branches '
+          f'folded{kept_note}; it needs '
           f'{meta["needs"]}')
     data['out'] = args.out
     if args.out_config is not None:
@@ -262,7 +308,7 @@ def merge(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     cfg = load_config(args.config, args.cfg_options)
     insert = insert_of(cfg, args.config)
     check_outputs(args)
-    lora, kept = split_entries(insert)
+    foldable, kept = split_entries(insert)
     if kept and not args.keep_adapters:  # named in a model as configured
         model, _ = build_loaded(cfg, {}, args.seed)
         raise unfoldable_error(model, kept, args.config)
@@ -271,20 +317,24 @@ def merge(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     print(f'== the inserted model, its root loading {" + ".join(files)}')
     inserted, _ = build_loaded(cfg, model_options(cfg, insert, root),
                                args.seed)
-    folded = targets_of(inserted, lora)
+    folded = targets_of(inserted, foldable)
     for mark, paths in folded.items():
-        print(f'folded {len(paths)} LoRA branches of {mark} into the weights '
-              f'of {", ".join(fold_names(paths))}')
+        kind = insert[int(MARK.match(mark).group(1))]['type']
+        print(f'folded {len(paths)} {kind} branches of {mark} into the '
+              f'weights of {", ".join(fold_names(paths))}')
     if not folded:
-        print('no LoRA entry in model.insert: nothing folded')
+        print('no foldable entry in model.insert: nothing folded')
     targets = [path for paths in folded.values() for path in paths]
-    state = fold_lora(inserted, targets)
+    state = fold_entries(inserted, insert, folded)
     kept_entries = [insert[i] for i in kept]
     meta = dict(mmext_merged=1, config=args.config, checkpoints=files,
                 folded=targets, insert=kept_entries,
                 needs=needs(args.config, kept_entries),
                 **base_meta(args.checkpoint))
-    return write_proven(args, cfg, kept_entries, inserted, state, meta)
+    kinds = '/'.join(dict.fromkeys(str(insert[i]['type']) for i in foldable
+                                   if targets_of(inserted, [i])))
+    return write_proven(args, cfg, kept_entries, inserted, state, meta,
+                        kinds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'default: --out with .py')
     add_atol(parser)
     parser.add_argument('--keep-adapters', action='store_true',
-                        help='fold LoRA, keep the other entries\' tensors')
+                        help='fold the foldable entries (LoRA, ...), keep '
+                        'the other entries\' tensors')
     add_input_options(parser, 'the whole model, else the smallest of '
                       'backbone/extract_feat holding the folded targets')
     add_json(parser)
