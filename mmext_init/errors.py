@@ -85,12 +85,13 @@ class InitConfigTypeError(InitConfigError, TypeError):
 
 
 class NonFiniteTensorError(CheckpointError):
-    """A checkpoint tensor holds NaN or Inf (``check_finite``); ``target`` is
-    the model tensor it was already copied into, if any."""
+    """A checkpoint tensor holds NaN or Inf (``check_finite``); ``spoiled``
+    are the model tensors the load already wrote (checked while copied),
+    which the session gives their constructor init back."""
 
-    def __init__(self, message: str, target=None) -> None:
+    def __init__(self, message: str, spoiled: tuple = ()) -> None:
         super().__init__(message)
-        self.target = target
+        self.spoiled = tuple(spoiled)
 
 
 def module_label(module_path: str, root_name: str) -> str:

@@ -19,6 +19,7 @@ from test_deferred import (VIT_IN, assert_all_finite, build_pair, own_pending,
 
 import mmext_init
 from mmext_init import CheckpointError, deferred, get_provenance
+from mmext_init.loading import copy as copy_module
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +112,33 @@ def test_failed_session_leaves_no_raw_memory(nan_empty, save_ckpt):
         model.init_weights()
     assert not own_pending(model)
     assert_all_finite(model.state_dict())
+
+
+@pytest.mark.parametrize('chunk', [64, 1 << 20])
+def test_failed_load_is_never_half_loaded(nan_empty, save_ckpt, monkeypatch,
+                                          chunk):
+    """Tensors nothing wrote yet are checked while copied, a chunk at a time
+    (64 elements: the bad tensor fails in a later chunk, its first ones
+    written): when one fails, every tensor the load wrote, and the bad one,
+    gets its constructor init back; none keeps the checkpoint's values."""
+    monkeypatch.setattr(copy_module, 'CHUNK', chunk)
+    path, state = vit_ckpt(save_ckpt)
+    big = sorted(k for k, v in state.items() if v.numel() > 64)
+    bad_key = 'blocks.1.fc.weight'  # copied after blocks.0's, in chunks
+    bad = state[bad_key].clone()
+    bad.view(-1)[-1] = float('inf')
+    model = MODELS.build(dict(type='DeferToyViT', init_cfg=dict(
+        type='Pretrained', checkpoint=save_ckpt(dict(state, **{bad_key: bad})),
+        on_missing='ignore')))
+    pending = [k for k in big if deferred.is_pending(model.get_parameter(k))]
+    assert pending == ['blocks.0.fc.weight', bad_key]
+    assert state[bad_key].numel() > 64
+    with pytest.raises(CheckpointError, match=f"{bad_key}' holds NaN"):
+        model.init_weights()
+    assert not own_pending(model)
+    assert_all_finite(model.state_dict())
+    loaded = [k for k in big if torch.equal(model.state_dict()[k], state[k])]
+    assert loaded == []
 
 
 def test_replay_interrupted_midway_leaves_no_raw_memory():

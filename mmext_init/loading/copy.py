@@ -6,10 +6,16 @@ get the checkpoint's region after every full copy. Each copy is recorded as
 ``checkpoint`` provenance; the pages of a memory-mapped source are given back
 once copied.
 
-All or nothing: every source tensor is read and checked (readable, and
-free of NaN/Inf unless ``check_finite=False``) before the first model tensor
-is written, so a damaged or non-finite checkpoint leaves the model untouched
-by the load, never half-loaded.
+All or nothing: a damaged or non-finite checkpoint leaves the model
+untouched by the load, never half-loaded. Every source tensor is read
+(readable, and free of NaN/Inf unless ``check_finite=False``) before the
+first model tensor is written, except the full copies into tensors nothing
+wrote yet (deferred init dropped for the copy): those are checked while
+they are copied, a chunk at a time (:func:`copy_finite`, the check's read
+bringing the chunk into cache for the copy: one pass over the file instead
+of two), and if one is not finite, every tensor the load wrote that way is
+named in the error's ``spoiled``, which the session gives its constructor
+init back.
 """
 from typing import AbstractSet, Dict, List, Tuple
 
@@ -21,6 +27,10 @@ from ..provenance.ledger import CHECKPOINT, Provenance
 from ..provenance.tracking import WriteTracker
 
 Copy = Tuple[LoadPlan, str, bool]  # plan, model tensor name, partial
+
+#: elements checked, then copied, at a time by :func:`copy_finite` (4 MiB
+#: of float32: in cache between the check and the copy)
+CHUNK = 1 << 20
 
 
 def apply_loads(plans: List[LoadPlan], tensors: Dict[str, torch.Tensor],
@@ -49,10 +59,53 @@ def apply_loads(plans: List[LoadPlan], tensors: Dict[str, torch.Tensor],
         ('checkpoint', 'weight')
     """
     todo = planned_copies(plans)
-    check_sources(todo, unwritten)
+    in_copy = [c for c in todo if checks_in_copy(c, unwritten)]
+    checked_first = [c for c in todo if not checks_in_copy(c, unwritten)]
+    check_sources(checked_first)
+    spoiled: List[torch.Tensor] = []
     with torch.no_grad():
-        for plan, name, partial in todo:
+        for plan, name, _ in in_copy:  # first: a failure here writes no other
+            spoiled.append(tensors[name])
+            _copy(plan, name, tensors[name], False, tracker, True, spoiled)
+        for plan, name, partial in checked_first:  # full copies, then partial
             _copy(plan, name, tensors[name], partial, tracker)
+
+
+def checks_in_copy(copy: Copy, unwritten: AbstractSet[str]) -> bool:
+    """Whether ``copy`` is checked while copied (:func:`copy_finite`): a
+    full, unadapted copy, checked, into a tensor nothing wrote yet."""
+    plan, name, partial = copy
+    return (plan.entry.check_finite and not partial and name in unwritten
+            and name not in plan.adapted)
+
+
+def copy_finite(dst: torch.Tensor, src: torch.Tensor) -> bool:
+    """Copy ``src`` into ``dst`` unless it holds NaN/Inf, checking (then
+    copying) :data:`CHUNK` elements at a time; False at the first
+    non-finite chunk, ``dst`` then partly written.
+
+    Example:
+        >>> dst = torch.zeros(3)
+        >>> copy_finite(dst, torch.ones(3)), dst.tolist()
+        (True, [1.0, 1.0, 1.0])
+        >>> copy_finite(dst, torch.tensor([2.0, float('inf'), 2.0]))
+        False
+    """
+    chunked = (src.dtype == dst.dtype and src.shape == dst.shape
+               and src.is_contiguous() and dst.is_contiguous()
+               and src.numel() > CHUNK)
+    if not chunked:
+        if not all_finite(src):
+            return False
+        dst.copy_(src)
+        return True
+    flat_src, flat_dst = src.view(-1), dst.view(-1)
+    for start in range(0, flat_src.numel(), CHUNK):
+        part = flat_src[start:start + CHUNK]
+        if not all_finite(part):
+            return False
+        flat_dst[start:start + CHUNK].copy_(part)
+    return True
 
 
 def planned_copies(plans: List[LoadPlan]) -> List[Copy]:
@@ -72,43 +125,39 @@ def planned_copies(plans: List[LoadPlan]) -> List[Copy]:
     return todo
 
 
-def check_sources(todo: List[Copy],
-                  unwritten: AbstractSet[str] = frozenset()) -> None:
+def check_sources(todo: List[Copy]) -> None:
     """Read every source tensor of ``todo`` (opening shards, raising a
     :class:`~mmext_init.errors.CheckpointError` naming the file if one is
-    unreadable) and check it for NaN/Inf, before anything is written.
-
-    The pages a check read are given back and the copy reads them again,
-    except for a full copy into a tensor named in ``unwritten``: its own
-    pages are not in memory until the copy writes them, which then gives
-    the file's back, so keeping them resident until then does not raise the
-    peak and saves reading them twice."""
+    unreadable) and check it for NaN/Inf, before anything is written; the
+    pages a check read are given back (the copy reads them again)."""
     for plan, name, partial in todo:
         key = plan.copies.get(name) or plan.partial[name]
         src = plan.source.get(key)
         if not plan.entry.check_finite:
             continue
         finite = all_finite(src)
-        if partial or name in plan.adapted or name not in unwritten:
-            plan.source.release(key, src)
+        plan.source.release(key, src)
         if not finite:
             raise _non_finite(plan, key)
 
 
-def _non_finite(plan: LoadPlan, key: str) -> NonFiniteTensorError:
+def _non_finite(plan: LoadPlan, key: str,
+                spoiled: Tuple[torch.Tensor, ...] = ()) -> NonFiniteTensorError:
     """The error for ``key`` holding NaN/Inf, naming the shard holding it."""
-    error = plan.non_finite(key)
+    error = plan.non_finite(key, spoiled)
     shard = plan.source.file_of(key)
     if shard != plan.file_of_key(key):
-        error = NonFiniteTensorError(f'{error} (in shard {shard})')
+        error = NonFiniteTensorError(f'{error} (in shard {shard})', spoiled)
     return error
 
 
 def _copy(plan: LoadPlan, name: str, dst: torch.Tensor, partial: bool,
-          tracker: WriteTracker) -> None:
+          tracker: WriteTracker, check: bool = False,
+          spoiled: List[torch.Tensor] = ()) -> None:
     """Copy one checkpoint tensor (or the checkpoint part of an adapted
     one, checked by :func:`check_sources`) into ``dst`` and record its
-    provenance."""
+    provenance; ``check``: with :func:`copy_finite` (a non-finite source
+    raises, naming ``spoiled``)."""
     src, adapted = plan.fetch(name, tuple(dst.shape), check=False)
     key = plan.source.origin(plan.copies.get(name) or plan.partial[name])
     notes: Tuple[str, ...] = ()
@@ -125,7 +174,10 @@ def _copy(plan: LoadPlan, name: str, dst: torch.Tensor, partial: bool,
             notes += (f'cast {src.dtype} -> {dst.dtype}', )
             plan.record.cast.append((name, str(src.dtype),
                                      str(dst.dtype)))
-        dst.copy_(src)
+        if not check:
+            dst.copy_(src)
+        elif not copy_finite(dst, src):
+            raise _non_finite(plan, plan.copies[name], tuple(spoiled))
         if adapted is None:  # the file's own tensor: done with its pages
             plan.source.release(plan.copies[name], src)
     args = {'prefix': plan.entry.prefix} if plan.entry.prefix else None

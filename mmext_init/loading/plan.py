@@ -80,12 +80,13 @@ class LoadPlan:
         return self.entry.checkpoint
 
     def non_finite(self, key: str,
-                   target: Optional[torch.Tensor] = None) -> CheckpointError:
-        """The error for checkpoint tensor ``key`` holding NaN/Inf."""
+                   spoiled: Tuple[torch.Tensor, ...] = ()) -> CheckpointError:
+        """The error for checkpoint tensor ``key`` holding NaN/Inf
+        (``spoiled``: the model tensors the load already wrote)."""
         return NonFiniteTensorError(
             f'{self.label}: {self.file_of_key(key)}: tensor {key!r} holds '
             'NaN or Inf values (set check_finite=False to load it anyway)',
-            target)
+            spoiled)
 
 
 def all_finite(t: torch.Tensor) -> bool:

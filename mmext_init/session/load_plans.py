@@ -185,7 +185,7 @@ class SessionPlans:
         try:
             yield
         except BaseException as exc:
-            spoiled = getattr(exc, 'target', None)  # a copy found non-finite
+            spoiled = getattr(exc, 'spoiled', ())  # copied, then non-finite
             for dropped in self.dropped:
-                dropped.refill(() if spoiled is None else (spoiled, ))
+                dropped.refill(spoiled)
             raise
