@@ -24,6 +24,7 @@ from mmext_init.hooks.delta_checkpoint import delta_checkpoint
 from mmext_init.inserting import (INSERT_TYPES, InsertType, insert_modules,
                                  lora_delta)
 from mmext_init.tools import check_function_preserving as cfp
+from mmext_init.tools import merge_fold as fold
 from mmext_init.tools import merge_inserted as tool
 
 # MMEngine's logger keeps the sys.stdout of its creation: create it now,
@@ -437,8 +438,8 @@ def test_fold_entries_follow_insertion_order_on_a_copy(toy_types):
     insert_modules(model, insert)
     nn.init.normal_(model[0].lora_B.weight)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    folded = tool.targets_of(model, [0, 1])
-    state = tool.fold_entries(model, insert, folded)
+    folded = fold.targets_of(model, [0, 1])
+    state = fold.fold_entries(model, insert, folded)
     assert sorted(state) == ['0.bias', '0.weight']
     plain = nn.Linear(6, 4).double()
     plain.load_state_dict({k[2:]: v.double() for k, v in state.items()})
@@ -456,4 +457,4 @@ def test_a_fold_naming_no_tensor_is_an_error(toy_types):
     with pytest.raises(tool.MergeError, match=r"insert\[0\] BadFold\(\): "
                        r"folding '0\.lora_C\.weight' names no tensor of "
                        r"Linear \(it has bias, weight\)"):
-        tool.fold_entries(model, insert, tool.targets_of(model, [0]))
+        fold.fold_entries(model, insert, fold.targets_of(model, [0]))

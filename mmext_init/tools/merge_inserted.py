@@ -99,9 +99,7 @@ reports left out)::
     wrote merged.pth: 99 tensors, 8 LoRA branches folded; it needs the model of configs/mmdet/retinanet_swin_lora_tiny.py without model.insert (loads in stock MMEngine, no plugin)
 """
 import argparse
-import copy
 import os
-import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -109,27 +107,14 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
-from ..inserting import INSERT_TYPES, InsertType, inserted_into
-from ..inserting.insert import build_entry
 from ..provenance.report import fold_names
 from .cli import (add_atol, add_cfg_options, add_json, finite, load_config,
                   run_tool, tool_parser)
 from .check_function_preserving import add_input_options
+from .merge_fold import MARK, fold_entries, split_entries, targets_of
 from .merge_proof import MergeError, build_loaded, model_options, prove
 from .plain_config import (base_meta, needs, plain_config,
                            plain_config_path)
-
-MARK = re.compile(r'insert\[(\d+)\] ')  # inserted_into's marks
-
-
-def is_foldable(entry: dict) -> bool:
-    """Whether an ``insert`` entry's type folds into weights
-    (``InsertType.foldable``: LoRA and its subclasses, ...)."""
-    kind = entry.get('type')
-    cls = kind if isinstance(kind, type) else INSERT_TYPES.get(kind) \
-        if isinstance(kind, str) else None
-    return isinstance(cls, type) and bool(getattr(cls, 'foldable', False))
-
 
 def insert_of(cfg: Config, config: str) -> List[dict]:
     """CONFIG's ``model.insert`` as plain dicts (MergeError if none)."""
@@ -138,89 +123,6 @@ def insert_of(cfg: Config, config: str) -> List[dict]:
         raise MergeError(f'{config}: model.insert is {entries!r}: no '
                          'inserted module to merge')
     return ConfigDict(insert=list(entries)).to_dict()['insert']
-
-
-def targets_of(model: nn.Module, indices: Sequence[int]) -> Dict[str, List]:
-    """``{'insert[i] <entry>': [target paths]}`` of the entries ``indices``
-    (the marks :func:`inserted_into` leaves on each target)."""
-    found: Dict[str, List[str]] = {}
-    for path, module in model.named_modules():
-        for mark in inserted_into(module):
-            match = MARK.match(mark)
-            if match and int(match.group(1)) in indices:
-                found.setdefault(mark, []).append(path)
-    return found
-
-
-def entry_type(entry: dict, index: int) -> InsertType:
-    """The insert type of ``entry`` (``insert[index]``), built as
-    :func:`~mmext_init.inserting.insert.build_entry` builds it."""
-    args = {k: v for k, v in entry.items()
-            if k not in ('type', 'targets', 'layer')}
-    return build_entry(entry.get('type'), args, f'insert[{index}]')
-
-
-def fold_entries(model: nn.Module, insert: List[dict],
-                 folded: Dict[str, List[str]]) -> Dict[str, torch.Tensor]:
-    """The state dict of ``model`` with every entry of ``folded``
-    (``{'insert[i] <entry>': [target paths]}``) folded into its targets by
-    its type's :meth:`~mmext_init.inserting.InsertType.fold`: in float64,
-    in insertion order, on a copy of ``model`` (each result written back
-    into the copy before the next fold reads it; ``model`` stays the
-    reference of the proof) and cast to the tensor's dtype in the state
-    dict.
-
-    Raises:
-        MergeError: a fold refuses a target, or names a tensor the target
-            does not hold.
-    """
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model = copy.deepcopy(model).double()
-    names = {id(m): f'{n}.' if n else '' for n, m in model.named_modules()}
-    order = sorted(folded, key=lambda mark: int(MARK.match(mark).group(1)))
-    for mark in order:
-        index = int(MARK.match(mark).group(1))
-        inserter = entry_type(insert[index], index)
-        for path in folded[mark]:
-            module = model.get_submodule(path)
-            with torch.no_grad():
-                try:
-                    updates = inserter.fold(module, path)
-                except ValueError as error:
-                    raise MergeError(f'{mark}: {error}') from error
-                write_back(module, names[id(module)], updates, state, mark)
-    return state
-
-
-def write_back(module: nn.Module, prefix: str,
-               updates: Dict[str, Optional[torch.Tensor]],
-               state: Dict[str, torch.Tensor], mark: str) -> None:
-    """Apply one fold's ``updates`` (names relative to ``module``, at
-    ``prefix`` in ``state``) to ``state`` and to ``module``'s tensors."""
-    tensors = dict(module.state_dict(keep_vars=True))
-    for name, value in updates.items():
-        if name not in tensors or prefix + name not in state:
-            raise MergeError(
-                f'{mark}: folding {prefix + name!r} names no tensor of '
-                f'{type(module).__name__} (it has '
-                f'{", ".join(sorted(tensors)) or "none"})')
-        if value is None:
-            del state[prefix + name]
-            continue
-        tensors[name].data.copy_(value)
-        state[prefix + name] = value.to(state[prefix + name].dtype)
-
-
-def split_entries(insert: List[dict]) -> Tuple[List[int], List[int]]:
-    """Indices of the foldable entries of ``insert`` and of the others.
-
-    Example:
-        >>> split_entries([dict(type='LoRA', rank=4),
-        ...                dict(type='Adapter', reduction=4)])
-        ([0], [1])
-    """
-    foldable = [i for i, e in enumerate(insert) if is_foldable(e)]
-    return foldable, [i for i in range(len(insert)) if i not in foldable]
 
 
 def unfoldable_error(model: nn.Module, kept: List[int],
