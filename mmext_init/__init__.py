@@ -9,7 +9,9 @@ extended ``Pretrained`` init type (and the new ones) in MMEngine's root
 ``WEIGHT_INITIALIZERS``, :class:`InitWeightsMixin`'s ``init_weights`` on
 ``BaseModule``, the safe local checkpoint loader, and deferred constructor
 init for models built through a registry (:func:`materialize` computes
-pending values at once). Importing twice or reloading is harmless;
+pending values at once). With mmcv 1.x installed, the same for mmcv's
+``BaseModule``, ``INITIALIZERS`` and ``CheckpointLoader`` (OpenMMLab 1.x,
+:mod:`mmext_init.mmcv1`). Importing twice or reloading is harmless;
 :func:`uninstall` and :func:`stock_mmengine` take everything off.
 
 Example:
@@ -40,6 +42,7 @@ from .initializers.pretrained import PretrainedInit
 from .inserting.registry import INSERT_TYPES, InsertType
 from .loading.adapt import ADAPT_TRANSFORMS, AdaptTransform
 from .loading.adapt_classes import Classes  # noqa: F401
+from .mmcv1 import mmcv1_installed
 from .plugin.mixin import InitWeightsMixin
 from .plugin.patches import install, stock_mmengine, uninstall
 from .provenance.ledger import (LoadRecord, Provenance, ProvenanceLedger,
@@ -60,5 +63,9 @@ __all__ = [
     'ProvenanceOptimWrapperConstructor', 'UnfreezeHook', 'DeltaCheckpointHook',
     'INSERT_TYPES', 'InsertType', 'AdaptTransform'
 ]
+
+if mmcv1_installed():  # OpenMMLab 1.x: its rows join the patch table
+    from .mmcv1 import optimizer as mmcv1_optimizer  # noqa: F401
+    from .mmcv1 import patches as mmcv1_patches  # noqa: F401
 
 install()

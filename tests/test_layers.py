@@ -20,6 +20,7 @@ LAYERS: List[Set[str]] = [
     {'training'},
     {'hooks'},
     {'plugin'},
+    {'mmcv1'},  # the OpenMMLab 1.x backend: on plugin's rows and mixin
     {''},  # mmext_init/__init__.py: the public API
     {'tools', 'examples'},  # the command-line tools and example modules
 ]

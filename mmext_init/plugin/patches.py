@@ -14,6 +14,11 @@ a pending parameter (and of its session aliases), and torch's global
 forward and optimizer-step pre-hooks of the deferred engine; the row says
 how :func:`uninstall` undoes it.
 
+The mmcv 1.x backend's rows (mmcv's ``BaseModule``, ``INITIALIZERS``,
+``CheckpointLoader`` schemes, ``Registry.build``) are
+:data:`mmext_init.mmcv1.patches.MMCV1_PATCHES`, registered here when mmcv
+1.x is installed; :func:`install`/:func:`uninstall` apply :func:`all_rows`.
+
 Example:
     >>> import mmext_init
     >>> from mmengine.model import BaseModule
@@ -29,9 +34,7 @@ Example:
     ['__init_subclass__', '__class__']
 """
 import contextlib
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -55,93 +58,11 @@ from ..session.code_loads import observe_load, observes_loads
 from ..training.startup import wrap_initialize_count_status
 from .insertion import wrap_build_insert
 from .mixin import InitWeightsMixin
+from .rows import ClassDict, Effect, Patch, Row, replace_with
 from .runner_load import wrap_load_or_resume
 from .overrides import unwrap_overrides, wrap_overrides
 
 _ORIGINALS = '_mmext_originals'  # on BaseModule: {(owner, attribute): value}
-
-
-@dataclass(frozen=True)
-class ClassDict:
-    """A dict held in a class attribute that its class may replace, found
-    when used: MMEngine's ``CheckpointLoader.register_scheme`` rebuilds
-    ``CheckpointLoader._schemes`` (sorted) on every call."""
-    cls: type
-    name: str
-
-    @property
-    def __name__(self) -> str:
-        return f'{self.cls.__name__}.{self.name}'
-
-    def get(self) -> Dict[str, Any]:
-        return getattr(self.cls, self.name)
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One replaced attribute (or registry entry) of another library."""
-    owner: Any  # a class, a dict (a registry's entries) or a ClassDict
-    attribute: str
-    make: Callable[[Any], Any]  # original -> replacement
-    reason: str
-
-    @property
-    def owner_name(self) -> str:
-        return getattr(self.owner, '__name__', None) or _DICT_NAMES[id(
-            self.owner)]
-
-    def _dict(self) -> Optional[Dict[str, Any]]:
-        """The dict the entry is in, for a registry or scheme table."""
-        if isinstance(self.owner, ClassDict):
-            return self.owner.get()
-        return self.owner if isinstance(self.owner, dict) else None
-
-    def current(self) -> Any:
-        table = self._dict()
-        if table is not None:
-            return table[self.attribute]
-        return self.owner.__dict__[self.attribute]
-
-    def set(self, value: Any) -> None:
-        table = self._dict()
-        if table is not None:
-            table[self.attribute] = value
-        else:
-            setattr(self.owner, self.attribute, value)
-
-    def apply(self, saved: Dict[Tuple[str, str], Any]) -> None:
-        """Replace the attribute (its original saved the first time)."""
-        saved.setdefault(_key(self), self.current())
-        self.set(self.make(saved[_key(self)]))
-
-    def undo(self, saved: Dict[Tuple[str, str], Any]) -> None:
-        """Put the original back (if it was ever replaced)."""
-        if _key(self) in saved:
-            self.set(saved[_key(self)])
-
-
-@dataclass(frozen=True)
-class Effect:
-    """A change to another library's class that is no one attribute
-    replacement: ``make`` applies it (None: made by the deferred engine,
-    per parameter, while it defers), ``undo`` takes every trace of it off;
-    ``reason`` says what it does and how ``undo`` undoes it."""
-    owner: Union[type, ModuleType]
-    attribute: str
-    make: Optional[Callable[[], None]]
-    undo_all: Callable[[], None]
-    reason: str
-
-    @property
-    def owner_name(self) -> str:
-        return self.owner.__name__
-
-    def apply(self, saved: Dict[Tuple[str, str], Any]) -> None:
-        if self.make is not None:
-            self.make()
-
-    def undo(self, saved: Dict[Tuple[str, str], Any]) -> None:
-        self.undo_all()
 
 
 def _wrap_load_from_state_dict(original: Callable) -> Callable:
@@ -179,30 +100,26 @@ def _wrap_runner_init(original: Callable) -> Callable:
     return __init__
 
 
-def _replace_with(value: Any) -> Callable[[Any], Any]:
-    return lambda original: value
-
-
 def _compute_pending() -> None:
     materialize()
 
 
-_DICT_NAMES = {id(WEIGHT_INITIALIZERS.module_dict): 'WEIGHT_INITIALIZERS'}
 _SCHEMES = ClassDict(CheckpointLoader, '_schemes')
 
 PATCHES: Tuple[Patch, ...] = (
     Patch(BaseModule, 'init_weights',
-          _replace_with(InitWeightsMixin.init_weights),
+          replace_with(InitWeightsMixin.init_weights),
           'the contract: load bit-exact or give the declared init, report'),
     Patch(WEIGHT_INITIALIZERS.module_dict, 'Pretrained',
-          _replace_with(PretrainedInit),
-          'the extended Pretrained type under its stock name'),
+          replace_with(PretrainedInit),
+          'the extended Pretrained type under its stock name',
+          name='WEIGHT_INITIALIZERS'),
     Patch(_SCHEMES, '',
-          _replace_with(load_from_safe_local),
+          replace_with(load_from_safe_local),
           'local files read by the safe unpickler (torch >= 2.6 refuses '
           "Runner checkpoints with weights_only)"),
     *(Patch(_SCHEMES, scheme,
-            _replace_with(load_from_safe_scheme),
+            replace_with(load_from_safe_scheme),
             'URLs and model-zoo names: stock\'s mapping, cache and download, '
             'then the safe unpickler (stock reads a download with '
             'weights_only=False, running code from it)')
@@ -265,7 +182,19 @@ PATCHES: Tuple[Patch, ...] = (
            'an optimizer step pre-hook while anything is pending computes '
            'it first; undo: removed'),
 )
-Row = Union[Patch, Effect]
+#: the tables of other backends, by name (see the module docstring)
+BACKEND_TABLES: Dict[str, Tuple[Row, ...]] = {}
+
+
+def register_backend(name: str, rows: Tuple[Row, ...]) -> None:
+    """Make ``rows`` part of :func:`all_rows` (idempotent by ``name``)."""
+    BACKEND_TABLES[name] = tuple(rows)
+
+
+def all_rows() -> Tuple[Row, ...]:
+    """:data:`PATCHES`, then the rows of every registered backend."""
+    return PATCHES + tuple(row for rows in BACKEND_TABLES.values()
+                           for row in rows)
 
 
 def _originals() -> Dict[Tuple[str, str], Any]:
@@ -276,19 +205,15 @@ def _originals() -> Dict[Tuple[str, str], Any]:
 
 def original(owner: Any, attribute: str) -> Optional[Any]:
     """What ``owner.attribute`` was before mmext_init's first install."""
-    for patch in PATCHES:
+    for patch in all_rows():
         if (isinstance(patch, Patch) and patch.owner is owner
                 and patch.attribute == attribute):
-            return _originals().get(_key(patch))
+            return _originals().get(patch.key)
     return None
 
 
-def _key(patch: Row) -> Tuple[str, str]:
-    return patch.owner_name, patch.attribute
-
-
 def install() -> None:
-    """Apply every row of :data:`PATCHES` (idempotent, reload-safe).
+    """Apply every row of :func:`all_rows` (idempotent, reload-safe).
 
     Example:
         >>> install()  # importing mmext_init did; again is harmless
@@ -296,12 +221,12 @@ def install() -> None:
         True
     """
     saved = _originals()
-    for patch in PATCHES:
+    for patch in all_rows():
         patch.apply(saved)
 
 
 def uninstall() -> None:
-    """Undo every row of :data:`PATCHES` (no-op if nothing is installed).
+    """Undo every row of :func:`all_rows` (no-op if nothing is installed).
     What deferred init left pending is computed first (the values it would
     have had), since the guards that compute it on use go.
 
@@ -313,14 +238,14 @@ def uninstall() -> None:
     """
     materialize()
     saved = _originals()
-    for patch in PATCHES:
+    for patch in all_rows():
         patch.undo(saved)
 
 
 @contextlib.contextmanager
 def stock_mmengine() -> Iterator[None]:
     """Stock MMEngine and torch inside the block (for A/B comparisons):
-    every row of :data:`PATCHES` is undone, and applied again on exit.
+    every row of :func:`all_rows` is undone, and applied again on exit.
     What deferred init left pending is computed on entry (the values it
     would have had), since its guards go.
 
