@@ -1,15 +1,21 @@
 """The SELECTOR grammar, layer depths on real backbones, tied
-parameters counted once, and the selector/freeze errors."""
+parameters counted once, the selector/freeze errors, and ``insert_type``
+(tensors by the insert entry that added them)."""
 import pytest
 import torch
 import torch.nn as nn
+from mmcv.cnn import ConvModule
 from mmdet.models.backbones import ResNet, SwinTransformer
+from mmengine.config import Config
 from mmengine.model import BaseModule, Sequential
 from mmseg.models.backbones import MixVisionTransformer, VisionTransformer
 
 import mmext_init
 from mmext_init import ProvenanceOptimWrapperConstructor
 from mmext_init.errors import InitConfigError
+from mmext_init.inserting.lora import LoRA, lora_layer
+from mmext_init.inserting.registry import INSERT_TYPES
+from mmext_init.plugin.insertion import apply_insert
 from mmext_init.training.expected import param_table
 from mmext_init.training.selectors import SelectorError, select
 
@@ -284,24 +290,25 @@ def test_layer_decay_over_a_part_only(net):
     assert lrs['head.weight'] == pytest.approx(0.1)
 
 
-def test_not_selects_what_its_selector_does_not(net):
-    """``{'not': SELECTOR}`` (``not`` is a Python keyword, so a dict
-    literal): the complement, ANDed with the other keys; a ``not`` whose
-    selector matches nothing is an error (a typo would select all)."""
+def test_exclude_selects_what_its_selector_does_not(net):
+    """``exclude=SELECTOR``: the complement, ANDed with the other keys; an
+    ``exclude`` whose selector matches nothing is an error (a typo would
+    select all)."""
     table = param_table(net)
-    assert _names({'not': 'loaded'}, table) == ['head.weight', 'head.bias']
-    assert _names(dict(name=r'trunk\..*', **{'not': dict(
-        module_type='_BatchNorm')}), table) == ['trunk.0.weight',
-                                                 'trunk.0.bias']
-    assert _names({'not': ['new', dict(name=r'.*\.bias')]}, table) == \
+    assert _names(dict(exclude='loaded'), table) == ['head.weight',
+                                                    'head.bias']
+    assert _names(dict(name=r'trunk\..*', exclude=dict(
+        module_type='_BatchNorm')), table) == ['trunk.0.weight',
+                                                'trunk.0.bias']
+    assert _names(dict(exclude=['new', dict(name=r'.*\.bias')]), table) == \
         ['trunk.0.weight', 'trunk.1.weight']
-    with pytest.raises(SelectorError, match=r"'not': selector \{'name': "
-                       r"'haed'\} matches no parameter"):
-        select({'not': dict(name='haed')}, table)
-    with pytest.raises(SelectorError, match=r"not='all' matches none"):
-        select({'not': 'all'}, table)
+    with pytest.raises(SelectorError, match=r"'exclude': selector "
+                       r"\{'name': 'haed'\} matches no parameter"):
+        select(dict(exclude=dict(name='haed')), table)
+    with pytest.raises(SelectorError, match=r"exclude='all' matches none"):
+        select(dict(exclude='all'), table)
     build = ProvenanceOptimWrapperConstructor(SGD, dict(
-        freeze={'not': dict(name=r'head\..*')}))
+        freeze=dict(exclude=dict(name=r'head\..*'))))
     optimizer = build(net).optimizer
     assert [n for n, p in net.named_parameters() if p.requires_grad] == \
         ['head.weight', 'head.bias']
@@ -337,3 +344,83 @@ def test_freeze_loaded_trains_a_partly_new_head(save_ckpt, adapt):
     assert [n for n, p in head.named_parameters() if p.requires_grad] == \
         ['0.weight', '0.bias']
     assert sum(len(g['params']) for g in optimizer.param_groups) == 2
+
+
+class Layers(BaseModule):
+    """One of each layer LoRA supports, and a layer left without."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.block = ConvModule(4, 4, 1, norm_cfg=dict(type='BN'))
+        self.plain = nn.Linear(4, 4)
+
+
+@pytest.fixture
+def half_lora():
+    """A registered insert type extending LoRA (removed afterwards)."""
+
+    class HalfLoRA(LoRA):
+        """LoRA at half the scale."""
+
+        def insert(self, target, path):
+            children = super().insert(target, path)
+            lora_layer(target).lora_scale /= 2
+            return children
+
+    INSERT_TYPES.register_module(module=HalfLoRA)
+    yield HalfLoRA
+    INSERT_TYPES.module_dict.pop('HalfLoRA')
+
+
+def test_insert_type_selects_by_the_entry_that_added_them(half_lora):
+    """``insert_type``: the tensors an entry of that type (or of a type
+    extending it) added; with ``name``, LoRA's B on a Linear, a Conv2d and
+    a ConvModule (its ``conv``), each the ``weight`` of the target's own
+    ``lora_B`` module."""
+    net = Layers()
+    apply_insert(net, [dict(type='LoRA', targets='fc|conv', rank=2),
+                       dict(type='HalfLoRA', targets='block', rank=2)])
+    table = param_table(net)
+    b = [net.fc.lora_B.weight, net.conv.lora_B.weight,
+         net.block.conv.lora_B.weight]
+    chosen = select(dict(insert_type='LoRA', name=r'.*\.lora_B\..*'), table)
+    assert [p.param for p in chosen] == b
+    assert _names(dict(insert_type='HalfLoRA'), table) == [
+        'block.conv.lora_A.weight', 'block.conv.lora_B.weight']
+    assert len(_names(dict(insert_type=['LoRA']), table)) == 6
+    assert _names(dict(insert_type='InsertType'), table) == \
+        _names(dict(insert_type='LoRA'), table)
+    with pytest.raises(SelectorError, match=(
+            r"insert_type='Lora' matches none \(closest names: 'LoRA'")):
+        select(dict(insert_type='Lora'), table)
+
+
+def test_insert_type_on_a_model_without_insertions(net):
+    with pytest.raises(SelectorError, match=(
+            r"insert_type='LoRA' matches none \(no tensor of the model was "
+            r"added by insert=\[\.\.\.\]\)")):
+        select(dict(insert_type='LoRA'), param_table(net))
+
+
+def test_not_is_exclude_under_a_name_runner_configs_can_print(net):
+    """A Runner logs its config through ``Config.pretty_text``, which writes
+    a ``'not'`` key as ``dict(not=...)`` and fails (a keyword passes its
+    identifier check): the key is ``exclude``, which prints and reads back,
+    and ``'not'`` is an error naming it."""
+    table = param_table(net)
+    bitfit = ['new', dict(name=r'.*\.bias')]
+    assert _names(dict(exclude=bitfit), table) == ['trunk.0.weight',
+                                                   'trunk.1.weight']
+    with pytest.raises(SyntaxError):
+        Config(dict(paramwise_cfg=dict(freeze={'not': bitfit}))).pretty_text
+    with pytest.raises(SelectorError, match="the key 'not' is 'exclude'"):
+        select({'not': bitfit}, table)
+    text = Config(dict(paramwise_cfg=dict(
+        freeze=dict(exclude=bitfit)))).pretty_text
+    read = Config.fromstring(text, '.py')
+    assert read['paramwise_cfg']['freeze']['exclude'] == bitfit
+    with pytest.raises(SelectorError, match=r"'exclude': selector \{'name': "
+                       r"'haed'\} matches no parameter"):
+        select(dict(exclude=dict(name='haed')), table)

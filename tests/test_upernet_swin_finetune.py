@@ -385,13 +385,13 @@ def test_resume_keeps_the_partly_new_head_training(finetune, tmp_path):
     assert PARTLY <= trained and len(trained) == 20
 
 
-def test_not_selector_on_the_whole_model(whole, tmp_path):
-    """``{'not': ...}`` in ``freeze``: everything but the class layers and
+def test_exclude_selector_on_the_whole_model(whole, tmp_path):
+    """``exclude=...`` in ``freeze``: everything but the class layers and
     the LoRA tensors is frozen, the prediction the dry run reports."""
-    config = write_config(tmp_path, 'not', model_text(
+    config = write_config(tmp_path, 'exclude', model_text(
         init_cfg=root_entry(whole), insert=[LORA]) + TRAIN.format(
-            data='unused').replace("freeze='loaded'", r"freeze={'not': "
-                                   r"dict(name=r'.*(conv_seg|\.lora_[AB])\..*')}"))
+            data='unused').replace("freeze='loaded'", r"freeze=dict(exclude="
+                                   r"dict(name=r'.*(conv_seg|\.lora_[AB])\..*')))"))
     trainable = match_checkpoint.dry_run(config, optim=True)['trainable']
     names = {n for g in trainable['groups'] for n in g['names']}
     assert PARTLY <= names and len(names) == 20

@@ -5,7 +5,10 @@ value came from (a note: ``inserted by LoRA(rank=8) from insert[0]``).
 The marks are held by the inserted modules themselves (weakly), so they
 hold whatever module ``init_weights()`` is called on, under any path. The
 model built with ``insert`` also keeps the entries as given
-(:func:`insert_config`: what a delta checkpoint records).
+(:func:`insert_config`: what a delta checkpoint records). A note names its
+entry: :func:`parse_note` reads the entry's index, type and description
+back (what selectors' ``insert_type`` and the per-entry lines of the
+trainable report use).
 
 Example:
     >>> import torch.nn as nn
@@ -16,7 +19,9 @@ Example:
     {'0.lora_A.weight': 'inserted by LoRA(rank=1) from insert[0]'}
 """
 import copy
+import re
 import weakref
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
@@ -35,6 +40,39 @@ class InsertionMarks:
 
 
 MARKS = InsertionMarks()
+
+#: the form of a note: ``inserted by <Type>(<args>) from insert[<i>]``
+NOTE = re.compile(r'inserted by (?P<entry>(?P<type>[^(\s]+)\(.*\)) '
+                  r'from insert\[(?P<index>\d+)\]')
+
+
+@dataclass(frozen=True)
+class InsertNote:
+    """What a note says: the entry's ``index`` in ``insert``, its
+    ``type_name`` as the config wrote it and ``entry`` its description."""
+    index: int
+    type_name: str
+    entry: str
+
+    @property
+    def label(self) -> str:
+        """``insert[0] LoRA(rank=8)``."""
+        return f'insert[{self.index}] {self.entry}'
+
+
+def parse_note(note: Optional[str]) -> Optional[InsertNote]:
+    """The entry a note names (None for None or another text).
+
+    Example:
+        >>> parse_note('inserted by LoRA(rank=8, alpha=16) from insert[1]')
+        InsertNote(index=1, type_name='LoRA', entry='LoRA(rank=8, alpha=16)')
+        >>> parse_note('inserted by LoRA(rank=8) from insert[0]').label
+        'insert[0] LoRA(rank=8)'
+    """
+    found = NOTE.fullmatch(note) if note else None
+    if found is None:
+        return None
+    return InsertNote(int(found['index']), found['type'], found['entry'])
 
 
 def mark_inserted(module: nn.Module, note: str) -> None:

@@ -11,7 +11,13 @@ Example of the text::
     frozen: backbone.{conv1,bn1}.weight, ...
 
 Partly new parameters (:func:`.plan.partly_new`) get a line of their own, saying why
-they train under ``freeze='loaded'``.
+they train under ``freeze='loaded'``. Last come the tensors each ``insert``
+entry added, and the totals as PEFT's ``print_trainable_parameters`` prints
+them (exact counts; tied tensors once)::
+
+    per insert entry (share of all 43,172 params):
+      insert[0] LoRA(rank=4, alpha=8): 8 tensors, 2,048 params (4.7438%), all train
+    trainable params: 2,180 || all params: 43,172 || trainable%: 5.0496
 """
 import json
 import os
@@ -21,6 +27,7 @@ import torch
 
 from mmengine.dist import get_rank
 
+from ..provenance.inserted import parse_note
 from ..provenance.ledger import KINDS
 from ..provenance.report import (MAX_LINES, fold_names, human_count,
                                  runner_log_dir)
@@ -63,7 +70,8 @@ def report_data(root: str, plan: TrainingPlan,
             'depth': sorted({depth.get(i) for i in ids} - {None}),
             'inserted': sorted({inserted.get(i) for i in ids} - {None}),
             'names': [n for i in ids for n in names.get(i, ('?', ))]})
-    return {'version': 1, 'root': root,
+    return {'version': 1, 'root': root, 'totals': totals(plan),
+            'inserted_entries': entry_counts(plan),
             'optimizer': type(optimizer).__name__,
             'counts': {k: v for k, v in counts.items()
                        if v['trainable']['tensors'] or v['frozen']['tensors']},
@@ -74,6 +82,71 @@ def report_data(root: str, plan: TrainingPlan,
                                 trainable=p.param.requires_grad)
                            for p in plan.table.params if p.partly
                            for n in p.names]}
+
+
+def totals(plan: TrainingPlan) -> Dict[str, int]:
+    """Trainable (``requires_grad``) and all parameters (elements), each
+    tensor once, as PEFT's ``get_nb_trainable_parameters`` counts them."""
+    params = [p.param for p in plan.table.params]
+    return {'trainable': sum(p.numel() for p in params if p.requires_grad),
+            'all': sum(p.numel() for p in params)}
+
+
+def entry_counts(plan: TrainingPlan) -> List[Dict[str, Any]]:
+    """Per ``insert`` entry, in entry order: its label (``insert[0]
+    LoRA(rank=8)``), the tensors and parameters it added and how many of
+    them train."""
+    found: Dict[int, Dict[str, Any]] = {}
+    for info in plan.table.params:
+        note = parse_note(info.inserted)
+        if note is None:
+            continue
+        count = found.setdefault(note.index, dict(
+            entry=note.label, tensors=0, params=0, trainable_tensors=0,
+            trainable_params=0))
+        count['tensors'] += 1
+        count['params'] += info.param.numel()
+        if info.param.requires_grad:
+            count['trainable_tensors'] += 1
+            count['trainable_params'] += info.param.numel()
+    return [found[i] for i in sorted(found)]
+
+
+def _percent(part: int, whole: int) -> str:
+    return f'{100 * part / whole if whole else 0:.4f}'
+
+
+def entry_lines(data: Dict[str, Any]) -> List[str]:
+    """The lines of the ``insert`` entries and of the totals (none for a
+    report without totals, written before they were).
+
+    Example:
+        >>> entry_lines({'totals': dict(trainable=30, all=200),
+        ...              'inserted_entries': [dict(
+        ...                  entry='insert[0] LoRA(rank=2)', tensors=2, params=20,
+        ...                  trainable_tensors=2, trainable_params=20)]})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ['per insert entry (share of all 200 params):',
+         '  insert[0] LoRA(rank=2): 2 tensors, 20 params (10.0000%), all train',
+         'trainable params: 30 || all params: 200 || trainable%: 15.0000']
+    """
+    total = data.get('totals')
+    if total is None:
+        return []
+    lines = []
+    if data.get('inserted_entries'):
+        lines.append(f'per insert entry (share of all {total["all"]:,d} '
+                     'params):')
+    for e in data.get('inserted_entries', ()):
+        train = e['trainable_tensors']
+        state = 'all train' if train == e['tensors'] else 'all frozen' \
+            if not train else f'{train} of {e["tensors"]} tensors train'
+        lines.append(f'  {e["entry"]}: {e["tensors"]} tensors, '
+                     f'{e["params"]:,d} params '
+                     f'({_percent(e["params"], total["all"])}%), {state}')
+    return lines + [f'trainable params: {total["trainable"]:,d} || all '
+                    f'params: {total["all"]:,d} || trainable%: '
+                    f'{_percent(total["trainable"], total["all"])}']
 
 
 def format_trainable(data: Dict[str, Any]) -> str:
@@ -111,7 +184,7 @@ def format_trainable(data: Dict[str, Any]) -> str:
         lines.append('frozen: ' + ', '.join(folded[:MAX_LINES]) +
                      (f', ... (see {TRAINABLE_FILE})'
                       if len(folded) > MAX_LINES else ''))
-    return '\n'.join(lines)
+    return '\n'.join(lines + entry_lines(data))
 
 
 def partly_lines(partly: Sequence[Dict[str, Any]]) -> List[str]:

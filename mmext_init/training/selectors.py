@@ -17,9 +17,26 @@ a dict, or a list of selectors (their union). A dict's keys are ANDed:
   loaded from;
 * ``declared_by``: a regex matching the whole path of the module whose
   ``init_cfg`` declared its value;
-* ``not``: a selector (a list: their union); the parameters it does not
-  match. Written ``{'not': ...}`` (``not`` is a Python keyword), e.g.
-  ``dict(name=r'backbone\..*', **{'not': dict(module_type='_BatchNorm')})``.
+* ``insert_type``: insert type name(s), bases included: tensors that an
+  ``insert=[...]`` entry of one of these types added (its type as the
+  config wrote it, or a class or base class of the type: ``'LoRA'`` also
+  selects a type extending ``LoRA``);
+* ``exclude``: a selector (a list: their union); the parameters it does not
+  match, e.g. ``dict(name=r'backbone\..*',
+  exclude=dict(module_type='_BatchNorm'))``. (Not ``not``: MMEngine's
+  ``Config.pretty_text``, which the Runner logs first, writes a ``'not'``
+  key as ``dict(not=...)`` and fails on it; ``'not'`` is an error naming
+  ``exclude``.)
+
+Two recipes of the literature are one entry each (no preset keyword):
+
+* BitFit (Ben Zaken et al. 2022), every bias term trains (LayerNorm's and
+  BatchNorm's too), and whatever the checkpoint does not provide, such as a
+  new head: ``freeze=dict(exclude=['new', dict(name=r'.*\.bias')])``;
+* LoRA+ (Hayou et al. 2024), LoRA's B at ``ratio`` x the lr of A:
+  ``rules=[dict(select=dict(insert_type='LoRA', name=r'.*\.lora_B\..*'),
+  lr_mult=ratio)]`` (``lora_B`` on every layer LoRA supports, and DoRA's,
+  which extends LoRA).
 
 Regexes and class names match by the rules of :mod:`mmext_init.matching`
 (``re.fullmatch``; a class or any of its bases). A selector (or a list
@@ -35,8 +52,14 @@ Example:
     ['0.weight']
     >>> [p.name for p in select(dict(module_type='_BatchNorm'), table)]
     ['1.weight', '1.bias']
-    >>> [p.name for p in select({'not': ['loaded', dict(name=r'.*\.bias')]}, table)]
+    >>> [p.name for p in select(dict(exclude=['loaded', dict(name=r'.*\.bias')]), table)]
     ['1.weight']
+    >>> from mmext_init.provenance.inserted import mark_inserted
+    >>> net[0].lora_B = nn.Linear(1, 2, bias=False)
+    >>> mark_inserted(net[0].lora_B, 'inserted by LoRA(rank=1) from insert[0]')
+    >>> table = ParamTable.build(net, {})
+    >>> [p.name for p in select(dict(insert_type='LoRA'), table)]
+    ['0.lora_B.weight']
     >>> select(dict(name=r'.*\.weigth'), table)
     Traceback (most recent call last):
     ...
@@ -50,13 +73,14 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping,
 import torch.nn as nn
 
 from ..errors import InitConfigError, close_names
+from ..inserting.registry import INSERT_TYPES
 from ..matching import class_names, full_match, name_regex, partial_hint
-from ..provenance.inserted import inserted_notes
+from ..provenance.inserted import inserted_notes, parse_note
 from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
 SELECTOR_KEYS = ('provenance', 'name', 'module_type', 'source', 'declared_by',
-                 'not')
+                 'insert_type', 'exclude')
 REGEX_KEYS = ('name', 'source', 'declared_by')
 
 
@@ -84,6 +108,7 @@ class ParamInfo:
     origin: Origin
     module_types: FrozenSet[str]
     inserted: Optional[str] = None  # e.g. 'inserted by LoRA(rank=8) ...'
+    insert_types: FrozenSet[str] = frozenset()  # of ``inserted``'s entry
     # partly new: what the checkpoint provides, e.g. "Classes(...)"
     partly: Optional[str] = None
 
@@ -123,9 +148,11 @@ class ParamTable:
         for key, names in by_id.items():
             first = names[0]
             owner = next((n for n in names if n in origins), first)
+            note = inserted.get(first)
             params.append(ParamInfo(first, tuple(names), tensors[key],
                                     origins.get(owner, default),
-                                    types(first), inserted.get(first)))
+                                    types(first), note,
+                                    insert_type_names(note)))
         return cls(params, exact)
 
     def names(self) -> List[str]:
@@ -139,6 +166,22 @@ class ParamTable:
         for info in self.params:
             info.partly = next((partly[n] for n in info.names if n in partly),
                                None)
+
+
+def insert_type_names(note: Optional[str]) -> FrozenSet[str]:
+    """The type of the entry a ledger note names, as the config wrote it,
+    and the names of its class and bases (empty if not inserted).
+
+    Example:
+        >>> sorted(insert_type_names('inserted by LoRA(rank=8) from insert[0]'))
+        ['InsertType', 'LoRA']
+    """
+    parsed = parse_note(note)
+    if parsed is None:
+        return frozenset()
+    found = INSERT_TYPES.get(parsed.type_name)
+    return frozenset({parsed.type_name}) | (
+        class_names(found) if found is not None else frozenset())
 
 
 def _module_types(model: nn.Module) -> Callable[[str], FrozenSet[str]]:
@@ -187,13 +230,13 @@ def _key_test(key: str, value: Any, table: ParamTable) -> Test:
                 f'provenance={value!r}: before init_weights() runs only '
                 "'checkpoint' is known (select the rest with 'new')")
         return lambda p: p.origin.kind in kinds
-    if key == 'module_type':
+    if key in ('module_type', 'insert_type'):
         types = set(_as_list(value))
-        return lambda p: bool(types & p.module_types)
+        return lambda p: bool(types & getattr(p, key + 's'))
     if key == 'name':
         return _regex(key, value, lambda p: p.names)
-    if key == 'not':
-        chosen = {id(p) for p in select(value, table, "'not'")}
+    if key == 'exclude':
+        chosen = {id(p) for p in select(value, table, repr(key))}
         return lambda p: id(p) not in chosen
     if key == 'source':
         return _regex(key, value, lambda p: (p.origin.source, ))
@@ -202,14 +245,14 @@ def _key_test(key: str, value: Any, table: ParamTable) -> Test:
 
 def _options(key: str, table: ParamTable) -> List[str]:
     """What a dict key could have named, for 'closest names'."""
-    if key == 'not':  # a selector, not a value
+    if key == 'exclude':  # a selector, not a value
         return []
     seen: Dict[str, None] = {}
     for p in table.params:
         if key == 'name':
             values: Iterable[Any] = p.names
-        elif key == 'module_type':
-            values = sorted(p.module_types)
+        elif key in ('module_type', 'insert_type'):
+            values = sorted(getattr(p, key + 's'))
         else:
             values = (getattr(p.origin, {'provenance': 'kind'}.get(key, key)),)
         seen.update((str(v), None) for v in values if v is not None)
@@ -227,6 +270,8 @@ def _nothing(selector: Any, table: ParamTable) -> SelectorError:
             hint = partial_hint(name_regex(str(value)), options) \
                 if key in REGEX_KEYS else ''
             close = close_names(str(value), options)
+            if key == 'insert_type' and not options:
+                hint = ' (no tensor of the model was added by insert=[...])'
             parts.append(f'{key}={value!r} matches none' + (hint or (
                 f' (closest names: {close})' if close else '')))
     if not parts:
@@ -264,6 +309,11 @@ def matcher(selector: Any, table: ParamTable) -> Test:
                             f'{", ".join(KEYWORDS)}, a non-empty dict or a '
                             'list of them')
     wrong = [k for k in selector if k not in SELECTOR_KEYS]
+    if 'not' in wrong:
+        raise SelectorError(
+            f"selector {dict(selector)!r}: the key 'not' is 'exclude' (a "
+            "config holding a 'not' key fails in MMEngine's "
+            'Config.pretty_text, which the Runner logs first)')
     if wrong:
         close = close_names(str(wrong[0]), SELECTOR_KEYS)
         raise SelectorError(
