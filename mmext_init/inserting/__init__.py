@@ -1,10 +1,16 @@
-"""Insert LoRA branches and adapters into a built model from its config
+"""Insert parameter-efficient modules into a built model from its config
 (``model = dict(..., insert=[dict(type='LoRA', targets=r'.*qkv', rank=8)])``):
 :func:`insert_modules` applies the entries through
 ``INSERT_TYPES`` (:mod:`.registry`) to the modules :mod:`.targets` selects.
-The registered types, :class:`LoRA` (:mod:`.lora`) and :class:`Adapter`
-(:mod:`.adapter`), add modules beside the target's own tensors whose
-``init_cfg`` makes the model's function unchanged at step 0.
+The registered types add modules beside the target's own tensors (never
+renaming them), each declaring its init in its ``init_cfg``:
+:class:`LoRA` (:mod:`.lora`, its layers in :mod:`.lora_layers`, on
+``nn.MultiheadAttention`` :mod:`.lora_mha`; ``use_rslora``), :class:`DoRA`
+(:mod:`.dora`), :class:`SSF` (:mod:`.ssf`) and :class:`Adapter`
+(:mod:`.adapter`) keep the model's function at step 0 (SSF with its
+default ``init='identity'``); :class:`VPT` (:mod:`.prompts`, the backbones
+it reads in :mod:`.prompt_backbones`) adds prompt tokens, which change it.
+LoRA, DoRA and SSF fold into the weights (``InsertType.fold``).
 
 Example:
     >>> import torch, torch.nn as nn
@@ -24,14 +30,21 @@ Example:
     True
 """
 from .adapter import Adapter, BottleneckAdapter, adapter_forward_hook
+from .dora import DoRA, DoRAMagnitudeVector, dora_forward_hook
 from .insert import Inserted, insert_modules, inserted_into
 from .lora import LoRA, LoRADown, LoRAUp, lora_delta, lora_forward_hook
+from .lora_mha import MHA_PARTS, lora_mha_forward
+from .prompts import VPT, VisualPrompt
 from .registry import INSERT_TYPES, InsertType
+from .ssf import SSF, SSFScaleShift, ssf_forward_hook
 from .targets import select_targets
 
 __all__ = [
     'INSERT_TYPES', 'InsertType', 'insert_modules', 'Inserted',
     'inserted_into', 'select_targets', 'LoRA', 'LoRADown', 'LoRAUp',
     'lora_delta', 'lora_forward_hook', 'Adapter', 'BottleneckAdapter',
-    'adapter_forward_hook'
+    'adapter_forward_hook', 'VPT', 'VisualPrompt',
+    'DoRA', 'DoRAMagnitudeVector', 'dora_forward_hook', 'SSF',
+    'SSFScaleShift', 'ssf_forward_hook',
+    'MHA_PARTS', 'lora_mha_forward'
 ]
