@@ -2,10 +2,10 @@
 # tiny segmentor of segformer_mit_adapters_ft_tiny.py with mmseg's own
 # MixVisionTransformer, rank-4 LoRA beside the convolutions of every
 # attention's spatial reduction (`attn.sr`) and of the Mix-FFN's 1x1
-# projections (`ffn.layers.0`, `ffn.layers.4`). (MiT's q/k/v live inside
-# torch's nn.MultiheadAttention, as one raw `in_proj_weight`, and its
-# `out_proj` forward is never called: LoRA cannot reach them.) Everything
-# the checkpoint provides is frozen.
+# projections (`ffn.layers.0`, `ffn.layers.4`). (LoRA on MiT's attention
+# itself, its nn.MultiheadAttention's q/k/v and out_proj:
+# segformer_mit_lora_attn_tiny.py.) Everything the checkpoint provides is
+# frozen.
 _base_ = './segformer_mit_adapters_ft_tiny.py'
 
 model = dict(
