@@ -23,12 +23,10 @@ from mmcv.cnn.utils.weight_init import INITIALIZERS
 from mmcv.runner import BaseModule, CheckpointLoader
 from mmcv.utils import Registry
 from mmengine.logging import MMLogger
+from mmengine.registry import WEIGHT_INITIALIZERS
 
 from ..checkpoint.remote import REMOTE_SCHEMES
 from ..checkpoint.safe_load import load_from_safe_local, load_from_safe_scheme
-from ..initializers.copy_from import CopyFromInit
-from ..initializers.layer_types import (IdentityInit, LoRAPairInit,
-                                        OrthogonalInit, ZeroInit)
 from ..initializers.pretrained import PretrainedInit
 from ..plugin.mixin import InitWeightsMixin
 from ..plugin.overrides import unwrap_overrides, wrap_overrides
@@ -37,10 +35,13 @@ from ..plugin.rows import ClassDict, Effect, Patch, Row, replace_with
 from .insertion import wrap_build_insert_mmcv1
 from .run_log import forward_to_run_log, stop_forwarding
 
-#: the init types mmext_init adds, by their registered names
+#: the init types mmext_init adds to MMEngine's ``WEIGHT_INITIALIZERS``
+#: (``Zero``, ``Identity``, ..., and those of the insert types, such as
+#: ``DoRAMagnitude``: ``import mmext_init`` imports the insert types
+#: first), by their registered names; ``Pretrained`` has its own row
 NEW_INIT_TYPES: Dict[str, type] = {
-    'Zero': ZeroInit, 'Identity': IdentityInit, 'Orthogonal': OrthogonalInit,
-    'LoRAPair': LoRAPairInit, 'CopyFrom': CopyFromInit}
+    name: cls for name, cls in WEIGHT_INITIALIZERS.module_dict.items()
+    if cls.__module__.startswith('mmext_init.') and name != 'Pretrained'}
 
 
 def add_init_types() -> None:

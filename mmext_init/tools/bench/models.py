@@ -19,10 +19,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 SIZES = {'vit-b': (768, 12), 'vit-l': (1024, 24), 'vit-h': (1280, 32),
          'swin-l': (192, 0), 'vit-t': (192, 2)}  # vit-t: smoke test only
-MODES = ('stock', 'plugin', 'floor')
-# the targets: stock/plugin at least, plugin/floor at most, RSS plugin/stock below
-TARGETS = dict(stock_over_plugin=8.0, plugin_over_floor=1.5,
-               rss_plugin_over_stock=0.6)
 SWIN_L = dict(type='mmdet.SwinTransformer', pretrain_img_size=384,
               embed_dims=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
               window_size=12)
