@@ -3,10 +3,17 @@
 * ``mmext-match`` (:mod:`~mmext_init.tools.match_checkpoint`): dry-run a
   ``Pretrained`` entry or ``load_from`` (what would load, from names and
   shapes only) and, with ``--optim``, the trainable report;
-* ``mmext-merge`` (:mod:`~mmext_init.tools.merge_inserted`): fold LoRA
-  branches into their weights, proven on a seeded input;
+* ``mmext-merge`` (:mod:`~mmext_init.tools.merge_inserted`): fold the
+  foldable insert entries (LoRA, DoRA, SSF) into the weights, proven on a
+  seeded input;
 * ``mmext-check`` (:mod:`~mmext_init.tools.check_function_preserving`):
-  prove inserted modules keep a pretrained model's function at step 0.
+  prove inserted modules keep a pretrained model's function at step 0;
+* ``mmext-zoo-sweep`` (:mod:`~mmext_init.tools.zoo_sweep`): the shipped
+  configs of the installed packages, as shipped, stock against the plugin;
+* ``mmext-bench`` (:mod:`~mmext_init.tools.bench_init`) and
+  ``mmext-bench-train`` (:mod:`~mmext_init.tools.bench.train`): config to
+  initialized model against stock and the floor, and a training step with
+  LoRA or DoRA against PEFT's.
 
 Each is also ``python -m mmext_init.tools.<module>``. They share
 :mod:`~mmext_init.tools.cli`'s conventions: ``--cfg-options``, ``--atol``
