@@ -7,8 +7,8 @@
 # embedding and every LayerNorm's; the LayerNorm weights, cls_token and
 # pos_embed stay frozen), and the head, which the checkpoint does not
 # provide: one `freeze` entry, "everything but what is new or a bias"
-# (`exclude`, the selector key `not` under a name MMEngine's config printing
-# accepts). Everything that trains does so at the base learning rate.
+# (`exclude`: what its selectors do not match). Everything that trains does
+# so at the base learning rate.
 _base_ = './vit_stock_tiny.py'
 custom_imports = dict(imports=['mmext_init'], allow_failed_imports=False)
 
