@@ -8,7 +8,12 @@ whole-model checkpoint and its 2-iteration fine-tuning), the tiny RetinaNet
 configs of ``configs/mmdet/`` trained by a real Runner in the folder of
 ``tools/make_tiny_data.py``'s data and checkpoint (the fixture of
 ``tests/test_match_checkpoint.py``), mmext-match's dry run, mmext-merge, and
-a download refused at once. A plain fenced block that is not output (a
+a download refused at once; for the parameter-efficient methods, the tiny
+mmpretrain and mmseg configs (DoRA, SSF, VPT, BitFit, LoRA+, LoRA on MiT's
+attention) trained 2 iterations by a real Runner and merged, the PEFT
+comparison and the refusals; for OpenMMLab 1.x, mmcls 0.25's own
+``tools/train.py`` run in the mmcv 1.x venv (``$MMEXT_MMCV1_VENV``, a
+failure naming ``tools/setup_env_mmcv1.sh`` when it is missing). A plain fenced block that is not output (a
 diagram, a file tree, a measurement that no test can repeat) carries
 ``<!-- not-output: why -->``.
 
@@ -32,6 +37,7 @@ How a block is compared with the real output (:func:`mismatch`):
   ``<urlopen error ...>``: it depends on the network the run had.
 """
 import contextlib
+import copy
 import glob
 import io
 import os
@@ -41,13 +47,25 @@ import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
+import torch
+import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
+from mmpretrain.models import ConvNeXt
+from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+from peft import LoraConfig, inject_adapter_in_model
 
 import mmext_init
 from mmext_init import InitConfigError, get_provenance
-from mmext_init.tools import match_checkpoint, merge_inserted
+from mmext_init.inserting import insert_modules
+from mmext_init.tools import (check_function_preserving, match_checkpoint,
+                              merge_inserted)
+from runner_utils import ToyModel, run_runner
+from test_design_doc import mmcv1_python
+from test_dora import DoRAToyModel  # noqa: F401 (registered on import)
+from test_ssf import RESNET as SSF_RESNET
 from test_upernet_swin_finetune import (LORA, Records, build, model_text,
                                         root_entry, swin_entry, write_config)
 from test_upernet_swin_finetune import finetune, tiny_seg, whole  # noqa: F401
@@ -275,6 +293,203 @@ def offline_download(request) -> List[str]:
                  {home: '/tmp/th_demo'})
 
 
+# -- the parameter-efficient methods' outputs ---------------------------
+TINY_CHECKPOINTS = ('vit_stock_tiny.pth', 'segformer_mit_stock_tiny.pth')
+
+
+@pytest.fixture(scope='session')
+def tiny_peft_dir(tmp_path_factory) -> str:
+    """The tiny classification and segmentation sets and the stock ViT and
+    SegFormer checkpoints (tools/make_tiny_data.py), in the e2e tests'
+    ``<basetemp>/tiny``: what is there is reused."""
+    path = tmp_path_factory.getbasetemp() / 'tiny'
+    path.mkdir(exist_ok=True)
+    script = os.path.join(REPO, 'tools', 'make_tiny_data.py')
+    ckpts = [a for c in TINY_CHECKPOINTS for a in ('--checkpoint', c)]
+    for only in (['cls'], ['seg'], ['ckpt', *ckpts]):
+        subprocess.run([sys.executable, script, '--out-dir', str(path),
+                        '--only', *only], check=True, capture_output=True)
+    return str(path)
+
+
+TRAINED: Dict[str, Tuple[str, str]] = {}  # config -> (work dir, log)
+
+
+def trained(request, config: str) -> Tuple[str, str]:
+    """``configs/<config>.py`` trained 2 iterations by a real Runner in the
+    tiny data's folder, ``iter_2.pth`` saved (once per session): its work
+    dir and its log, paths as the docs write them."""
+    request.getfixturevalue('monkeypatch').chdir(
+        request.getfixturevalue('tiny_peft_dir'))
+    if config not in TRAINED:
+        work_dir = str(request.getfixturevalue('tmp_path_factory').mktemp(
+            'work'))
+        cfg = Config.fromfile(os.path.join(REPO, 'configs', config + '.py'))
+        cfg.work_dir = work_dir
+        cfg.experiment_name = f"docs_{config.replace('/', '_')}"
+        cfg.train_cfg.max_iters = 2
+        cfg.default_hooks.checkpoint.interval = 2
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        with open(os.path.join(runner.log_dir,
+                               f'{runner.timestamp}.log')) as f:
+            TRAINED[config] = work_dir, f.read()
+    return TRAINED[config]
+
+
+def train_log(config: str) -> Callable:
+    """A producer: the log of :func:`trained` ``config``."""
+    def produce(request) -> List[str]:
+        return clean(trained(request, config)[1], {})
+    return produce
+
+
+def merge_trained_run(config: str, *options: str) -> Callable:
+    """A producer: ``mmext-merge configs/<config>.py work/iter_2.pth --out
+    merged.pth OPTIONS`` on the run of :func:`trained` (logs and prints)."""
+    def produce(request) -> List[str]:
+        work_dir, _ = trained(request, config)
+        folder = str(request.getfixturevalue('tmp_path'))
+        path = os.path.join(REPO, 'configs', config + '.py')
+        with Records() as log, contextlib.redirect_stdout(Lines(log.lines)):
+            code = merge_inserted.main([
+                path, os.path.join(work_dir, 'iter_2.pth'), '--out',
+                os.path.join(folder, 'merged.pth'), *options])
+        assert code == 0
+        text = '\n'.join(line.split(' ', 1)[1] for line in log.lines
+                         if not line.startswith('DEBUG '))
+        return clean(text, {work_dir + os.sep: 'work/', folder + os.sep: '',
+                            REPO + os.sep: ''})
+    return produce
+
+
+def lora_mha_peft(request) -> List[str]:
+    """The README snippet: PEFT's LoRA on a 16-wide attention, its trained
+    A and B loaded into ours; the LoRA names and the largest difference."""
+    torch.manual_seed(0)
+    plain = nn.Sequential()
+    plain.add_module('attn', nn.MultiheadAttention(16, 2))
+    ours, theirs = copy.deepcopy(plain), copy.deepcopy(plain)
+    insert_modules(ours, [dict(type='LoRA', targets='attn', rank=4,
+                               alpha=8)])
+    inject_adapter_in_model(LoraConfig(target_modules='attn', r=4,
+                                       lora_alpha=8), theirs)
+    with torch.no_grad():  # "trained": B no longer zero
+        for name, value in theirs.named_parameters():
+            if 'lora_' in name:
+                value.normal_()
+    ours.load_state_dict({k.replace('.base_layer', '').replace(
+        '.default', ''): v for k, v in theirs.state_dict().items()},
+        strict=True)
+    x = torch.randn(5, 2, 16)
+    with torch.no_grad():
+        a, b = (m.eval().attn(x, x, x)[0] for m in (ours, theirs))
+    assert not torch.allclose(a, plain.eval().attn(x, x, x)[0])
+    names = sorted(n for n in ours.state_dict() if 'lora_' in n)
+    return [repr(names), f'max difference: {(a - b).abs().max().item()}']
+
+
+def lora_grouped_rank(request) -> List[str]:
+    model = ConvNeXt(arch=dict(depths=[1, 1], channels=[8, 16]))
+    with pytest.raises(InitConfigError) as info:
+        insert_modules(model, [dict(type='LoRA', targets=r'.*depthwise_conv',
+                                    rank=8)])
+    return [str(info.value)]
+
+
+def vpt_refused(request) -> List[str]:
+    init_default_scope('mmpretrain')
+    arch = dict(embed_dims=32, num_layers=4, num_heads=2,
+                feedforward_channels=64)
+    with pytest.raises(InitConfigError) as info:
+        PRETRAIN_MODELS.build(dict(
+            type='ImageClassifier', backbone=dict(
+                type='BEiTViT', arch=arch, img_size=32, patch_size=8),
+            insert=[dict(type='VPT', targets='backbone', num_tokens=3)]))
+    return [str(info.value)]
+
+
+def dora_load_from(request) -> List[str]:
+    folder = str(request.getfixturevalue('tmp_path'))
+    base = os.path.join(folder, 'base.pth')
+    torch.save({'state_dict': ToyModel().state_dict()}, base)
+    model = dict(type='DoRAToyModel', insert=[
+        dict(type='DoRA', targets=r'backbone\.fc1', rank=2)])
+    with pytest.raises(InitConfigError) as info:
+        run_runner(os.path.join(folder, 'work'), model, iters=1,
+                   load_from=base)
+    return clean(str(info.value), {folder + os.sep: ''})
+
+
+def ssf_no_bias(request) -> List[str]:
+    folder = str(request.getfixturevalue('tmp_path'))
+    config = os.path.join(folder, 'conv.py')
+    with open(config, 'w') as f:
+        f.write(SSF_RESNET.format(targets=r'backbone\.conv1'))
+    model, _ = check_function_preserving.build_initialized(
+        Config.fromfile(config))
+    ckpt = os.path.join(folder, 'conv.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = merge_inserted.main([config, ckpt, '--out', os.path.join(
+            folder, 'merged.pth'), '--input-shape', '1', '3', '32', '32'])
+    assert code == 2
+    return clean(err.getvalue(), {folder + os.sep: ''})
+
+
+VIT_INPUT = ('--module', 'tensor', '--input-shape', '2', '3', '32', '32')
+MMCV1_TRAIN = """
+import os, subprocess, sys
+import cv2
+import numpy as np
+import torch
+from mmcls.models import ResNet
+rng = np.random.default_rng(0)
+for split, count in (('train', 8), ('val', 4)):
+    for name, level in (('dark', 40), ('light', 200)):
+        folder = os.path.join('data', 'tiny_cls', split, name)
+        os.makedirs(folder)
+        for i in range(count):
+            noise = rng.normal(0, 20, (32, 32, 3))
+            cv2.imwrite(os.path.join(folder, f'{i}.png'),
+                        np.clip(level + noise, 0, 255).astype(np.uint8))
+torch.manual_seed(0)
+os.makedirs('checkpoints')
+state = ResNet(depth=18).state_dict()
+torch.save({'state_dict': {f'backbone.{k}': v for k, v in state.items()},
+            'meta': {}}, os.path.join('checkpoints', 'resnet18_tiny_cls.pth'))
+sys.exit(subprocess.run([sys.executable, sys.argv[1], sys.argv[2],
+                         '--work-dir', 'work', '--cfg-options',
+                         'runner.max_epochs=1']).returncode)
+"""
+MMCV1_LOG_PREFIX = re.compile(
+    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - \w+ - [A-Z]+ - ', re.M)
+
+
+def mmcv1_train_log(request) -> List[str]:
+    """mmcls 0.25's own tools/train.py (through tests/mmcv1/launch_train.py)
+    on configs/mmcls/resnet18_adapter_freeze_tiny.py for one epoch, in the
+    mmcv 1.x venv, on generated images and a generated checkpoint: its log
+    file up to its ``Start running`` line (the reports come before it; the
+    iteration lines after it print the lr in scientific notation, which
+    :func:`mismatch` would take for a merge difference), log prefixes
+    removed."""
+    folder = str(request.getfixturevalue('tmp_path'))
+    proc = subprocess.run(
+        [mmcv1_python(), '-c', MMCV1_TRAIN,
+         os.path.join(REPO, 'tests', 'mmcv1', 'launch_train.py'),
+         os.path.join(REPO, 'configs', 'mmcls',
+                      'resnet18_adapter_freeze_tiny.py')],
+        cwd=folder, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (log, ) = glob.glob(os.path.join(folder, 'work', '*.log'))
+    with open(log) as f:
+        text = MMCV1_LOG_PREFIX.sub('', f.read())
+    assert '\nStart running' in text, text[-3000:]
+    return clean(text.split('\nStart running')[0], {})
+
+
 PRODUCERS: Dict[str, Tuple[Callable, bool]] = {
     'offline-download': (offline_download, False),
     'dry-run-optim-decay': (dry_run_optim, True),
@@ -288,6 +503,24 @@ PRODUCERS: Dict[str, Tuple[Callable, bool]] = {
     'insert-report-line': (insert_report, True),
     'finetune-log': (finetune_log, True),
     'merge-upernet': (merge, False),
+    'lora-mha-log': (train_log('mmseg/segformer_mit_lora_attn_tiny'), True),
+    'lora-mha-merge': (merge_trained_run('mmseg/segformer_mit_lora_attn_tiny'),
+                       False),
+    'lora-mha-peft': (lora_mha_peft, False),
+    'lora-grouped-rank': (lora_grouped_rank, False),
+    'dora-log': (train_log('mmpretrain/vit_dora_tiny'), True),
+    'dora-merge': (merge_trained_run('mmpretrain/vit_dora_tiny', *VIT_INPUT),
+                   True),
+    'dora-load-from': (dora_load_from, False),
+    'ssf-log': (train_log('mmpretrain/vit_ssf_tiny'), True),
+    'ssf-merge': (merge_trained_run('mmpretrain/vit_ssf_tiny', *VIT_INPUT),
+                  True),
+    'ssf-no-bias': (ssf_no_bias, True),
+    'vpt-report': (train_log('mmpretrain/vit_vpt_tiny'), True),
+    'vpt-refused': (vpt_refused, False),
+    'bitfit-log': (train_log('mmpretrain/vit_bitfit_tiny'), True),
+    'lora-plus-log': (train_log('mmpretrain/vit_lora_plus_tiny'), True),
+    'mmcls-train': (mmcv1_train_log, True),
 }
 
 
