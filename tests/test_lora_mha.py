@@ -257,7 +257,7 @@ def test_deferred_build_with_pretrained_loads_then_runs(save_ckpt,
     plain.init_weights()
     path = save_ckpt(plain.state_dict())
     model = MMSEG_MODELS.build(dict(
-        type='MixVisionTransformer', **MIT_ARGS,
+        type='mmseg.MixVisionTransformer', **MIT_ARGS,
         init_cfg=ConfigDict(type='Pretrained', checkpoint=path)))
     mha = model.get_submodule(MIT_PATHS[0])
     assert deferred.is_pending(mha.in_proj_weight)
@@ -277,7 +277,7 @@ def test_deferred_weight_is_computed_when_the_forward_reads_it(monkeypatch):
     torch.manual_seed(11)
     reference = MixVisionTransformer(**MIT_ARGS)
     torch.manual_seed(11)
-    model = MMSEG_MODELS.build(dict(type='MixVisionTransformer', **MIT_ARGS))
+    model = MMSEG_MODELS.build(dict(type='mmseg.MixVisionTransformer', **MIT_ARGS))
     insert_modules(model, [dict(type='LoRA', targets=MIT_MHA, rank=2)])
     mha = model.get_submodule(MIT_PATHS[2])
     assert deferred.is_pending(mha.in_proj_weight)

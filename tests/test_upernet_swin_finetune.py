@@ -391,7 +391,7 @@ def test_exclude_selector_on_the_whole_model(whole, tmp_path):
     config = write_config(tmp_path, 'exclude', model_text(
         init_cfg=root_entry(whole), insert=[LORA]) + TRAIN.format(
             data='unused').replace("freeze='loaded'", r"freeze=dict(exclude="
-                                   r"dict(name=r'.*(conv_seg|\.lora_[AB])\..*')))"))
+                                   r"dict(name=r'.*(conv_seg|\.lora_[AB])\..*'))"))
     trainable = match_checkpoint.dry_run(config, optim=True)['trainable']
     names = {n for g in trainable['groups'] for n in g['names']}
     assert PARTLY <= names and len(names) == 20
