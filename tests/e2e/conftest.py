@@ -16,6 +16,7 @@ import torch
 from mmengine.registry import MODELS, init_default_scope
 
 from mmext_init import read_checkpoint
+from mmext_init.training.report import TRAINABLE_FILE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -68,6 +69,21 @@ class Run:
     def provenance(self) -> dict:
         assert len(self.provenance_files) == 1, self.provenance_files
         with open(self.provenance_files[0]) as f:
+            return json.load(f)
+
+    @property
+    def trainable_file(self) -> str:
+        """The run's ``trainable_params.json`` (exactly one under its work
+        dir)."""
+        files = glob.glob(os.path.join(self.work_dir, '**', TRAINABLE_FILE),
+                          recursive=True)
+        assert len(files) == 1, files
+        return files[0]
+
+    @property
+    def trainable(self) -> dict:
+        """The contents of :attr:`trainable_file`."""
+        with open(self.trainable_file) as f:
             return json.load(f)
 
 

@@ -14,8 +14,6 @@ classification set, from the checkpoints a stock Runner run of
   the trained LoRA model predicts.
 """
 import ast
-import glob
-import json
 import os
 import re
 import subprocess
@@ -32,7 +30,7 @@ from test_insert_scripts import DELTA_HOOK
 from test_merge_predictions import MISMATCH, PLUGIN, PROBE, SITECUSTOMIZE
 
 from mmext_init import read_checkpoint
-from mmext_init.training.report import TRAINABLE_FILE, TRAINABLE_TITLE
+from mmext_init.training.report import TRAINABLE_TITLE
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +46,6 @@ SCORE_ATOL = 1e-6  # softmax scores; float32 folding moves them by ~1e-8
 def _started(run: Run) -> None:
     assert 'Iter(train) [4/4]' in run.log and ' - ERROR - ' not in run.log
     assert run.log.count(TRAINABLE_TITLE + ' of ImageClassifier') == 1
-
-
-def _trainable(run: Run) -> dict:
-    files = glob.glob(os.path.join(run.work_dir, '**', TRAINABLE_FILE),
-                      recursive=True)
-    assert len(files) == 1, files
-    with open(files[0]) as f:
-        return json.load(f)
 
 
 def _group_of(data: dict) -> Dict[str, dict]:
@@ -97,7 +87,7 @@ def test_vit_lora_fine_tuning(train, tiny_dir):
     head = sorted(n for n in before if n.startswith('head.'))
     assert before['head.layers.head.weight'].shape == (4, 32)
     assert not set(head) & set(loaded)
-    data = _trainable(run)
+    data = run.trainable
     assert sorted(data['frozen']) == loaded
     assert sorted(_group_of(data)) == sorted(lora + head)
     optim = Config.fromfile(os.path.join(REPO, VIT_LORA),
@@ -142,7 +132,7 @@ def test_convnext_layer_decay(train, tiny_dir):
     run = train(CONVNEXT, LIBRARY)
     _started(run)
     loaded = _loaded_bit_exact(run, CONVNEXT, tiny_dir)
-    data = _trainable(run)
+    data = run.trainable
     assert data['frozen'] == []
     group_of = _group_of(data)
     cfg = Config.fromfile(os.path.join(REPO, CONVNEXT),
@@ -239,7 +229,7 @@ def test_base_plus_delta_is_the_trained_model(merged, tiny_dir):
     cfg = Config.fromfile(os.path.join(REPO, VIT_LORA))
     assert saved['meta']['insert'] == [dict(e) for e in cfg.model.insert]
     assert sorted(saved['state_dict']) == sorted(
-        _group_of(_trainable(run)))
+        _group_of(run.trainable))
     assert_stack_rebuilds(
         cfg.model, [os.path.join(tiny_dir, BASE[VIT_LORA]), merged['delta']],
         LIBRARY, run.finals[0])

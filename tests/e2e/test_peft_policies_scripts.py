@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import REPO, Run
 from mmengine.config import Config
-from test_mmpretrain_scripts import _group_of, _trainable
+from test_mmpretrain_scripts import _group_of
 
 from mmext_init.training.report import TRAINABLE_TITLE
 
@@ -88,7 +88,7 @@ def test_bitfit_trains_the_biases_and_the_head(train, tiny_dir):
     norms = {n[:-len('.bias')] for n in biases if '.ln' in n}
     assert len(norms) == 2 * 4 + 1  # ln1, ln2 of 4 layers, the final ln1
     assert head and not head & loaded
-    data = _trainable(run)
+    data = run.trainable
     group_of = _group_of(data)
     assert set(group_of) == biases | head
     assert set(data['frozen']) == loaded - biases
@@ -115,7 +115,7 @@ def test_lora_plus_moves_b_at_the_ratio(train, tiny_dir):
     lora_b = sorted(n for n in before if '.lora_B.' in n)
     head = sorted(n for n in before if n.startswith('head.'))
     assert len(lora_a) == len(lora_b) == 4  # every qkv of the 4 layers
-    data = _trainable(run)
+    data = run.trainable
     group_of = _group_of(data)
     assert sorted(group_of) == sorted(lora_a + lora_b + head)
     for name in lora_b:

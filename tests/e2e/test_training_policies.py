@@ -5,8 +5,6 @@ buffers are compared between ``before_train`` and ``after_train``
 (tests/e2e/snapshot_hook.py), the optimizer's real parameter groups are read
 from ``trainable_params.json`` and checked against numbers computed from
 the config."""
-import glob
-import json
 import os
 import re
 import subprocess
@@ -19,7 +17,7 @@ from conftest import (REPO, Run, checkpoint_state, subprocess_env,
 from mmengine.config import Config
 
 from mmext_init import read_checkpoint
-from mmext_init.training.report import TRAINABLE_FILE, TRAINABLE_TITLE
+from mmext_init.training.report import TRAINABLE_TITLE
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +37,10 @@ def _config(path: str) -> Config:
 
 
 def _trainable(run: Run) -> dict:
-    """The run's ``trainable_params.json`` (one, in the log dir)."""
-    files = glob.glob(os.path.join(run.work_dir, '**', TRAINABLE_FILE),
-                      recursive=True)
-    assert len(files) == 1, files
-    assert os.path.dirname(files[0]) == \
+    """The run's ``trainable_params.json``, in the log dir."""
+    assert os.path.dirname(run.trainable_file) == \
         os.path.dirname(run.provenance_files[0])  # next to the ledger
-    with open(files[0]) as f:
-        return json.load(f)
+    return run.trainable
 
 
 def _group_of(data: dict) -> Dict[str, dict]:

@@ -5,15 +5,13 @@ from the checkpoint a stock Runner run of ``vit_stock_tiny.py`` wrote: the
 backbone loads bit-exact and stays frozen, each block's prompts are new
 with their declared init (named so in the init report), and only the
 prompts and the new head change."""
-import glob
-import json
 import os
 
 import pytest
 import torch
 from conftest import Run, checkpoint_state
 
-from mmext_init.training.report import TRAINABLE_FILE, TRAINABLE_TITLE
+from mmext_init.training.report import TRAINABLE_TITLE
 
 pytestmark = pytest.mark.e2e
 
@@ -33,14 +31,6 @@ GROUP_LINE = (
 @pytest.fixture(scope='module')
 def run(train) -> Run:
     return train(CONFIG, 'mmpretrain')
-
-
-def trainable_report(run: Run) -> dict:
-    files = glob.glob(os.path.join(run.work_dir, '**', TRAINABLE_FILE),
-                      recursive=True)
-    assert len(files) == 1, files
-    with open(files[0]) as f:
-        return json.load(f)
 
 
 def test_the_report_names_the_prompts(run):
@@ -71,7 +61,7 @@ def test_backbone_loads_bit_exact_and_only_prompts_and_head_change(
         assert torch.equal(before[name], base[name]), name
     head = sorted(n for n in before if n.startswith('head.'))
     assert before['head.layers.head.weight'].shape == (4, 32)
-    data = trainable_report(run)
+    data = run.trainable
     assert sorted(data['frozen']) == loaded
     assert sorted(n for g in data['groups'] for n in g['names']) == sorted(
         PROMPTS + head)
