@@ -40,6 +40,7 @@ from .initializers.layer_types import (identity_init, lora_pair_init,
                                        orthogonal_init, zero_init)
 from .initializers.pretrained import PretrainedInit
 from .inserting.registry import INSERT_TYPES, InsertType
+from .inserting.sets import enable_insert_sets, insert_sets
 from .loading.adapt import ADAPT_TRANSFORMS, AdaptTransform
 from .loading.adapt_classes import Classes  # noqa: F401
 from .mmcv1 import mmcv1_installed
@@ -61,7 +62,8 @@ __all__ = [
     'orthogonal_init', 'lora_pair_init', 'ADAPT_TRANSFORMS',
     'CHECKPOINT_CONVERTERS', 'open_checkpoint', 'materialize',
     'ProvenanceOptimWrapperConstructor', 'UnfreezeHook', 'DeltaCheckpointHook',
-    'INSERT_TYPES', 'InsertType', 'AdaptTransform'
+    'INSERT_TYPES', 'InsertType', 'AdaptTransform', 'enable_insert_sets',
+    'insert_sets'
 ]
 
 if mmcv1_installed():  # OpenMMLab 1.x: its rows join the patch table

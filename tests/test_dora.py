@@ -1,4 +1,4 @@
-"""``DoRA`` inserted from the config (mmext_init/inserting/dora.py) against
+"""``DoRA`` inserted from the config (mmext_init/inserting/methods/dora.py) against
 HF PEFT's ``use_dora=True`` (the reference), on ``nn.Linear`` and
 ``nn.Conv2d`` (rsLoRA's scale too); an mmcv ``ConvModule``; the magnitude's
 declared init (``DoRAMagnitude``) on a real mmpretrain ViT built through

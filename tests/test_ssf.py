@@ -1,4 +1,4 @@
-"""``SSF`` inserted from the config (mmext_init/inserting/ssf.py): against
+"""``SSF`` inserted from the config (mmext_init/inserting/methods/ssf.py): against
 the paper's formula y = gamma * f(x) + beta on the same layer (Linear,
 Conv2d, BatchNorm, LayerNorm), its two declared inits (the identity by
 default, the paper's N(1, 0.02) / N(0, 0.02) draws with ``init='paper'``),

@@ -13,7 +13,7 @@ from mmseg.models.backbones import MixVisionTransformer, VisionTransformer
 import mmext_init
 from mmext_init import ProvenanceOptimWrapperConstructor
 from mmext_init.errors import InitConfigError
-from mmext_init.inserting.lora import LoRA, lora_layer
+from mmext_init.inserting.methods.lora import LoRA, lora_layer
 from mmext_init.inserting.registry import INSERT_TYPES
 from mmext_init.plugin.insertion import apply_insert
 from mmext_init.training.expected import param_table

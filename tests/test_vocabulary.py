@@ -116,8 +116,8 @@ def test_insert_entries_types_and_their_arguments():
     # every entry key the table names is taken by the insertion
     net = nn.Sequential(nn.Linear(2, 2))
     insert_modules(net, [dict(type='LoRA', targets='0', layer='Linear',
-                              rank=1)])
-    assert plain(keys) == {'type', 'targets', 'layer'}
+                              rank=1, name='a')])
+    assert plain(keys) == {'type', 'targets', 'layer', 'name'}
     assert hasattr(net[0], 'lora_A')
 
 

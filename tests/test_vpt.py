@@ -33,7 +33,7 @@ from mmext_init import (InitConfigError, ProvenanceOptimWrapperConstructor,
                         get_provenance)
 from mmext_init.hooks.delta_checkpoint import delta_checkpoint
 from mmext_init.inserting import insert_modules
-from mmext_init.inserting.prompts import prompt_bound
+from mmext_init.inserting.methods.prompts import prompt_bound
 from mmext_init.tools import check_function_preserving, merge_inserted
 
 ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)

@@ -93,7 +93,9 @@ class StackedTensors(CheckpointTensors):
 def check_base(below: List[CheckpointTensors], delta: CheckpointTensors,
                meta: Dict[str, Any], label: str) -> None:
     """``delta`` was trained on the stack ``below``: the hash of the
-    tensors below that it leaves out equals its ``meta.base.hash``."""
+    tensors below that it leaves out equals its ``meta.base.hash`` (the
+    tensors ``meta.base.inserted`` names, another insert set's, left out:
+    a per-set delta's fingerprint covers the model's own tensors only)."""
     base = meta.get('base') if isinstance(meta.get('base'), dict) else {}
     recorded = base.get('hash')
     below_name = stack_label([p.path for p in below])
@@ -103,7 +105,7 @@ def check_base(below: List[CheckpointTensors], delta: CheckpointTensors,
             "(meta['base']['hash']); it cannot be checked against "
             f'{below_name}')
     owner = key_owners(below)
-    own = set(delta.keys())
+    own = set(delta.keys()) | set(base.get('inserted') or ())
     left_out = [key for key in owner if key not in own]
     digest = tensors_hash(left_out, lambda k: owner[k].get(k),
                           lambda k, t: owner[k].release(k, t))

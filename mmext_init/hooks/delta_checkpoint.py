@@ -26,6 +26,16 @@ above VERY_LOW; checked before training).
 Load it on its base with ``Pretrained(checkpoint=[base, delta])``; alone it
 is an error.
 
+With ``per_set=True`` it writes one delta per insert set instead
+(``delta_iter_N.<set>.pth``: the tensors that train of the entries with
+that ``name``, ``meta['set']`` the name) and ``delta_iter_N.pth`` for the
+other tensors that train (a new head; none: no file). A set's delta is
+fingerprinted on the model's own tensors only (everything not inserted,
+the trained rest included), never on another set's: ``meta['base']
+['inserted']`` lists the inserted tensors the fingerprint leaves out. So
+``Pretrained(checkpoint=[base, rest, delta_a])`` loads set ``a`` alone and
+``[base, rest, delta_a, delta_b]`` both.
+
 Example (config):
     >>> custom_hooks = [dict(type='DeltaCheckpointHook', interval=500,
     ...                      by_epoch=False)]
@@ -45,7 +55,7 @@ from mmengine.registry import HOOKS
 
 from ..checkpoint.fingerprint import DELTA_KEY, DELTA_VERSION, tensors_hash
 from ..errors import InitConfigError
-from ..provenance.inserted import insert_config
+from ..provenance.inserted import inserted_notes, insert_config, parse_note
 from ..provenance.ledger import CHECKPOINT, get_provenance
 
 
@@ -115,11 +125,15 @@ def delta_checkpoint(model: nn.Module,
                      insert: Any = None,
                      at_iter: int = 0,
                      at_epoch: int = 0,
-                     averaged: Optional[nn.Module] = None
+                     averaged: Optional[nn.Module] = None,
+                     names: Optional[List[str]] = None,
+                     left_out: Optional[List[str]] = None
                      ) -> Optional[Dict[str, Any]]:
     """The delta checkpoint of ``model`` (None when nothing trains); with
     ``averaged`` (its EMA copy, same names), the averages of the tensors
-    that train.
+    that train. ``names`` (default: every tensor that trains) are the
+    tensors it holds and ``left_out`` (default: all the others) those its
+    base fingerprint covers.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
@@ -135,11 +149,12 @@ def delta_checkpoint(model: nn.Module,
         >>> delta['state_dict']['1.bias'], delta['meta']['ema']
         (tensor([7.]), True)
     """
-    names = delta_names(model)
+    names = delta_names(model) if names is None else names
     if not names:
         return None
     state, trained = model.state_dict(), set(names)
-    left_out = [name for name in state if name not in trained]
+    if left_out is None:
+        left_out = [name for name in state if name not in trained]
     base = dict(files=loaded_from(model, names),
                 hash=tensors_hash(left_out, state.__getitem__),
                 tensors=len(left_out))
@@ -151,6 +166,55 @@ def delta_checkpoint(model: nn.Module,
         state_dict={name: _own_storage(saved[name]) for name in names},
         meta={DELTA_KEY: DELTA_VERSION, 'insert': insert, 'iter': at_iter,
               'epoch': at_epoch, 'ema': averaged is not None, 'base': base})
+
+
+def insert_set_of(model: nn.Module) -> Dict[str, str]:
+    """``model.state_dict()`` name -> insert set, for every tensor that
+    an ``insert`` entry added."""
+    found = {}
+    for name, note in inserted_notes(model).items():
+        parsed = parse_note(note)
+        if parsed is not None:
+            found[name] = parsed.set_name
+    return found
+
+
+def set_deltas(model: nn.Module, insert: Any = None, at_iter: int = 0,
+               at_epoch: int = 0, averaged: Optional[nn.Module] = None
+               ) -> Dict[Optional[str], Dict[str, Any]]:
+    """One delta checkpoint per insert set that trains (key: its name)
+    and, under ``None``, one of the other tensors that train (see the
+    module docstring); empty when nothing trains.
+
+    Example:
+        >>> from mmext_init.plugin.insertion import apply_insert
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> apply_insert(net, [dict(type='LoRA', targets='0', rank=1, name='a'),
+        ...                    dict(type='LoRA', targets='1', rank=1, name='b')])
+        >>> for name, p in net.named_parameters():  # only set 'a' trains
+        ...     p.requires_grad = name.startswith('0.lora')
+        >>> deltas = set_deltas(net)
+        >>> list(deltas), sorted(deltas['a']['state_dict'])
+        (['a'], ['0.lora_A.weight', '0.lora_B.weight'])
+        >>> deltas['a']['meta']['base']['inserted']
+        ['0.lora_A.weight', '0.lora_B.weight', '1.lora_A.weight', '1.lora_B.weight']
+    """
+    sets = insert_set_of(model)
+    parts: Dict[Optional[str], List[str]] = {}
+    for name in delta_names(model):
+        parts.setdefault(sets.get(name), []).append(name)
+    own = [n for n in model.state_dict() if n not in sets]
+    deltas = {}
+    for set_name, names in parts.items():
+        chosen = set(names)
+        left_out = own if set_name is not None else \
+            [n for n in own if n not in chosen]
+        delta = delta_checkpoint(model, insert, at_iter, at_epoch, averaged,
+                                 names, left_out)
+        delta['meta']['set'] = set_name
+        delta['meta']['base']['inserted'] = sorted(sets)
+        deltas[set_name] = delta
+    return deltas
 
 
 def ema_hook(runner: Any) -> Optional[EMAHook]:
@@ -177,25 +241,32 @@ class DeltaCheckpointHook(Hook):
             ``by_epoch``); -1: only at the end (with ``save_last``).
         by_epoch (bool): count epochs, not iterations. Defaults to True.
         save_last (bool): also save after the last iteration (epoch).
+        per_set (bool): one delta per insert set (see the module
+            docstring). Defaults to False.
 
     Example:
         >>> hook = DeltaCheckpointHook(interval=2, by_epoch=False)
-        >>> hook.filename(8)
-        'delta_iter_8.pth'
+        >>> hook.filename(8), hook.filename(8, 'seg')
+        ('delta_iter_8.pth', 'delta_iter_8.seg.pth')
     """
     priority = 'VERY_LOW'  # as CheckpointHook: after the optimizer step
 
     def __init__(self,
                  interval: int = -1,
                  by_epoch: bool = True,
-                 save_last: bool = True) -> None:
+                 save_last: bool = True,
+                 per_set: bool = False) -> None:
         self.interval = int(interval)
         self.by_epoch = bool(by_epoch)
         self.save_last = bool(save_last)
+        self.per_set = bool(per_set)
 
-    def filename(self, step: int) -> str:
-        """The file name of the delta after ``step`` iterations (epochs)."""
-        return f"delta_{'epoch' if self.by_epoch else 'iter'}_{step}.pth"
+    def filename(self, step: int, set_name: Optional[str] = None) -> str:
+        """The file name of the delta after ``step`` iterations (epochs),
+        of insert set ``set_name``."""
+        unit = 'epoch' if self.by_epoch else 'iter'
+        of_set = '' if set_name is None else f'.{set_name}'
+        return f'delta_{unit}_{step}{of_set}.pth'
 
     def before_train(self, runner: Any) -> None:
         ema = ema_hook(runner)
@@ -234,19 +305,26 @@ class DeltaCheckpointHook(Hook):
             runner.model) else runner.model
         averaged = getattr(getattr(ema_hook(runner), 'ema_model', None),
                            'module', None)
-        delta = delta_checkpoint(model, _insert_cfg(model), at_iter,
-                                 at_epoch, averaged)
-        if delta is None:
+        args = (model, _insert_cfg(model), at_iter, at_epoch, averaged)
+        if self.per_set:
+            deltas = set_deltas(*args)
+        else:
+            delta = delta_checkpoint(*args)
+            deltas = {} if delta is None else {None: delta}
+        if not deltas:
             runner.logger.warning('DeltaCheckpointHook: no tensor trains; '
                                   'no delta written')
-            return
-        path = os.path.join(runner.work_dir, self.filename(step))
-        torch.save(delta, path + '.part')
-        os.replace(path + '.part', path)  # never a half-written delta
-        base = delta['meta']['base']
-        runner.logger.info(
-            f"DeltaCheckpointHook: saved {path}: {len(delta['state_dict'])} "
-            f"tensors that train{' (EMA)' if averaged is not None else ''}; "
-            f"base: {base['tensors']} tensors from "
-            f"{', '.join(base['files']) or 'no checkpoint'} "
-            f"(sha256 {base['hash'][:12]})")
+        for set_name, delta in deltas.items():
+            path = os.path.join(runner.work_dir,
+                                self.filename(step, set_name))
+            torch.save(delta, path + '.part')
+            os.replace(path + '.part', path)  # never a half-written delta
+            base = delta['meta']['base']
+            of_set = '' if set_name is None else f" of set '{set_name}'"
+            runner.logger.info(
+                f'DeltaCheckpointHook: saved {path}: '
+                f"{len(delta['state_dict'])} tensors that train{of_set}"
+                f"{' (EMA)' if averaged is not None else ''}; base: "
+                f"{base['tensors']} tensors from "
+                f"{', '.join(base['files']) or 'no checkpoint'} "
+                f"(sha256 {base['hash'][:12]})")

@@ -4,12 +4,10 @@
 ``INSERT_TYPES`` (:mod:`.registry`) to the modules :mod:`.targets` selects.
 The registered types add modules beside the target's own tensors (never
 renaming them), each declaring its init in its ``init_cfg``:
-:class:`LoRA` (:mod:`.lora`, its layers in :mod:`.lora_layers`, on
-``nn.MultiheadAttention`` :mod:`.lora_mha`; ``use_rslora``), :class:`DoRA`
-(:mod:`.dora`), :class:`SSF` (:mod:`.ssf`) and :class:`Adapter`
-(:mod:`.adapter`) keep the model's function at step 0 (SSF with its
-default ``init='identity'``); :class:`VPT` (:mod:`.prompts`, the backbones
-it reads in :mod:`.prompt_backbones`) adds prompt tokens, which change it.
+:class:`LoRA`, :class:`DoRA`, :class:`SSF` and :class:`Adapter` keep the
+model's function at step 0 (SSF with its default ``init='identity'``);
+:class:`VPT` adds prompt tokens, which change it (the methods are in
+:mod:`.methods`).
 LoRA, DoRA and SSF fold into the weights (``InsertType.fold``).
 
 Example:
@@ -29,14 +27,13 @@ Example:
     >>> torch.equal(model(x), before)
     True
 """
-from .adapter import Adapter, BottleneckAdapter, adapter_forward_hook
-from .dora import DoRA, DoRAMagnitudeVector, dora_forward_hook
 from .insert import Inserted, insert_modules, inserted_into
-from .lora import LoRA, LoRADown, LoRAUp, lora_delta, lora_forward_hook
-from .lora_mha import MHA_PARTS, lora_mha_forward
-from .prompts import VPT, VisualPrompt
+from .methods import (MHA_PARTS, SSF, VPT, Adapter, BottleneckAdapter, DoRA,
+                      DoRAMagnitudeVector, LoRA, LoRADown, LoRAUp,
+                      SSFScaleShift, VisualPrompt, adapter_forward_hook,
+                      dora_forward_hook, lora_delta, lora_forward_hook,
+                      lora_mha_forward, ssf_forward_hook)
 from .registry import INSERT_TYPES, InsertType
-from .ssf import SSF, SSFScaleShift, ssf_forward_hook
 from .targets import select_targets
 
 __all__ = [

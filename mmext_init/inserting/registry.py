@@ -27,10 +27,31 @@ import torch
 import torch.nn as nn
 from mmengine.registry import Registry
 
-__all__ = ['INSERT_TYPES', 'InsertType', 'tensor_names', 'child_name_free']
+__all__ = ['INSERT_TYPES', 'InsertType', 'tensor_names', 'child_name_free',
+           'SET_ATTR', 'OFF_ATTR', 'is_switched_off']
 
 INSERT_TYPES = Registry('insert type', scope='mmext_init',
                         locations=['mmext_init.inserting'])
+
+#: what each child an entry inserted carries: its insert set's name (a
+#: plain attribute, so copies and pickles keep it) ...
+SET_ATTR = 'mmext_insert_set'
+#: ... and, while that set is switched off, True
+OFF_ATTR = 'mmext_insert_off'
+
+
+def is_switched_off(child: nn.Module) -> bool:
+    """Whether the insert set of ``child`` (a module an entry inserted) is
+    switched off: its forward hook then leaves the target's output as it
+    is (:func:`~mmext_init.inserting.sets.enable_insert_sets`). A plain
+    ``__dict__`` read: it runs in every hooked forward.
+
+    Example:
+        >>> a = nn.Linear(2, 2)
+        >>> is_switched_off(a), setattr(a, OFF_ATTR, True), is_switched_off(a)
+        (False, None, True)
+    """
+    return child.__dict__.get(OFF_ATTR, False)
 
 
 class InsertType:

@@ -41,38 +41,49 @@ class InsertionMarks:
 
 MARKS = InsertionMarks()
 
-#: the form of a note: ``inserted by <Type>(<args>) from insert[<i>]``
+#: the insert set of the entries without a ``name``
+DEFAULT_SET = 'default'
+#: the form of a note: ``inserted by <Type>(<args>) from insert[<i>]``,
+#: then `` of set '<name>'`` for an entry of a named set
 NOTE = re.compile(r'inserted by (?P<entry>(?P<type>[^(\s]+)\(.*\)) '
-                  r'from insert\[(?P<index>\d+)\]')
+                  r"from insert\[(?P<index>\d+)\](?: of set '(?P<set>\w+)')?")
 
 
 @dataclass(frozen=True)
 class InsertNote:
     """What a note says: the entry's ``index`` in ``insert``, its
-    ``type_name`` as the config wrote it and ``entry`` its description."""
+    ``type_name`` as the config wrote it, ``entry`` its description and
+    ``set_name`` its insert set."""
     index: int
     type_name: str
     entry: str
+    set_name: str = DEFAULT_SET
 
     @property
     def label(self) -> str:
-        """``insert[0] LoRA(rank=8)``."""
-        return f'insert[{self.index}] {self.entry}'
+        """``insert[0] LoRA(rank=8)`` (then `` of set 'seg'``)."""
+        of_set = '' if self.set_name == DEFAULT_SET else \
+            f" of set '{self.set_name}'"
+        return f'insert[{self.index}] {self.entry}{of_set}'
 
 
 def parse_note(note: Optional[str]) -> Optional[InsertNote]:
     """The entry a note names (None for None or another text).
 
     Example:
-        >>> parse_note('inserted by LoRA(rank=8, alpha=16) from insert[1]')
-        InsertNote(index=1, type_name='LoRA', entry='LoRA(rank=8, alpha=16)')
+        >>> note = parse_note('inserted by LoRA(rank=8, alpha=16) from insert[1]')
+        >>> note.index, note.type_name, note.entry, note.set_name
+        (1, 'LoRA', 'LoRA(rank=8, alpha=16)', 'default')
         >>> parse_note('inserted by LoRA(rank=8) from insert[0]').label
         'insert[0] LoRA(rank=8)'
+        >>> parse_note("inserted by SSF() from insert[2] of set 'seg'").label
+        "insert[2] SSF() of set 'seg'"
     """
     found = NOTE.fullmatch(note) if note else None
     if found is None:
         return None
-    return InsertNote(int(found['index']), found['type'], found['entry'])
+    return InsertNote(int(found['index']), found['type'], found['entry'],
+                      found['set'] or DEFAULT_SET)
 
 
 def mark_inserted(module: nn.Module, note: str) -> None:

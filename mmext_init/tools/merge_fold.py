@@ -20,8 +20,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..errors import InitConfigError, close_names
 from ..inserting import INSERT_TYPES, InsertType, inserted_into
-from ..inserting.insert import build_entry
+from ..inserting.insert import build_entry, entry_arguments, entry_set
+from ..provenance.inserted import inserted_notes, parse_note
 from .merge_proof import MergeError
 
 MARK = re.compile(r'insert\[(\d+)\] ')  # inserted_into's marks
@@ -63,9 +65,50 @@ def split_entries(insert: List[dict]) -> Tuple[List[int], List[int]]:
 def entry_type(entry: dict, index: int) -> InsertType:
     """The insert type of ``entry`` (``insert[index]``), built as
     :func:`~mmext_init.inserting.insert.build_entry` builds it."""
-    args = {k: v for k, v in entry.items()
-            if k not in ('type', 'targets', 'layer')}
-    return build_entry(entry.get('type'), args, f'insert[{index}]')
+    return build_entry(entry.get('type'), entry_arguments(entry),
+                       f'insert[{index}]')
+
+
+def choose_sets(insert: List[dict], names: Sequence[str],
+                config: str) -> Tuple[List[int], List[int]]:
+    """Indices of the entries of the insert sets ``names`` (all entries
+    when none is given) and of the others.
+
+    Example:
+        >>> choose_sets([dict(type='LoRA', name='a'), dict(type='SSF')],
+        ...             ['a'], 'cfg.py')
+        ([0], [1])
+        >>> choose_sets([dict(type='LoRA', name='a')], ['b'], 'cfg.py')
+        Traceback (most recent call last):
+        mmext_init.tools.merge_proof.MergeError: --set b: cfg.py's model.insert has no entry of insert set 'b' (its sets: a)
+    """
+    try:
+        sets = [entry_set(e, f'insert[{i}]') for i, e in enumerate(insert)]
+    except InitConfigError as error:
+        raise MergeError(f'{config}: {error}') from error
+    for name in names:
+        if name not in sets:
+            near = close_names(name, sets)
+            raise MergeError(
+                f"--set {name}: {config}'s model.insert has no entry of "
+                f"insert set {name!r} (its sets: "
+                f'{", ".join(dict.fromkeys(sets))})' +
+                (f'; did you mean {near}?' if near else ''))
+    chosen = [i for i, s in enumerate(sets) if not names or s in names]
+    return chosen, [i for i in range(len(insert)) if i not in chosen]
+
+
+def drop_entries(model: nn.Module, state: Dict[str, torch.Tensor],
+                 dropped: Sequence[int]) -> List[str]:
+    """Remove from ``state`` every tensor that the entries ``dropped``
+    inserted into ``model``; the names removed."""
+    gone = []
+    for name, note in inserted_notes(model).items():
+        parsed = parse_note(note)
+        if parsed is not None and parsed.index in dropped and name in state:
+            del state[name]
+            gone.append(name)
+    return gone
 
 
 def fold_entries(model: nn.Module, insert: List[dict],

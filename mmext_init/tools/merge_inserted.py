@@ -55,15 +55,24 @@ their order; ``meta['insert']`` has them, and mmext_init imported to build
 it). With no kept entry (``meta['insert'] == []``) the file needs CONFIG's
 model without ``insert``: stock MMEngine, no plugin.
 
+``--set NAME ...`` merges only the entries of these insert sets (their
+``name``; ``'default'``: the entries without one): the other sets' tensors
+are left out of ``--out`` and of its config, and the proof's inserted
+model runs with those sets switched off
+(:func:`~mmext_init.inserting.sets.enable_insert_sets`), so the file is the
+model of the chosen sets alone.
+
 ``meta`` holds ``mmext_merged`` (1), ``config``, ``checkpoints`` (the
 files as given), ``folded`` (the folded target paths), ``insert`` (the kept
-entries), ``needs`` (a sentence: which model config loads the file) and the
-base checkpoint's ``dataset_meta`` when it is plain data.
+entries), ``sets`` (``--set``, ``[]``: all), ``needs`` (a sentence: which
+model config loads the file) and the base checkpoint's ``dataset_meta``
+when it is plain data.
 
 Usage::
 
     mmext-merge CONFIG CHECKPOINT [--delta DELTA ...] --out merged.pth \\
-        [--out-config [merged.py]] [--atol 1e-5] [--keep-adapters] \\
+        [--out-config [merged.py]] [--atol 1e-5] [--set NAME ...] \\
+        [--keep-adapters] \\
         [--module tensor] [--input-shape 1 3 H W] [--seed 0] \\
         [--json PATH] [--cfg-options KEY=VALUE ...]
 
@@ -107,11 +116,13 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
+from ..inserting.sets import enable_insert_sets
 from ..provenance.report import fold_names
 from .cli import (add_atol, add_cfg_options, add_json, finite, load_config,
                   run_tool, tool_parser)
 from .check_function_preserving import add_input_options
-from .merge_fold import MARK, fold_entries, split_entries, targets_of
+from .merge_fold import (MARK, choose_sets, drop_entries, fold_entries,
+                         split_entries, targets_of)
 from .merge_proof import MergeError, build_loaded, model_options, prove
 from .plain_config import (base_meta, needs, plain_config,
                            plain_config_path)
@@ -204,13 +215,25 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise MergeError(f'{option} {path}: no such directory')
 
 
+def print_folded(insert: List[dict], folded: Dict[str, List[str]]) -> None:
+    """Say what each folded entry folds into which weights."""
+    for mark, paths in folded.items():
+        kind = insert[int(MARK.match(mark).group(1))]['type']
+        print(f'folded {len(paths)} {kind} branches of {mark} into the '
+              f'weights of {", ".join(fold_names(paths))}')
+    if not folded:
+        print('no foldable entry in model.insert: nothing folded')
+
+
 def merge(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     """Check the entries, load, fold, write and prove; the exit status and
     the result."""
     cfg = load_config(args.config, args.cfg_options)
     insert = insert_of(cfg, args.config)
     check_outputs(args)
-    foldable, kept = split_entries(insert)
+    chosen, dropped = choose_sets(insert, args.sets, args.config)
+    foldable, kept = (
+        [i for i in part if i in chosen] for part in split_entries(insert))
     if kept and not args.keep_adapters:  # named in a model as configured
         model, _ = build_loaded(cfg, {}, args.seed)
         raise unfoldable_error(model, kept, args.config)
@@ -219,18 +242,18 @@ def merge(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     print(f'== the inserted model, its root loading {" + ".join(files)}')
     inserted, _ = build_loaded(cfg, model_options(cfg, insert, root),
                                args.seed)
+    if args.sets:  # the proof's reference: only the chosen sets run
+        enable_insert_sets(inserted, args.sets)
+        print(f'insert sets merged: {", ".join(args.sets)}; the others '
+              'switched off and left out')
     folded = targets_of(inserted, foldable)
-    for mark, paths in folded.items():
-        kind = insert[int(MARK.match(mark).group(1))]['type']
-        print(f'folded {len(paths)} {kind} branches of {mark} into the '
-              f'weights of {", ".join(fold_names(paths))}')
-    if not folded:
-        print('no foldable entry in model.insert: nothing folded')
+    print_folded(insert, folded)
     targets = [path for paths in folded.values() for path in paths]
     state = fold_entries(inserted, insert, folded)
+    drop_entries(inserted, state, dropped)
     kept_entries = [insert[i] for i in kept]
     meta = dict(mmext_merged=1, config=args.config, checkpoints=files,
-                folded=targets, insert=kept_entries,
+                folded=targets, insert=kept_entries, sets=args.sets,
                 needs=needs(args.config, kept_entries),
                 **base_meta(args.checkpoint))
     kinds = '/'.join(dict.fromkeys(str(insert[i]['type']) for i in foldable
@@ -255,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
                         '(CONFIG without its folded entries) to this path, '
                         'default: --out with .py')
     add_atol(parser)
+    parser.add_argument('--set', dest='sets', nargs='+', action='extend',
+                        default=[], metavar='NAME',
+                        help='merge only these insert sets (entry name=; '
+                        "'default' for entries without one): the other "
+                        "sets' tensors are left out, and the proof runs "
+                        'the inserted model with them switched off')
     parser.add_argument('--keep-adapters', action='store_true',
                         help='fold the foldable entries (LoRA, ...), keep '
                         'the other entries\' tensors')

@@ -21,6 +21,8 @@ a dict, or a list of selectors (their union). A dict's keys are ANDed:
   ``insert=[...]`` entry of one of these types added (its type as the
   config wrote it, or a class or base class of the type: ``'LoRA'`` also
   selects a type extending ``LoRA``);
+* ``insert_set``: insert set name(s): tensors that an entry of one of these
+  sets added (its ``name``; ``'default'`` for the entries without one);
 * ``exclude``: a selector (a list: their union); the parameters it does not
   match, e.g. ``dict(name=r'backbone\..*',
   exclude=dict(module_type='_BatchNorm'))``. (Not ``not``: MMEngine's
@@ -80,7 +82,7 @@ from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
 SELECTOR_KEYS = ('provenance', 'name', 'module_type', 'source', 'declared_by',
-                 'insert_type', 'exclude')
+                 'insert_type', 'insert_set', 'exclude')
 REGEX_KEYS = ('name', 'source', 'declared_by')
 
 
@@ -109,6 +111,7 @@ class ParamInfo:
     module_types: FrozenSet[str]
     inserted: Optional[str] = None  # e.g. 'inserted by LoRA(rank=8) ...'
     insert_types: FrozenSet[str] = frozenset()  # of ``inserted``'s entry
+    insert_set: Optional[str] = None  # the insert set of that entry
     # partly new: what the checkpoint provides, e.g. "Classes(...)"
     partly: Optional[str] = None
 
@@ -149,10 +152,11 @@ class ParamTable:
             first = names[0]
             owner = next((n for n in names if n in origins), first)
             note = inserted.get(first)
-            params.append(ParamInfo(first, tuple(names), tensors[key],
-                                    origins.get(owner, default),
-                                    types(first), note,
-                                    insert_type_names(note)))
+            parsed = parse_note(note)
+            params.append(ParamInfo(
+                first, tuple(names), tensors[key],
+                origins.get(owner, default), types(first), note,
+                insert_type_names(note), parsed and parsed.set_name))
         return cls(params, exact)
 
     def names(self) -> List[str]:
@@ -233,6 +237,9 @@ def _key_test(key: str, value: Any, table: ParamTable) -> Test:
     if key in ('module_type', 'insert_type'):
         types = set(_as_list(value))
         return lambda p: bool(types & getattr(p, key + 's'))
+    if key == 'insert_set':
+        sets = set(_as_list(value))
+        return lambda p: p.insert_set in sets
     if key == 'name':
         return _regex(key, value, lambda p: p.names)
     if key == 'exclude':
@@ -253,6 +260,8 @@ def _options(key: str, table: ParamTable) -> List[str]:
             values: Iterable[Any] = p.names
         elif key in ('module_type', 'insert_type'):
             values = sorted(getattr(p, key + 's'))
+        elif key == 'insert_set':
+            values = (p.insert_set, )
         else:
             values = (getattr(p.origin, {'provenance': 'kind'}.get(key, key)),)
         seen.update((str(v), None) for v in values if v is not None)
@@ -270,8 +279,10 @@ def _nothing(selector: Any, table: ParamTable) -> SelectorError:
             hint = partial_hint(name_regex(str(value)), options) \
                 if key in REGEX_KEYS else ''
             close = close_names(str(value), options)
-            if key == 'insert_type' and not options:
+            if key in ('insert_type', 'insert_set') and not options:
                 hint = ' (no tensor of the model was added by insert=[...])'
+            elif key == 'insert_set':
+                hint = f' (the insert sets: {", ".join(options)})'
             parts.append(f'{key}={value!r} matches none' + (hint or (
                 f' (closest names: {close})' if close else '')))
     if not parts:

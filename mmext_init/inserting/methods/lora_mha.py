@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from .lora_layers import LoRADown, LoRAUp, lora_delta
-from .registry import child_name_free
+from ..registry import child_name_free, is_switched_off
 
 __all__ = ['MHA_PARTS', 'check_mha', 'insert_mha', 'fold_mha',
            'lora_mha_forward', 'merged_mha_weights']
@@ -108,14 +108,20 @@ def insert_mha(mha: nn.MultiheadAttention, path: str, rank: int,
     return children
 
 
-def merged_mha_weights(mha: nn.MultiheadAttention) -> Dict[str, Any]:
+def merged_mha_weights(mha: nn.MultiheadAttention,
+                       running: bool = False) -> Dict[str, Any]:
     r"""``{'in_proj_weight': W + s B A, 'out_proj.weight': ...}`` for the
     parts that hold a LoRA (read through plain torch ops: a deferred
-    weight is computed on this read)."""
+    weight is computed on this read); ``running``: only the parts whose
+    insert set is switched on (the forward)."""
+    def changes(layer: nn.Module) -> bool:
+        return hasattr(layer, 'lora_A') and not (
+            running and is_switched_off(layer.lora_A))
+
     merged = {}
-    if hasattr(mha, 'lora_A'):
+    if changes(mha):
         merged['in_proj_weight'] = mha.in_proj_weight + lora_delta(mha)
-    if hasattr(mha.out_proj, 'lora_A'):
+    if changes(mha.out_proj):
         merged['out_proj.weight'] = mha.out_proj.weight + \
             lora_delta(mha.out_proj)
     return merged
@@ -146,7 +152,7 @@ def lora_mha_forward(mha: nn.MultiheadAttention, *args: Any,
     (all its arguments: ``key_padding_mask``, ``need_weights``,
     ``attn_mask``, ``batch_first``, its fast path) with ``W + s B A`` for
     each changed weight, everything read from ``mha``."""
-    merged = merged_mha_weights(mha)
+    merged = merged_mha_weights(mha, running=True)
     with weights_in_place(mha, merged):
         return nn.MultiheadAttention.forward(mha, *args, **kwargs)
 

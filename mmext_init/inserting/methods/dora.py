@@ -11,7 +11,7 @@ with :math:`\lVert\cdot\rVert_c` the L2 norm of each output channel's row
 for the gradient (the paper's section 4.3, as PEFT does).
 
 The target gets LoRA's ``lora_A``, ``lora_B``, ``lora_dropout`` and
-``lora_scale`` (:class:`~mmext_init.inserting.lora.LoRA`'s arguments,
+``lora_scale`` (:class:`~mmext_init.inserting.methods.lora.LoRA`'s arguments,
 ``rank``/``alpha``/``dropout``/``use_rslora``) and ``lora_magnitude_vector``
 (:class:`DoRAMagnitudeVector`): PEFT's state dict names without
 ``base_layer.`` and ``.default``, so its checkpoints map one to one (its
@@ -53,13 +53,13 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from ..context import current_session
-from ..deferred import is_pending
-from ..errors import InitConfigError
-from ..provenance.ledger import INITIALIZER, Provenance
-from ..session.runner_load import load_of_model, plan_runner_load
+from ...context import current_session
+from ...deferred import is_pending
+from ...errors import InitConfigError
+from ...provenance.ledger import INITIALIZER, Provenance
+from ...session.runner_load import load_of_model, plan_runner_load
 from .lora import LoRA, lora_delta, lora_layer
-from .registry import INSERT_TYPES, child_name_free
+from ..registry import INSERT_TYPES, child_name_free, is_switched_off
 
 __all__ = ['DoRA', 'DoRAMagnitudeVector', 'DoRAMagnitudeInit',
            'dora_forward_hook', 'dora_weight_norm', 'dora_lora_weight',
@@ -144,7 +144,10 @@ def dora_forward_hook(module: nn.Module, args: Tuple,
     """Forward hook of a DoRA target, PEFT's DoRA forward: ``output + (m/n -
     1) * base + m/n * B(A(x)) * s`` with ``n`` the detached norm, ``base``
     the output without bias (or, while dropout is active, ``W`` applied to
-    the dropped input ``x``); everything read from ``module``."""
+    the dropped input ``x``); everything read from ``module``; ``output``
+    as it is while the insert set is switched off."""
+    if is_switched_off(module.lora_A):
+        return output
     x, weight = args[0], module.weight
     dropout = module.lora_dropout
     if isinstance(dropout, nn.Identity) or not module.training:

@@ -27,8 +27,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..matching import full_match, name_regex
-from .targets import closest_paths
+from ...matching import full_match, name_regex
+from ..targets import closest_paths
 
 __all__ = ['TokenLayout', 'token_layout', 'prefix_count', 'grid_bound',
            'default_blocks', 'BLOCK_CONTAINERS', 'PREFIX_ATTRS']

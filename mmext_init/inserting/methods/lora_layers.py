@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from ..matching import class_names
+from ...matching import class_names
+from ..registry import is_switched_off
 
 __all__ = ['LoRADown', 'LoRAUp', 'lora_forward_hook', 'lora_delta',
            'lora_layer', 'LORA_ATTRS']
@@ -117,7 +118,9 @@ def lora_forward_hook(module: nn.Module, args: Tuple,
     """Forward hook of a LoRA target: ``output + lora_scale *
     lora_B(lora_A(lora_dropout(input)))``, everything read from ``module``
     (a module-level function: copies and pickles of the model use their own
-    branch)."""
+    branch); ``output`` as it is while the insert set is switched off."""
+    if is_switched_off(module.lora_A):
+        return output
     x = module.lora_dropout(args[0])
     return output + module.lora_scale * module.lora_B(module.lora_A(x))
 

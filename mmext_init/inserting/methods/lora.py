@@ -40,7 +40,7 @@ import torch.nn as nn
 from .lora_layers import (LORA_ATTRS, LoRADown, LoRAUp, lora_delta,
                           lora_forward_hook, lora_layer)
 from .lora_mha import MHA_PARTS, check_mha, fold_mha, insert_mha
-from .registry import INSERT_TYPES, InsertType, child_name_free
+from ..registry import INSERT_TYPES, InsertType, child_name_free
 
 __all__ = ['LoRA', 'LoRADown', 'LoRAUp', 'lora_forward_hook', 'lora_delta',
            'lora_layer', 'LORA_ATTRS']

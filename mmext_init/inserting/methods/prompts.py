@@ -39,10 +39,11 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import BaseInit
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from ..matching import name_regex
-from ..provenance.tracking import count_skipped_layer, provided_by_checkpoint
+from ...matching import name_regex
+from ...provenance.tracking import count_skipped_layer, provided_by_checkpoint
 from .prompt_backbones import TokenLayout, token_layout
-from .registry import INSERT_TYPES, InsertType, child_name_free
+from ..registry import (INSERT_TYPES, InsertType, child_name_free,
+                        is_switched_off)
 
 __all__ = ['VPT', 'VisualPrompt', 'PromptUniformInit', 'PromptState',
            'PromptCarry', 'prompt_pre_hook', 'prompt_post_hook',
@@ -159,6 +160,8 @@ class PromptCarry:
 
     def __init__(self) -> None:
         self.tokens: Optional[torch.Tensor] = None
+        #: whether the first block's prompts run (their insert set is on)
+        self.running = True
 
     def put(self, tokens: torch.Tensor) -> None:
         """Hold the prompt positions of a block's output."""
@@ -175,7 +178,7 @@ class PromptCarry:
         return tokens
 
     def __getstate__(self) -> dict:
-        return dict(tokens=None)  # never copy a forward's tensors
+        return dict(tokens=None, running=True)  # never a forward's tensors
 
 
 class PromptState:
@@ -190,6 +193,17 @@ class PromptState:
         self.path, self.prefix = path, layout.prefix
         self.channels, self.num_tokens = layout.channels, num_tokens
         self.carry, self.passes_on = carry, passes_on
+
+    def running(self, prompt: Optional[nn.Module]) -> bool:
+        """Whether the block's prompts run: ``prompt`` (the block's own,
+        None for a later block of shallow prompts, which follows the first)
+        is not switched off with its insert set."""
+        if prompt is None:
+            return self.carry is not None and self.carry.running
+        on = not is_switched_off(prompt)
+        if self.carry is not None:
+            self.carry.running = on
+        return on
 
     def check(self, x: object, what: str) -> torch.Tensor:
         """``x`` if it is a (B, N, C) token sequence long enough, else a
@@ -209,11 +223,13 @@ def prompt_pre_hook(module: nn.Module, args: Tuple) -> Tuple:
     """Forward pre-hook of a prompted block: its prompts (or, shallow, the
     carried ones) put into the first input after the prefix tokens."""
     state = module.vpt_state
+    prompt = getattr(module, 'vpt_prompt', None)
+    if not state.running(prompt):
+        return args
     if not args:
         raise ValueError(f'VPT at {state.path!r}: the block was called '
                          'without a positional token sequence')
     x = state.check(args[0], 'input')
-    prompt = getattr(module, 'vpt_prompt', None)
     if prompt is not None:
         prompts = prompt(x.shape[0])
     else:
@@ -228,6 +244,8 @@ def prompt_post_hook(module: nn.Module, args: Tuple,
     """Forward hook of a prompted block: the prompt positions dropped from
     its output (shallow: held for the next block)."""
     state = module.vpt_state
+    if not state.running(getattr(module, 'vpt_prompt', None)):
+        return output
     out = state.check(output, 'output')
     p, n = state.prefix, state.num_tokens
     if state.passes_on:

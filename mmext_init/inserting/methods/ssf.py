@@ -37,8 +37,9 @@ from mmengine.model import BaseModule
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import InitConfigError
-from .registry import INSERT_TYPES, InsertType, child_name_free
+from ...errors import InitConfigError
+from ..registry import (INSERT_TYPES, InsertType, child_name_free,
+                        is_switched_off)
 
 __all__ = ['SSF', 'SSFScaleShift', 'ScaleShiftInit', 'ssf_forward_hook',
            'ssf_channel_dim', 'INITS']
@@ -106,7 +107,10 @@ class SSFScaleShift(BaseModule):
 def ssf_forward_hook(module: nn.Module, args: Tuple,
                      output: torch.Tensor) -> torch.Tensor:
     """Forward hook of an SSF target: ``module.ssf(output)`` (read from
-    ``module``: copies and pickles use their own)."""
+    ``module``: copies and pickles use their own); ``output`` as it is
+    while the insert set is switched off."""
+    if is_switched_off(module.ssf):
+        return output
     return module.ssf(output)
 
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
-from .registry import INSERT_TYPES, InsertType, child_name_free
+from ..registry import (INSERT_TYPES, InsertType, child_name_free,
+                        is_switched_off)
 
 __all__ = ['Adapter', 'BottleneckAdapter', 'AdapterProjection',
            'adapter_forward_hook', 'infer_channels', 'build_activation']
@@ -121,6 +122,8 @@ class BottleneckAdapter(BaseModule):
 
     def forward(self, out: torch.Tensor,
                 x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if is_switched_off(self):  # its insert set (also in a Sequential)
+            return out
         self._check(out, 'output')
         dim = self._check(out if x is None else x, 'input')
         h = (out if x is None else x).movedim(dim, -1)
