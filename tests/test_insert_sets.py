@@ -41,16 +41,19 @@ QKV = r'backbone\.layers\.\d+\.attn\.qkv'
 MLP = r'backbone\.layers\.\d+\.ffn\.layers\.1'
 
 
+def vit_cfg(**extra) -> dict:
+    """An mmpretrain ViT classifier (4 blocks, 4 classes), plus ``extra``."""
+    return dict(type='ImageClassifier',
+                backbone=dict(type='VisionTransformer', arch=ARCH,
+                              img_size=32, patch_size=8),
+                head=dict(type='VisionTransformerClsHead', num_classes=4,
+                          in_channels=32), **extra)
+
+
 def vit() -> Tuple[nn.Module, List[torch.Tensor]]:
-    """An mmpretrain ViT classifier (4 blocks) and an image batch."""
+    """The ViT classifier of :func:`vit_cfg` and an image batch."""
     init_default_scope('mmpretrain')
-    model = CLS_MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='VisionTransformer', arch=ARCH, img_size=32,
-                      patch_size=8),
-        head=dict(type='VisionTransformerClsHead', num_classes=4,
-                  in_channels=32)))
-    return model, [torch.randn(2, 3, 32, 32)]
+    return CLS_MODELS.build(vit_cfg()), [torch.randn(2, 3, 32, 32)]
 
 
 def convnext() -> Tuple[nn.Module, List[torch.Tensor]]:
@@ -216,12 +219,7 @@ def built_with_sets() -> nn.Module:
     """The ViT classifier built with the two sets from its config (the
     ledger's notes), initialized."""
     init_default_scope('mmpretrain')
-    model = CLS_MODELS.build(dict(
-        type='ImageClassifier', insert=two_sets(),
-        backbone=dict(type='VisionTransformer', arch=ARCH, img_size=32,
-                      patch_size=8),
-        head=dict(type='VisionTransformerClsHead', num_classes=4,
-                  in_channels=32)))
+    model = CLS_MODELS.build(vit_cfg(insert=two_sets()))
     model.init_weights()
     return model
 
@@ -258,13 +256,8 @@ def trained_with_sets() -> Tuple[nn.Module, dict]:
 
 
 def rebuilt(files: List[str]) -> nn.Module:
-    model = CLS_MODELS.build(dict(
-        type='ImageClassifier', insert=two_sets(),
-        init_cfg=dict(type='Pretrained', checkpoint=files),
-        backbone=dict(type='VisionTransformer', arch=ARCH, img_size=32,
-                      patch_size=8),
-        head=dict(type='VisionTransformerClsHead', num_classes=4,
-                  in_channels=32)))
+    model = CLS_MODELS.build(vit_cfg(
+        insert=two_sets(), init_cfg=dict(type='Pretrained', checkpoint=files)))
     model.init_weights()
     return model
 

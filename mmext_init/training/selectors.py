@@ -18,27 +18,21 @@ a dict, or a list of selectors (their union). A dict's keys are ANDed:
 * ``declared_by``: a regex matching the whole path of the module whose
   ``init_cfg`` declared its value;
 * ``insert_type``: insert type name(s), bases included: tensors that an
-  ``insert=[...]`` entry of one of these types added (its type as the
-  config wrote it, or a class or base class of the type: ``'LoRA'`` also
-  selects a type extending ``LoRA``);
-* ``insert_set``: insert set name(s): tensors that an entry of one of these
-  sets added (its ``name``; ``'default'`` for the entries without one);
+  ``insert=[...]`` entry of one of these types added (``'LoRA'`` also
+  selects a type extending ``LoRA``); ``insert_set``: of these insert sets
+  (an entry's ``name``; ``'default'`` for the entries without one);
 * ``exclude``: a selector (a list: their union); the parameters it does not
   match, e.g. ``dict(name=r'backbone\..*',
-  exclude=dict(module_type='_BatchNorm'))``. (Not ``not``: MMEngine's
-  ``Config.pretty_text``, which the Runner logs first, writes a ``'not'``
-  key as ``dict(not=...)`` and fails on it; ``'not'`` is an error naming
-  ``exclude``.)
+  exclude=dict(module_type='_BatchNorm'))``. (Not ``not``, an error naming
+  ``exclude``: MMEngine's ``Config.pretty_text`` fails on a ``'not'`` key.)
 
 Two recipes of the literature are one entry each (no preset keyword):
 
-* BitFit (Ben Zaken et al. 2022), every bias term trains (LayerNorm's and
-  BatchNorm's too), and whatever the checkpoint does not provide, such as a
-  new head: ``freeze=dict(exclude=['new', dict(name=r'.*\.bias')])``;
-* LoRA+ (Hayou et al. 2024), LoRA's B at ``ratio`` x the lr of A:
+* BitFit (Ben Zaken et al. 2022), every bias (norms' too) and what is new
+  trains: ``freeze=dict(exclude=['new', dict(name=r'.*\.bias')])``;
+* LoRA+ (Hayou et al. 2024), LoRA's (and DoRA's) B at ``ratio`` x A's lr:
   ``rules=[dict(select=dict(insert_type='LoRA', name=r'.*\.lora_B\..*'),
-  lr_mult=ratio)]`` (``lora_B`` on every layer LoRA supports, and DoRA's,
-  which extends LoRA).
+  lr_mult=ratio)]``.
 
 Regexes and class names match by the rules of :mod:`mmext_init.matching`
 (``re.fullmatch``; a class or any of its bases). A selector (or a list
@@ -84,6 +78,7 @@ KEYWORDS = ('loaded', 'new', 'all')
 SELECTOR_KEYS = ('provenance', 'name', 'module_type', 'source', 'declared_by',
                  'insert_type', 'insert_set', 'exclude')
 REGEX_KEYS = ('name', 'source', 'declared_by')
+SET_KEYS = ('module_type', 'insert_type', 'insert_set')  # ParamInfo.<key>s
 
 
 class SelectorError(InitConfigError):
@@ -111,7 +106,7 @@ class ParamInfo:
     module_types: FrozenSet[str]
     inserted: Optional[str] = None  # e.g. 'inserted by LoRA(rank=8) ...'
     insert_types: FrozenSet[str] = frozenset()  # of ``inserted``'s entry
-    insert_set: Optional[str] = None  # the insert set of that entry
+    insert_sets: FrozenSet[str] = frozenset()  # that entry's set (one)
     # partly new: what the checkpoint provides, e.g. "Classes(...)"
     partly: Optional[str] = None
 
@@ -156,7 +151,8 @@ class ParamTable:
             params.append(ParamInfo(
                 first, tuple(names), tensors[key],
                 origins.get(owner, default), types(first), note,
-                insert_type_names(note), parsed and parsed.set_name))
+                insert_type_names(note),
+                frozenset([parsed.set_name] if parsed else [])))
         return cls(params, exact)
 
     def names(self) -> List[str]:
@@ -234,12 +230,9 @@ def _key_test(key: str, value: Any, table: ParamTable) -> Test:
                 f'provenance={value!r}: before init_weights() runs only '
                 "'checkpoint' is known (select the rest with 'new')")
         return lambda p: p.origin.kind in kinds
-    if key in ('module_type', 'insert_type'):
+    if key in SET_KEYS:
         types = set(_as_list(value))
         return lambda p: bool(types & getattr(p, key + 's'))
-    if key == 'insert_set':
-        sets = set(_as_list(value))
-        return lambda p: p.insert_set in sets
     if key == 'name':
         return _regex(key, value, lambda p: p.names)
     if key == 'exclude':
@@ -258,10 +251,8 @@ def _options(key: str, table: ParamTable) -> List[str]:
     for p in table.params:
         if key == 'name':
             values: Iterable[Any] = p.names
-        elif key in ('module_type', 'insert_type'):
+        elif key in SET_KEYS:
             values = sorted(getattr(p, key + 's'))
-        elif key == 'insert_set':
-            values = (p.insert_set, )
         else:
             values = (getattr(p.origin, {'provenance': 'kind'}.get(key, key)),)
         seen.update((str(v), None) for v in values if v is not None)

@@ -160,8 +160,7 @@ class PromptCarry:
 
     def __init__(self) -> None:
         self.tokens: Optional[torch.Tensor] = None
-        #: whether the first block's prompts run (their insert set is on)
-        self.running = True
+        self.running = True  # the first block's prompts: their set is on
 
     def put(self, tokens: torch.Tensor) -> None:
         """Hold the prompt positions of a block's output."""
@@ -177,8 +176,8 @@ class PromptCarry:
                 'forward')
         return tokens
 
-    def __getstate__(self) -> dict:
-        return dict(tokens=None, running=True)  # never a forward's tensors
+    def __getstate__(self) -> dict:  # never a forward's tensors
+        return dict(tokens=None, running=True)
 
 
 class PromptState:
@@ -195,9 +194,8 @@ class PromptState:
         self.carry, self.passes_on = carry, passes_on
 
     def running(self, prompt: Optional[nn.Module]) -> bool:
-        """Whether the block's prompts run: ``prompt`` (the block's own,
-        None for a later block of shallow prompts, which follows the first)
-        is not switched off with its insert set."""
+        """Whether ``prompt`` (the block's; None: a later shallow block,
+        which follows the first) runs: its insert set is on."""
         if prompt is None:
             return self.carry is not None and self.carry.running
         on = not is_switched_off(prompt)
