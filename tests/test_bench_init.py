@@ -1,12 +1,14 @@
 """``tools/bench_init.py`` (``mmext-bench``) and ``tools/bench_copy.py`` run
 end to end (tiny size, one repeat): every configuration in its own process, the plugin reads
 the checkpoint through a map (no read() of its bytes); and the three modes
-the benchmark times (stock, plugin, floor) load the same tensors."""
+the benchmark times (stock, plugin, floor, checked floor) load the same
+tensors."""
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import mmext_init
@@ -25,14 +27,14 @@ def test_bench_runs_and_the_plugin_maps_the_checkpoint(tmp_path):
     checkpoint_mb = row['checkpoint_mb']
     assert row['stock']['read_mb'] >= 0.9 * checkpoint_mb  # torch.load
     assert row['plugin']['read_mb'] < 0.1 * checkpoint_mb  # memory map
-    for mode in ('stock', 'plugin', 'floor'):  # imports, then the model
+    for mode in ('stock', 'plugin', 'floor', 'checked'):  # imports first
         assert row[mode]['rss_mb'] >= row[mode]['base_mb'], mode
     assert len(row['stock']['runs']) == 1  # --repeats 1
 
 
-def test_the_three_modes_measure_the_same_load(tmp_path):
-    """What the benchmark compares is one load: stock, plugin and floor
-    give every checkpoint tensor the file's value, and the plugin's ledger
+def test_the_modes_measure_the_same_load(tmp_path):
+    """What the benchmark compares is one load: stock, plugin, floor and
+    checked floor give every checkpoint tensor the file's value, and the plugin's ledger
     has exactly those from the file and the adapters from their declared
     init. A mode that loaded less would make its time meaningless."""
     path = bench.write_checkpoint('vit-t', str(tmp_path))
@@ -44,12 +46,10 @@ def test_the_three_modes_measure_the_same_load(tmp_path):
     torch.manual_seed(0)
     plugin = bench.build('vit-t', path)
     plugin.init_weights()
-    floor = bench.allocate('vit-t')
-    targets = floor.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for key, value in state.items():
-            targets[key].copy_(value)
-    for model in (stock, plugin, floor):
+    floor, checked = bench.allocate('vit-t'), bench.allocate('vit-t')
+    bench.floor_copy(floor, state)
+    bench.floor_copy(checked, state, checked=True)
+    for model in (stock, plugin, floor, checked):
         for key, value in state.items():
             assert torch.equal(model.state_dict()[key], value), key
     adapters = [k for k in plugin.state_dict() if k.startswith('adapters.')]
@@ -60,6 +60,19 @@ def test_the_three_modes_measure_the_same_load(tmp_path):
         set(state)
     assert {entries[k].kind for k in adapters} == {'initializer'}
     assert not plugin.adapters[0].up.weight.any()  # its Constant(val=0)
+
+
+def test_the_checked_floor_refuses_a_non_finite_tensor(tmp_path):
+    """The checked floor does the plugin's check: a NaN deep in a tensor
+    larger than one checked chunk is found."""
+    from mmext_init.loading.copy import CHUNK
+    model = torch.nn.Linear(CHUNK, 2, bias=False)
+    weight = torch.zeros(2, CHUNK)
+    weight[1, -1] = float('nan')
+    with pytest.raises(ValueError, match='weight holds NaN'):
+        bench.floor_copy(model, dict(weight=weight), checked=True)
+    bench.floor_copy(model, dict(weight=weight))  # the floor: no check
+    assert model.weight.isnan().sum() == 1
 
 
 def test_bench_copy_runs_every_variant():

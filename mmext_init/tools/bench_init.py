@@ -10,7 +10,11 @@ Each configuration runs in its own fresh process, interleaved over repeats:
   memory-mapped checkpoint, initializer work on loaded tensors skipped);
 * ``floor``: allocate the parameters without init (meta device, then
   ``to_empty``), read the checkpoint through a memory map, copy it in
-  (inside ``stock_mmengine()`` too).
+  (inside ``stock_mmengine()`` too);
+* ``checked``: the floor, each tensor checked for NaN/Inf while copied as
+  mmext_init checks it: what any loader that refuses a non-finite
+  checkpoint does at least (plugin/checked is what the plugin adds beyond
+  that: planning, the ledger, the adapters' init, the report).
 
 Models: ViT-style stacks of ``BaseModule`` blocks with TruncNormal/Constant
 ``init_cfg``s and small inserted adapters (Kaiming, zero-init up projection),
@@ -40,7 +44,8 @@ cache.
 
 Below the table, each size is checked against the targets
 (``TARGETS``), each with the best value the same run allows a loader that
-copies the weights into the model: stock/floor for the speed-up, and
+copies the weights into the model: stock/floor for the speed-up,
+checked/floor (the NaN/Inf check's own cost) next to plugin/floor, and
 (interpreter + one copy of the weights) / stock's peak for memory.
 
 Example:
@@ -62,7 +67,7 @@ import torch
 
 from mmext_init.tools.bench.models import SIZES
 
-MODES = ('stock', 'plugin', 'floor')
+MODES = ('stock', 'plugin', 'floor', 'checked')
 # the targets: stock/plugin at least, plugin/floor at most (by size: the
 # larger models leave the fixed costs less room), RSS plugin/stock below
 TARGETS = dict(stock_over_plugin=8.0, rss_plugin_over_stock=0.6)
@@ -127,12 +132,14 @@ def run(sizes: List[str], repeats: int) -> Dict[str, Dict[str, Any]]:
                         runs=rs)
                 for m, rs in runs.items()
             }
-            s, p, f = (row[m]['seconds'] for m in MODES)
+            s, p, f, c = (row[m]['seconds'] for m in MODES)
             grown = {m: row[m]['rss_mb'] - row[m]['base_mb'] for m in MODES}
             row['checkpoint_mb'] = os.path.getsize(ckpt) / 2**20
             stock_rss = row['stock']['rss_mb']
             row['ratios'] = dict(stock_over_plugin=s / p,
                                  plugin_over_floor=p / f,
+                                 plugin_over_checked=p / c,
+                                 checked_over_floor=c / f,
                                  stock_over_floor=s / f,
                                  rss_plugin_over_stock=row['plugin']['rss_mb']
                                  / stock_rss,
@@ -162,17 +169,19 @@ def machine() -> str:
 def table(results: Dict[str, Dict[str, Any]]) -> str:
     """The results as a text table, one line per size."""
     lines = [f'{"model":<7}{"stock s":>9}{"plugin s":>10}{"floor s":>9}'
-             f'{"stock/plugin":>14}{"plugin/floor":>14}{"stock/floor":>13}'
-             f'{"stock MB":>10}'
+             f'{"checked s":>11}'
+             f'{"stock/plugin":>14}{"plugin/floor":>14}{"plugin/checked":>16}'
+             f'{"stock/floor":>13}{"stock MB":>10}'
              f'{"plugin MB":>11}{"floor MB":>10}{"RSS plugin/stock":>18}'
              f'{"growth plugin/stock":>21}{"read() MB stock/plugin":>24}']
     for size, r in results.items():
-        s, p, f = (r[m]['seconds'] for m in MODES)
-        rs, rp, rf = (r[m]['rss_mb'] for m in MODES)
+        s, p, f, c = (r[m]['seconds'] for m in MODES)
+        rs, rp, rf = (r[m]['rss_mb'] for m in MODES[:3])
         q = r['ratios']
-        lines.append(f'{size:<7}{s:>9.2f}{p:>10.2f}{f:>9.2f}'
+        lines.append(f'{size:<7}{s:>9.2f}{p:>10.2f}{f:>9.2f}{c:>11.2f}'
                      f'{q["stock_over_plugin"]:>14.2f}'
                      f'{q["plugin_over_floor"]:>14.2f}'
+                     f'{q["plugin_over_checked"]:>16.2f}'
                      f'{q["stock_over_floor"]:>13.2f}{rs:>10.0f}{rp:>11.0f}'
                      f'{rf:>10.0f}{q["rss_plugin_over_stock"]:>18.2f}'
                      f'{q["grown_plugin_over_stock"]:>21.2f}'
@@ -196,7 +205,8 @@ def target_lines(results: Dict[str, Dict[str, Any]]) -> str:
         lines.append(
             f'{size:<7}{_verdict(speed)} {q["stock_over_plugin"]:.2f} '
             f'(stock/floor {q["stock_over_floor"]:.2f})   {_verdict(floor)} '
-            f'{q["plugin_over_floor"]:.2f}   {_verdict(rss)} '
+            f'{q["plugin_over_floor"]:.2f} (checked/floor '
+            f'{q["checked_over_floor"]:.2f})   {_verdict(rss)} '
             f'{q["rss_plugin_over_stock"]:.2f} (interpreter + weights '
             f'{q["rss_limit_over_stock"]:.2f})')
     return '\n'.join(lines)

@@ -4,9 +4,10 @@ in a fresh process::
     python -m mmext_init.tools.bench.child --child MODE SIZE CHECKPOINT
     python -m mmext_init.tools.bench.child --write SIZE FOLDER
 
-Running it imports mmext_init (the same imports in every mode); ``stock``
-and ``floor`` run inside :func:`mmext_init.stock_mmengine` (plugin and
-deferred construction off), ``plugin`` with mmext_init active. Prints one
+Running it imports mmext_init (the same imports in every mode); ``stock``,
+``floor`` and ``checked`` (the floor with mmext_init's NaN/Inf check of each
+tensor) run inside :func:`mmext_init.stock_mmengine` (plugin and deferred
+construction off), ``plugin`` with mmext_init active. Prints one
 JSON line (``--write``: the checkpoint's path).
 
 Example:
@@ -24,8 +25,8 @@ import torch
 from mmengine.logging import MMLogger
 
 from mmext_init.plugin.patches import stock_mmengine
-from mmext_init.tools.bench.models import (allocate, build, register,
-                                           write_checkpoint)
+from mmext_init.tools.bench.models import (allocate, build, floor_copy,
+                                           register, write_checkpoint)
 
 
 def measure(mode: str, size: str, ckpt: str) -> Dict[str, float]:
@@ -37,15 +38,12 @@ def measure(mode: str, size: str, ckpt: str) -> Dict[str, float]:
     base_mb = _current_rss_mb()
     read_before = _read_syscall_bytes()
     start = time.perf_counter()
-    if mode == 'floor':
+    if mode in ('floor', 'checked'):
         with stock_mmengine():
             model = allocate(size)
             state = torch.load(ckpt, mmap=True,
                                weights_only=True)['state_dict']
-            with torch.no_grad():
-                targets = model.state_dict(keep_vars=True)
-                for key, value in state.items():
-                    targets[key.replace('backbone.', '', 1)].copy_(value)
+            floor_copy(model, state, checked=mode == 'checked')
     elif mode == 'stock':
         with stock_mmengine():
             model = build(size, ckpt)

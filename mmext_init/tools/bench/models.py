@@ -1,7 +1,8 @@
 """The benchmark's models: ViT-style stacks of ``BaseModule`` blocks with
 TruncNormal/Constant ``init_cfg``s and small inserted adapters (Kaiming,
 zero-init up projection), and mmdet's Swin-L; their checkpoints (without
-the adapters) and their allocation without init (the floor).
+the adapters), their allocation without init and the copy into it (the
+floor).
 
 Example:
     >>> model_cfg('vit-t', 'x.pth')['init_cfg']
@@ -16,6 +17,8 @@ from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from mmext_init.loading.copy import copy_finite
 
 SIZES = {'vit-b': (768, 12), 'vit-l': (1024, 24), 'vit-h': (1280, 32),
          'swin-l': (192, 0), 'vit-t': (192, 2)}  # vit-t: smoke test only
@@ -98,6 +101,33 @@ def allocate(size: str) -> nn.Module:
     with torch.device('meta'):
         model = build(size)
     return model.to_empty(device='cpu')
+
+
+def floor_copy(model: nn.Module, state: Dict[str, torch.Tensor],
+               checked: bool = False) -> None:
+    """The floor's load: every tensor of ``state`` copied into ``model``'s
+    (a detector checkpoint's ``backbone.`` dropped); ``checked``: each
+    checked for NaN/Inf while copied, as mmext_init does
+    (:func:`~mmext_init.loading.copy.copy_finite`), raising at the first.
+
+    Example:
+        >>> fc = nn.Linear(2, 1)
+        >>> floor_copy(fc, dict(weight=torch.ones(1, 2), bias=torch.ones(1)))
+        >>> fc.weight.tolist()
+        [[1.0, 1.0]]
+        >>> floor_copy(fc, dict(bias=torch.tensor([float('nan')])), True)
+        Traceback (most recent call last):
+        ...
+        ValueError: bias holds NaN/Inf
+    """
+    targets = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key, value in state.items():
+            target = targets[key.replace('backbone.', '', 1)]
+            if not checked:
+                target.copy_(value)
+            elif not copy_finite(target, value):
+                raise ValueError(f'{key} holds NaN/Inf')
 
 
 def write_checkpoint(size: str, folder: str) -> str:
