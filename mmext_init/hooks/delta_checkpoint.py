@@ -55,7 +55,7 @@ from mmengine.registry import HOOKS
 
 from ..checkpoint.fingerprint import DELTA_KEY, DELTA_VERSION, tensors_hash
 from ..errors import InitConfigError
-from ..provenance.inserted import inserted_notes, insert_config, parse_note
+from ..provenance.inserted import inserted_entries, insert_config
 from ..provenance.ledger import CHECKPOINT, get_provenance
 
 
@@ -171,12 +171,8 @@ def delta_checkpoint(model: nn.Module,
 def insert_set_of(model: nn.Module) -> Dict[str, str]:
     """``model.state_dict()`` name -> insert set, for every tensor that
     an ``insert`` entry added."""
-    found = {}
-    for name, note in inserted_notes(model).items():
-        parsed = parse_note(note)
-        if parsed is not None:
-            found[name] = parsed.set_name
-    return found
+    return {name: note.set_name
+            for name, note in inserted_entries(model).items()}
 
 
 def set_deltas(model: nn.Module, insert: Any = None, at_iter: int = 0,

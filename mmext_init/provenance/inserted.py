@@ -109,6 +109,23 @@ def inserted_notes(root: nn.Module) -> Dict[str, str]:
     return notes
 
 
+def inserted_entries(root: nn.Module) -> Dict[str, InsertNote]:
+    """Tensor name (in ``root.state_dict()``) -> the ``insert`` entry that
+    added it (:func:`parse_note` of its note), for every tensor an entry
+    inserted under ``root``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> mark_inserted(net[1], 'inserted by SSF() from insert[0]')
+        >>> {k: v.label for k, v in inserted_entries(net).items()}
+        {'1.weight': 'insert[0] SSF()', '1.bias': 'insert[0] SSF()'}
+    """
+    parsed = {name: parse_note(note)
+              for name, note in inserted_notes(root).items()}
+    return {name: note for name, note in parsed.items() if note is not None}
+
+
 def remember_insert(model: nn.Module, entries: List[Any]) -> None:
     """Remember the ``insert`` entries ``model`` was built with."""
     MARKS.entries[model] = copy.deepcopy(entries)

@@ -23,7 +23,7 @@ import torch.nn as nn
 from ..errors import InitConfigError, close_names
 from ..inserting import INSERT_TYPES, InsertType, inserted_into
 from ..inserting.insert import build_entry, entry_arguments, entry_set
-from ..provenance.inserted import inserted_notes, parse_note
+from ..provenance.inserted import inserted_entries
 from .merge_proof import MergeError
 
 MARK = re.compile(r'insert\[(\d+)\] ')  # inserted_into's marks
@@ -99,16 +99,12 @@ def choose_sets(insert: List[dict], names: Sequence[str],
 
 
 def drop_entries(model: nn.Module, state: Dict[str, torch.Tensor],
-                 dropped: Sequence[int]) -> List[str]:
+                 dropped: Sequence[int]) -> None:
     """Remove from ``state`` every tensor that the entries ``dropped``
-    inserted into ``model``; the names removed."""
-    gone = []
-    for name, note in inserted_notes(model).items():
-        parsed = parse_note(note)
-        if parsed is not None and parsed.index in dropped and name in state:
-            del state[name]
-            gone.append(name)
-    return gone
+    inserted into ``model``."""
+    for name, note in inserted_entries(model).items():
+        if note.index in dropped:
+            state.pop(name, None)
 
 
 def fold_entries(model: nn.Module, insert: List[dict],

@@ -71,7 +71,8 @@ import torch.nn as nn
 from ..errors import InitConfigError, close_names
 from ..inserting.registry import INSERT_TYPES
 from ..matching import class_names, full_match, name_regex, partial_hint
-from ..provenance.inserted import inserted_notes, parse_note
+from ..provenance.inserted import (InsertNote, inserted_entries,
+                                   inserted_notes)
 from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
@@ -136,6 +137,7 @@ class ParamTable:
         (``constructor`` when ``exact``, else unknown-but-not-loaded)."""
         types = _module_types(model)
         inserted = inserted_notes(model)
+        entries = inserted_entries(model)
         default = Origin('constructor' if exact else None)
         by_id: Dict[int, List[str]] = {}
         tensors: Dict[int, nn.Parameter] = {}
@@ -146,12 +148,11 @@ class ParamTable:
         for key, names in by_id.items():
             first = names[0]
             owner = next((n for n in names if n in origins), first)
-            note = inserted.get(first)
-            parsed = parse_note(note)
+            parsed = entries.get(first)
             params.append(ParamInfo(
                 first, tuple(names), tensors[key],
-                origins.get(owner, default), types(first), note,
-                insert_type_names(note),
+                origins.get(owner, default), types(first),
+                inserted.get(first), entry_type_names(parsed),
                 frozenset([parsed.set_name] if parsed else [])))
         return cls(params, exact)
 
@@ -168,15 +169,15 @@ class ParamTable:
                                None)
 
 
-def insert_type_names(note: Optional[str]) -> FrozenSet[str]:
-    """The type of the entry a ledger note names, as the config wrote it,
-    and the names of its class and bases (empty if not inserted).
+def entry_type_names(parsed: Optional[InsertNote]) -> FrozenSet[str]:
+    """The type of an ``insert`` entry, as the config wrote it, and the
+    names of its class and bases (empty for None: not inserted).
 
     Example:
-        >>> sorted(insert_type_names('inserted by LoRA(rank=8) from insert[0]'))
+        >>> note = InsertNote(0, 'LoRA', 'LoRA(rank=8)', 'default')
+        >>> sorted(entry_type_names(note))
         ['InsertType', 'LoRA']
     """
-    parsed = parse_note(note)
     if parsed is None:
         return frozenset()
     found = INSERT_TYPES.get(parsed.type_name)
