@@ -71,8 +71,7 @@ import torch.nn as nn
 from ..errors import InitConfigError, close_names
 from ..inserting.registry import INSERT_TYPES
 from ..matching import class_names, full_match, name_regex, partial_hint
-from ..provenance.inserted import (InsertNote, inserted_entries,
-                                   inserted_notes)
+from ..provenance.inserted import InsertNote, inserted_entries, inserted_notes
 from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
