@@ -80,6 +80,10 @@ def test_malicious_state_dict_is_an_error_that_explains_trust(tmp_path):
     model, _ = _model(str(path))
     with pytest.raises(CheckpointError, match='trust_checkpoint=True'):
         model.init_weights()
+    with pytest.raises(CheckpointError,
+                       match=r'load_checkpoint: .*evil\.pth holds a posix\.'
+                       'system object instead of a state dict'):
+        load_checkpoint(model, str(path))  # MMEngine's loader
     assert not marker.exists()
 
 

@@ -122,6 +122,24 @@ _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_state_dict')
 _FILE_KEYS = WeakIdKeyDictionary()  # tensor read -> its key in the file
 
 
+def refuse_object_state(sd: Any, path: str, label: str) -> None:
+    """Raise if the state dict ``sd`` read from ``path`` is an object left
+    unreconstructed (unpickling it could run code).
+
+    Example:
+        >>> evil = unreconstructed_class('posix', 'system')('touch x')
+        >>> refuse_object_state(evil, 'x.pth', 'load_checkpoint')
+        Traceback (most recent call last):
+        ...
+        mmext_init.errors.CheckpointError: load_checkpoint: x.pth holds a posix.system object instead of a state dict; it was not reconstructed because unpickling it could run code. If you trust this file, set trust_checkpoint=True.
+    """
+    if isinstance(sd, UnreconstructedObject):
+        raise CheckpointError(
+            f'{label}: {path} holds a {sd.qualname} object instead of a state '
+            'dict; it was not reconstructed because unpickling it could run '
+            'code. If you trust this file, set trust_checkpoint=True.')
+
+
 def _unwrap(ckpt: Any) -> Any:
     """The object under ``state_dict`` / ``model`` / ... (two levels)."""
     sd = ckpt
@@ -178,11 +196,7 @@ def extract_state_dict(ckpt: Any,
         {'w': tensor([1.])}
     """
     sd = _unwrap(ckpt)
-    if isinstance(sd, UnreconstructedObject):
-        raise CheckpointError(
-            f'{label}: {path} holds a {sd.qualname} object instead of a state '
-            'dict; it was not reconstructed because unpickling it could run '
-            'code. If you trust this file, set trust_checkpoint=True.')
+    refuse_object_state(sd, path, label)
     if not isinstance(sd, dict):
         raise CheckpointError(
             f'{label}: {path} holds no state dict (found {type(sd).__name__})')
@@ -227,6 +241,8 @@ def load_from_safe_local(filename: str, map_location: Any = None) -> Any:
     """
     path = os.path.expanduser(filename)
     obj, skipped = read_checkpoint(path, map_location)
+    for key in _WRAPPER_KEYS if isinstance(obj, dict) else ():
+        refuse_object_state(obj.get(key), path, 'load_checkpoint')
     meta = delta_meta(obj)
     if meta is not None:  # only what trained: useless without its base
         raise delta_alone_error(path, meta, 'load_checkpoint')

@@ -73,6 +73,10 @@ def test_malicious_pickle_runs_nothing(tmp_path):
     net = ResNet(depth=18, init_cfg=dict(type='Pretrained', checkpoint=bad))
     with pytest.raises(CheckpointError, match='trust_checkpoint=True'):
         net.init_weights()
+    with pytest.raises(CheckpointError,
+                       match=r'load_checkpoint: .*evil_state\.pth holds a '
+                       r'posix\.system object instead of a state dict'):
+        load_checkpoint(classifier(), bad)  # mmcv's own loader
     assert not marker.exists()
 
 
