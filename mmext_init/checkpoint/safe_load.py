@@ -177,8 +177,7 @@ def _stamp_file_keys(ckpt: Any) -> None:
 
 def extract_state_dict(ckpt: Any,
                        path: str,
-                       label: str = 'checkpoint',
-                       use_ema: bool = False) -> Dict[str, torch.Tensor]:
+                       label: str = 'checkpoint') -> Dict[str, torch.Tensor]:
     """The tensor state dict inside a checkpoint object.
 
     Args:
@@ -186,7 +185,6 @@ def extract_state_dict(ckpt: Any,
             a DDP ``module.`` prefix on every key removed, non-tensors left).
         path (str): the file, named in errors.
         label (str): how errors name the file. Defaults to 'checkpoint'.
-        use_ema (bool): unused here (:func:`open_checkpoint` selects EMA).
 
     Raises:
         CheckpointError: for no or an empty state dict, or an object entry.
