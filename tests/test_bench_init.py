@@ -1,6 +1,6 @@
 """``tools/bench_init.py`` (``mmext-bench``) and ``tools/bench_copy.py`` run
 end to end (tiny size, one repeat): every configuration in its own process, the plugin reads
-the checkpoint through a map (no read() of its bytes); and the three modes
+the checkpoint through a map (no read() of its bytes); and the four modes
 the benchmark times (stock, plugin, floor, checked floor) load the same
 tensors."""
 import json
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import mmext_init
+from mmext_init.loading.copy import CHUNK
 from mmext_init.tools.bench import models as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +35,9 @@ def test_bench_runs_and_the_plugin_maps_the_checkpoint(tmp_path):
 
 def test_the_modes_measure_the_same_load(tmp_path):
     """What the benchmark compares is one load: stock, plugin, floor and
-    checked floor give every checkpoint tensor the file's value, and the plugin's ledger
-    has exactly those from the file and the adapters from their declared
-    init. A mode that loaded less would make its time meaningless."""
+    checked floor give every checkpoint tensor the file's value, and the
+    plugin's ledger has exactly those from the file and the adapters from
+    their declared init. A mode that loaded less would make its time meaningless."""
     path = bench.write_checkpoint('vit-t', str(tmp_path))
     state = torch.load(path, weights_only=True)['state_dict']
     torch.manual_seed(0)
@@ -65,7 +66,6 @@ def test_the_modes_measure_the_same_load(tmp_path):
 def test_the_checked_floor_refuses_a_non_finite_tensor(tmp_path):
     """The checked floor does the plugin's check: a NaN deep in a tensor
     larger than one checked chunk is found."""
-    from mmext_init.loading.copy import CHUNK
     model = torch.nn.Linear(CHUNK, 2, bias=False)
     weight = torch.zeros(2, CHUNK)
     weight[1, -1] = float('nan')

@@ -71,7 +71,7 @@ import torch.nn as nn
 from ..errors import InitConfigError, close_names
 from ..inserting.registry import INSERT_TYPES
 from ..matching import class_names, full_match, name_regex, partial_hint
-from ..provenance.inserted import InsertNote, inserted_entries, inserted_notes
+from ..provenance.inserted import InsertNote, inserted_notes, parse_note
 from ..provenance.ledger import CHECKPOINT, KINDS
 
 KEYWORDS = ('loaded', 'new', 'all')
@@ -136,7 +136,6 @@ class ParamTable:
         (``constructor`` when ``exact``, else unknown-but-not-loaded)."""
         types = _module_types(model)
         inserted = inserted_notes(model)
-        entries = inserted_entries(model)
         default = Origin('constructor' if exact else None)
         by_id: Dict[int, List[str]] = {}
         tensors: Dict[int, nn.Parameter] = {}
@@ -147,11 +146,12 @@ class ParamTable:
         for key, names in by_id.items():
             first = names[0]
             owner = next((n for n in names if n in origins), first)
-            parsed = entries.get(first)
+            note = inserted.get(first)
+            parsed = parse_note(note)
             params.append(ParamInfo(
                 first, tuple(names), tensors[key],
-                origins.get(owner, default), types(first),
-                inserted.get(first), entry_type_names(parsed),
+                origins.get(owner, default), types(first), note,
+                entry_type_names(parsed),
                 frozenset([parsed.set_name] if parsed else [])))
         return cls(params, exact)
 
