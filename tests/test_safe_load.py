@@ -84,6 +84,11 @@ def test_malicious_state_dict_is_an_error_that_explains_trust(tmp_path):
                        match=r'load_checkpoint: .*evil\.pth holds a posix\.'
                        'system object instead of a state dict'):
         load_checkpoint(model, str(path))  # MMEngine's loader
+    whole = tmp_path / 'evil_whole.pth'  # the file is one object
+    torch.save(Evil(marker), whole)
+    with pytest.raises(CheckpointError,
+                       match=r'evil_whole\.pth holds a posix\.system object'):
+        load_checkpoint(model, str(whole))
     assert not marker.exists()
 
 

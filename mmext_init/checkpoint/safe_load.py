@@ -239,6 +239,7 @@ def load_from_safe_local(filename: str, map_location: Any = None) -> Any:
     """
     path = os.path.expanduser(filename)
     obj, skipped = read_checkpoint(path, map_location)
+    refuse_object_state(obj, path, 'load_checkpoint')  # the whole file
     for key in _WRAPPER_KEYS if isinstance(obj, dict) else ():
         refuse_object_state(obj.get(key), path, 'load_checkpoint')
     meta = delta_meta(obj)
